@@ -1,0 +1,651 @@
+"""Datasets, the stratified train/val split, transforms and augmentation presets.
+
+Every image set is held in memory as one uint8 tensor [N, C, H, W] (MNIST as it comes, a
+photo folder decoded and resized once into a cache), and `build_datasets` is the one function
+that every script calls to get the same train / val / test sets back from a checkpoint's
+`data` dict.
+"""
+import argparse
+import hashlib
+import math
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+AUGMENT_PRESETS = ("none", "light", "strong")
+LABEL_RE = re.compile(r"_label([^_.]+)\.[^.]+$", re.IGNORECASE)
+CACHE_VERSION = 1
+
+
+class DataError(Exception):
+    """Bad or missing data: reported as one line by the scripts."""
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- split
+
+def stratified_split(labels, val_fraction, seed):
+    """Indices (train, val): round(val_fraction * n_c) of every class c to val, the rest to
+    train, chosen by a generator seeded with `seed`. Both are sorted LongTensors."""
+    labels = torch.as_tensor(labels)
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(val_fraction * len(idx)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def stratified_subset(indices, labels, fraction, seed):
+    """A stratified random `fraction` of `indices` (at least one sample per class)."""
+    if fraction >= 1.0:
+        return indices
+    labels = torch.as_tensor(labels)[indices]
+    g = torch.Generator().manual_seed(seed + 1)  # not the split's own stream
+    keep = []
+    for c in torch.unique(labels).tolist():
+        idx = indices[labels == c]
+        n = max(1, int(round(fraction * len(idx))))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    return torch.cat(keep).sort().values
+
+
+def fingerprint(*parts):
+    """A short hash that pins a split (the file list and the val indices)."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(repr(p).encode() if not torch.is_tensor(p) else p.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def build_transform(preset, img_size, mean, std, train=True):
+    """uint8 image tensor [C, H, W] -> normalised float tensor [C, img_size, img_size].
+
+    Val / test (train=False) and the `none` preset are deterministic: resize and normalise.
+    `light` is the classic assignment's small rotation / affine / blur; `strong` is the
+    in-the-wild photo preset (no flips: a 6 must not become a 9)."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augment preset {preset!r}")
+    resize = v2.Resize((img_size, img_size), antialias=True)
+    to_float = [v2.ToDtype(torch.float32, scale=True)]
+    norm = v2.Normalize(mean, std)
+    if not train or preset == "none":
+        return v2.Compose([resize] + to_float + [norm])
+    if preset == "light":
+        return v2.Compose([
+            resize,
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.3),
+            *to_float, norm,
+        ])
+    return v2.Compose([
+        v2.RandomResizedCrop(img_size, scale=(0.7, 1.0), ratio=(0.75, 1.33), antialias=True),
+        v2.RandomRotation(20),
+        v2.RandomPerspective(0.2, p=0.5),
+        v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        v2.GaussianBlur(5, sigma=(0.1, 2.0)),
+        *to_float,
+        v2.GaussianNoise(sigma=0.05),
+        norm,
+        v2.RandomErasing(p=0.25, scale=(0.02, 0.15)),
+    ])
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class TensorImageDataset(Dataset):
+    """Images held as one uint8 tensor, viewed through `indices` (no copies per split).
+    Items are (image, label, source, weight): source 0 = real, 1 = synthetic; weight scales
+    the sample's loss (--sample-weights; 0 drops it)."""
+
+    def __init__(self, images, labels, indices=None, transform=None, source=0, paths=None, weights=None):
+        self.images, self.labels = images, torch.as_tensor(labels)
+        self.indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
+        self.transform, self.source, self.paths, self.weights = transform, source, paths, weights
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = int(self.indices[i])
+        img = self.images[j]
+        if self.transform is not None:
+            img = self.transform(img)
+        weight = 1.0 if self.weights is None else float(self.weights[j])
+        return img, int(self.labels[j]), self.source, weight
+
+    @property
+    def targets(self):
+        return self.labels[self.indices]
+
+    def path(self, i):
+        return self.paths[int(self.indices[i])] if self.paths is not None else f"#{int(self.indices[i])}"
+
+    def with_transform(self, transform):
+        return TensorImageDataset(self.images, self.labels, self.indices, transform, self.source,
+                                  self.paths, self.weights)
+
+
+def raw_image(dataset, i):
+    """Sample i of a (possibly combined) dataset as stored: uint8 numpy [H, W, C], for plots."""
+    if isinstance(dataset, ConcatDataset):
+        k = int(np.searchsorted(dataset.cumulative_sizes, i, side="right"))
+        dataset, i = dataset.datasets[k], i - (dataset.cumulative_sizes[k - 1] if k else 0)
+    return dataset.images[int(dataset.indices[i])].permute(1, 2, 0).numpy()
+
+
+def to_channels(images, channels):
+    """uint8 [N, C, H, W] -> `channels` channels (RGB <-> grayscale), for classifying
+    arbitrary images with a model trained on the other kind."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, channels, -1, -1).contiguous()
+
+
+def real_part(dataset):
+    """The real-image part of a training set (drops the synthetic half of a combined set)."""
+    return dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+
+
+def load_mnist(root, train=True, download=True):
+    """MNIST as (uint8 images [N, 1, 28, 28], int64 labels [N]) via torchvision.
+
+    The download is attempted only when the files are missing under root/MNIST/raw/."""
+    from torchvision import datasets
+    raw = os.path.join(root, "MNIST", "raw")
+    have = all(os.path.isfile(os.path.join(raw, f)) or os.path.isfile(os.path.join(raw, f + ".gz"))
+               for f in MNIST_FILES)
+    if not have and not download:
+        raise DataError(f"MNIST not found in {raw}/ (needs {', '.join(MNIST_FILES)}; "
+                        f"--download fetches them)")
+    try:
+        ds = datasets.MNIST(root, train=train, download=not have)
+    except Exception as e:  # offline, a bad mirror, a corrupt file: one line, not a traceback
+        why = f"download failed ({type(e).__name__})" if not have else f"unreadable ({type(e).__name__})"
+        raise DataError(f"MNIST not found in {raw}/ (needs {', '.join(MNIST_FILES)}): {why}") from None
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
+
+
+def scan_folder(root):
+    """(paths, label names) of a labelled image folder, in either layout:
+    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`."""
+    if not os.path.isdir(root):
+        raise DataError(f"data folder not found: {root}")
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    if subdirs:
+        paths, names = [], []
+        for d in subdirs:
+            files = [os.path.join(dp, f) for dp, _, fs in sorted(os.walk(d.path)) for f in sorted(fs)
+                     if f.lower().endswith(IMG_EXTENSIONS)]
+            if not files:
+                raise DataError(f"class folder {d.path} has no images ({'/'.join(IMG_EXTENSIONS)})")
+            paths += files
+            names += [d.name] * len(files)
+        return paths, names
+    files = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    paths, names = [], []
+    for p in files:
+        m = LABEL_RE.search(os.path.basename(p))
+        if m:
+            paths.append(p)
+            names.append(m.group(1))
+    if not paths:
+        raise DataError(f"no labelled images in {root} (expected class subfolders or files "
+                        f"named like x_label7.jpg; found {len(files)} image files)")
+    if len(paths) < len(files):
+        warn(f"{len(files) - len(paths)} images in {root} have no _label<name> in the file name; skipped")
+    return paths, names
+
+
+def list_images(root):
+    """All image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
+    if not os.path.isdir(root):
+        raise DataError(f"image folder not found: {root}")
+    paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
+                   if f.lower().endswith(IMG_EXTENSIONS))
+    if not paths:
+        raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}")
+    return paths
+
+
+def decode_image(path, size):
+    """One file -> uint8 RGB tensor [3, size, size], or None when it cannot be read.
+
+    EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and
+    16-bit images become 8-bit RGB. JPEGs are decoded at reduced scale when much larger."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                a = np.asarray(img, dtype=np.float32)
+                a = a / 257.0 if a.max() > 255 else a  # 16-bit -> 8-bit
+                img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img.alpha_composite(rgba)
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def cache_size(img_size):
+    """Side of the decoded cache: a little above img_size, so crops and resizes have margin."""
+    return img_size + img_size // 8
+
+
+def decode_folder(paths, size, cache_dir=None, workers=None):
+    """Decode `paths` once into (uint8 [N, 3, size, size], kept index list), skipping unreadable
+    files with one warning. With `cache_dir`, the result is stored on disk keyed by the file
+    list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
+    key = None
+    if cache_dir:
+        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+        key = fingerprint(CACHE_VERSION, size, stats)
+        cache_file = os.path.join(cache_dir, f"images-{size}px-{key}.pt")
+        if os.path.isfile(cache_file):
+            try:
+                c = torch.load(cache_file, weights_only=True)
+                _warn_skipped([paths[i] for i in c["skipped"]])
+                return c["images"], c["kept"]
+            except Exception as e:  # a broken cache is rebuilt, never fatal
+                warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, not a grey image
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL releases the GIL
+        decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
+    kept = [i for i, t in enumerate(decoded) if t is not None]
+    skipped = [i for i, t in enumerate(decoded) if t is None]
+    _warn_skipped([paths[i] for i in skipped])
+    images = torch.stack([decoded[i] for i in kept]) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    if key:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = cache_file + ".tmp"
+        torch.save({"images": images, "kept": kept, "skipped": skipped}, tmp)
+        os.replace(tmp, cache_file)
+    return images, kept
+
+
+def _warn_skipped(bad):
+    if bad:
+        names = ", ".join(os.path.basename(p) for p in bad[:3])
+        warn(f"skipped {len(bad)} unreadable image file(s): {names}{', ...' if len(bad) > 3 else ''}")
+
+
+def load_folder(root, img_size, cache_dir=None):
+    """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
+    paths, names = scan_folder(root)
+    images, kept = decode_folder(paths, cache_size(img_size), cache_dir)
+    paths, names = [paths[i] for i in kept], [names[i] for i in kept]
+    classes = sorted(set(names), key=_natural_key)
+    if not paths:
+        raise DataError(f"none of the images in {root} could be read")
+    lost = sorted(set(n for n in scan_folder(root)[1]) - set(classes))
+    if lost:
+        raise DataError(f"class {lost[0]!r} in {root} has no readable images")
+    index = {c: i for i, c in enumerate(classes)}
+    return images, torch.tensor([index[n] for n in names]), classes, paths
+
+
+def _natural_key(name):
+    """Sort '2' before '10', names alphabetically."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+# ----------------------------------------------------------------------------- the contract
+
+@dataclass
+class Data:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    classes: list
+    in_channels: int
+    img_size: int
+    mean: tuple
+    std: tuple
+    config: dict = field(default_factory=dict)  # stored in the checkpoint as "data"
+
+
+def add_data_args(parser):
+    """The data arguments shared by every script that builds datasets."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="folder", choices=["folder", "mnist"])
+    g.add_argument("--data-dir", default="data/dataset", help="photo folder (--dataset folder)")
+    g.add_argument("--mnist-root", default="data", help="holds MNIST/raw/ (downloaded there if missing)")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download MNIST when its files are missing (default: yes)")
+    g.add_argument("--val-fraction", type=float, default=0.15)
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--train-fraction", type=float, default=1.0,
+                   help="stratified random subset of the training split (val and test unchanged)")
+    g.add_argument("--img-size", type=int, default=None, help="default: 28 for MNIST, 128 for folders")
+    g.add_argument("--cache-dir", default=None, help="keep the decoded photo cache on disk here")
+    g.add_argument("--synthetic-n", type=int, default=0,
+                   help="add N MNIST digits composited onto real training photos (training only)")
+    return g
+
+
+def data_config(args):
+    """The checkpoint's `data` dict, from parsed arguments."""
+    img_size = args.img_size or (28 if args.dataset == "mnist" else 128)
+    return {
+        "dataset": args.dataset,
+        "data_dir": os.path.abspath(args.data_dir) if args.dataset == "folder" else None,
+        "mnist_root": os.path.abspath(args.mnist_root),
+        "download": args.download,
+        "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed,
+        "train_fraction": args.train_fraction,
+        "img_size": img_size,
+        "cache_dir": args.cache_dir,
+        "synthetic_n": args.synthetic_n,
+        "synthetic_seed": getattr(args, "seed", 0),
+        "sample_weights": os.path.abspath(args.sample_weights) if getattr(args, "sample_weights", None) else None,
+    }
+
+
+def build_datasets(cfg, augment="none", check=True):
+    """The one way to get (train, val, test) for a `data` config (see `data_config`).
+
+    `cfg` may carry "num_samples" / "split_hash" from a checkpoint: the split is then checked
+    to be the one the model was trained with (a changed folder is a warning, not silence)."""
+    img_size = cfg["img_size"]
+    if cfg["dataset"] == "mnist":
+        images, labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
+        test_images, test_labels = load_mnist(cfg["mnist_root"], train=False, download=False)
+        classes, mean, std, paths = [str(i) for i in range(10)], MNIST_MEAN, MNIST_STD, None
+    else:
+        images, labels, classes, paths = load_folder(cfg["data_dir"], img_size, cfg.get("cache_dir"))
+        test_images = None
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if not 0.0 < cfg["val_fraction"] < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {cfg['val_fraction']}")
+    if not 0.0 < cfg["train_fraction"] <= 1.0:
+        raise DataError(f"--train-fraction must be in (0, 1], got {cfg['train_fraction']}")
+    counts = torch.bincount(labels, minlength=len(classes))
+    if len(classes) < 2:
+        raise DataError(f"need at least 2 classes, found {len(classes)}: {classes}")
+    if counts.min() < 2:
+        raise DataError(f"class {classes[int(counts.argmin())]!r} has fewer than 2 images; "
+                        f"cannot split it into train and val")
+    train_idx, val_idx = stratified_split(labels, cfg["val_fraction"], cfg["split_seed"])
+    train_idx = stratified_subset(train_idx, labels, cfg["train_fraction"], cfg["split_seed"])
+    split_hash = fingerprint([os.path.basename(p) for p in paths] if paths else len(labels), val_idx, train_idx)
+    if check and cfg.get("split_hash") and cfg["split_hash"] != split_hash:
+        warn(f"the data differ from those the checkpoint was trained on ({len(labels)} samples now, "
+             f"{cfg.get('num_samples')} then): train/val are not the same split")
+    in_channels = images.shape[1]
+    train_tf = build_transform(augment, img_size, mean, std, train=True)
+    eval_tf = build_transform(augment, img_size, mean, std, train=False)
+    weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg.get("sample_weights") else None
+    train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
+    val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
+    test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
+    if cfg.get("synthetic_n", 0) > 0:
+        train = ConcatDataset([train, _synthetic(cfg, images[train_idx], classes, train_tf)])
+    config = dict(cfg, num_samples=len(labels), split_hash=split_hash)
+    return Data(train, val, test, classes, in_channels, img_size, mean, std, config)
+
+
+def read_sample_weights(csv_path, paths, n):
+    """A weight per sample from a CSV of `path,weight` rows (header optional). Paths match by
+    full path or by file name; MNIST samples by index (`#123` or `123`). Unlisted = 1."""
+    import csv
+    if not os.path.isfile(csv_path):
+        raise DataError(f"--sample-weights file not found: {csv_path}")
+    weights = torch.ones(n)
+    keys = {}
+    for i, p in enumerate(paths or []):
+        keys[os.path.abspath(p)] = keys[os.path.basename(p)] = i
+    unknown = []
+    with open(csv_path, newline="") as f:
+        for row in csv.reader(f):
+            if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
+                continue
+            if len(row) < 2:
+                raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
+            key = row[0].strip()
+            i = keys.get(os.path.abspath(key), keys.get(os.path.basename(key)))
+            if i is None and paths is None and key.lstrip("#").isdigit():
+                i = int(key.lstrip("#"))
+            try:
+                w = float(row[1])
+            except ValueError:
+                raise DataError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
+            if i is None or i >= n:
+                unknown.append(key)
+            else:
+                weights[i] = w
+    if unknown:
+        warn(f"{len(unknown)} path(s) in {csv_path} are not in the dataset, e.g. {unknown[0]}")
+    return weights
+
+
+def _synthetic(cfg, backgrounds, classes, transform):
+    """Training-only synthetic digits on crops of the training photos (never val)."""
+    import synth
+    if sorted(classes) != [str(d) for d in range(10)]:
+        raise DataError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
+    digits, digit_labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
+    images, labels = synth.make_synthetic(backgrounds, digits[:, 0], digit_labels, cfg["synthetic_n"],
+                                          cfg["img_size"], seed=cfg.get("synthetic_seed", 0))
+    labels = torch.tensor([classes.index(str(int(d))) for d in labels])
+    return TensorImageDataset(images, labels, None, transform, source=1)
+
+
+def make_loader(dataset, batch_size, shuffle=False, workers=0, generator=None, drop_last=False):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      generator=generator, drop_last=drop_last, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+# ----------------------------------------------------------------------------- batched augmentation
+#
+# The same presets as `build_transform`, applied per sample but to whole uint8 batches held on
+# the training device (as the CIFAR-10 speedruns do): every geometric step (random resized crop,
+# rotation, perspective, affine) is a 3x3 matrix, so a sample's whole geometry is one homography
+# and a batch needs one grid_sample. Opt-in (--device-data): its random streams differ from
+# torchvision's, and hue is shifted by a rotation in YIQ space rather than in HSV.
+
+def _uniform(n, lo, hi, device):
+    return torch.rand(n, device=device) * (hi - lo) + lo
+
+
+def _rotation(angle_deg):
+    a = torch.deg2rad(angle_deg)
+    m = torch.zeros(len(a), 3, 3, device=a.device)
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1], m[:, 2, 2] = a.cos(), -a.sin(), a.sin(), a.cos(), 1
+    return m
+
+
+def _scale_shift(sx, sy, tx, ty):
+    m = torch.zeros(len(sx), 3, 3, device=sx.device)
+    m[:, 0, 0], m[:, 1, 1], m[:, 0, 2], m[:, 1, 2], m[:, 2, 2] = sx, sy, tx, ty, 1
+    return m
+
+
+def _homography(src, dst):
+    """Per-sample 3x3 H with H @ src_i ~ dst_i for 4 point pairs [B, 4, 2] (DLT, h33 = 1)."""
+    b = src.shape[0]
+    x, y, u, v = src[..., 0], src[..., 1], dst[..., 0], dst[..., 1]
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], -1)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], -1)
+    a = torch.cat([rows_u, rows_v], 1)
+    h = torch.linalg.solve(a, torch.cat([u, v], 1))
+    return torch.cat([h, torch.ones(b, 1, device=src.device)], 1).view(b, 3, 3)
+
+
+def _blur(x, sigma, k):
+    """Per-sample Gaussian blur (separable, reflect padding) with sigma [B]."""
+    b, c, h, w = x.shape
+    r = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
+    kern = torch.exp(-r[None] ** 2 / (2 * sigma[:, None] ** 2))
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, k]
+    y = F.pad(x.reshape(1, b * c, h, w), [k // 2] * 4, mode="reflect")
+    y = F.conv2d(y, kern[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, kern[:, None, :, None], groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def _gray(x):
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x
+
+
+class BatchAugment:
+    """Preset augmentation for a uint8 batch [B, C, S, S] on any device -> normalised float
+    [B, C, img_size, img_size]. Uses the global torch RNG (seeded per epoch by train.py)."""
+
+    def __init__(self, preset, img_size, mean, std):
+        if preset not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown augment preset {preset!r}")
+        self.preset, self.img_size = preset, img_size
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        self._base = None
+
+    def geometry(self, b, device):
+        """Output -> input coordinate maps [B, 3, 3], composed as torchvision applies them."""
+        eye = torch.eye(3, device=device).expand(b, 3, 3)
+        if self.preset == "light":  # RandomAffine(10, translate 0.1, scale 0.9-1.1)
+            return _rotation(_uniform(b, -10, 10, device)) @ self._affine(b, device)
+        # strong: RandomResizedCrop -> RandomRotation -> RandomPerspective -> RandomAffine
+        area = _uniform(b, 0.7, 1.0, device)
+        ratio = torch.exp(_uniform(b, math.log(0.75), math.log(1.33), device))
+        w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        cx, cy = _uniform(b, -1, 1, device) * (1 - w), _uniform(b, -1, 1, device) * (1 - h)
+        crop = _scale_shift(w, h, cx, cy)
+        corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=device, dtype=torch.float32)
+        inward = -corners.sign() * torch.rand(b, 4, 2, device=device) * 0.2  # distortion 0.2
+        moved = corners + inward * (torch.rand(b, 1, 1, device=device) < 0.5)
+        persp = _homography(moved, corners.expand(b, 4, 2))  # output corners come from the image corners
+        return crop @ _rotation(_uniform(b, -20, 20, device)) @ persp @ self._affine(b, device)
+
+    @staticmethod
+    def _affine(b, device):
+        s = _uniform(b, 0.9, 1.1, device)
+        t = _uniform(b * 2, -0.2, 0.2, device).view(2, b)  # translate 0.1 of the side = 0.2 in [-1, 1]
+        return _scale_shift(1 / s, 1 / s, -t[0] / s, -t[1] / s)
+
+    def __call__(self, images):
+        x = images.float().div_(255)
+        b, c, dev, n = x.shape[0], x.shape[1], x.device, self.img_size
+        if self.preset == "none":
+            if x.shape[-1] != n:
+                x = F.interpolate(x, size=(n, n), mode="bilinear", antialias=True, align_corners=False)
+        else:
+            if self._base is None or self._base.device != dev:
+                r = (torch.arange(n, device=dev, dtype=torch.float32) * 2 + 1) / n - 1
+                yy, xx = torch.meshgrid(r, r, indexing="ij")
+                self._base = torch.stack([xx, yy, torch.ones_like(xx)], -1)  # [n, n, 3]
+            grid = torch.einsum("bij,hwj->bhwi", self.geometry(b, dev), self._base)
+            grid = grid[..., :2] / grid[..., 2:].clamp_min(1e-6)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            if self.preset == "light":  # RandomApply(GaussianBlur(3, 0.1-1.0), p=0.3)
+                sigma = torch.where(torch.rand(b, device=dev) < 0.3, _uniform(b, 0.1, 1.0, dev),
+                                    torch.full((b,), 1e-3, device=dev))
+                x = _blur(x, sigma, 3)
+            else:
+                x = self._color_jitter(x)
+                x = _blur(x, _uniform(b, 0.1, 2.0, dev), 5)
+                x = (x + 0.05 * torch.randn_like(x)).clamp_(0, 1)
+        x = (x - self.mean.to(dev)) / self.std.to(dev)
+        if self.preset == "strong":
+            x = self._erase(x)
+        return x
+
+    @staticmethod
+    def _color_jitter(x):
+        """brightness, contrast, saturation 0.4 and hue 0.1, in that order."""
+        b, dev = x.shape[0], x.device
+        f = lambda: _uniform(b, 0.6, 1.4, dev).view(b, 1, 1, 1)  # noqa: E731
+        x = (x * f()).clamp(0, 1)
+        m = _gray(x).mean((1, 2, 3), keepdim=True)
+        x = ((x - m) * f() + m).clamp(0, 1)
+        if x.shape[1] == 3:
+            g = _gray(x)
+            x = ((x - g) * f() + g).clamp(0, 1)
+            theta = _uniform(b, -0.1, 0.1, dev) * 2 * math.pi  # hue: rotate the IQ chroma plane
+            yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+            rot = torch.zeros(b, 3, 3, device=dev)
+            rot[:, 0, 0], rot[:, 1, 1], rot[:, 2, 2] = 1, theta.cos(), theta.cos()
+            rot[:, 1, 2], rot[:, 2, 1] = -theta.sin(), theta.sin()
+            m3 = torch.linalg.inv(yiq) @ rot @ yiq
+            x = torch.einsum("bij,bjhw->bihw", m3, x).clamp(0, 1)
+        return x
+
+    @staticmethod
+    def _erase(x):
+        """RandomErasing(p=0.25, scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0)."""
+        b, _, h, w = x.shape
+        dev = x.device
+        area = _uniform(b, 0.02, 0.15, dev) * h * w
+        ratio = torch.exp(_uniform(b, math.log(0.3), math.log(3.3), dev))
+        eh, ew = (area * ratio).sqrt().clamp(max=h), (area / ratio).sqrt().clamp(max=w)
+        y0, x0 = torch.rand(b, device=dev) * (h - eh), torch.rand(b, device=dev) * (w - ew)
+        yy = torch.arange(h, device=dev).view(1, h, 1)
+        xx = torch.arange(w, device=dev).view(1, 1, w)
+        mask = ((yy >= y0.view(b, 1, 1)) & (yy < (y0 + eh).view(b, 1, 1)) & (xx >= x0.view(b, 1, 1))
+                & (xx < (x0 + ew).view(b, 1, 1)) & (torch.rand(b, 1, 1, device=dev) < 0.25))
+        return x.masked_fill(mask[:, None], 0.0)
+
+
+class DeviceLoader:
+    """Training batches straight from uint8 tensors held on `device` (MNIST, a photo folder at
+    128 px), augmented by `BatchAugment`. Yields (images, labels, sources, weights) like a
+    DataLoader over the dataset; the shuffle order comes from `generator`."""
+
+    def __init__(self, dataset, batch_size, device, augment, drop_last=True):
+        parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+        side = max(p.images.shape[-1] for p in parts)
+        imgs = []
+        for p in parts:
+            x = p.images[p.indices]
+            if x.shape[-1] != side:  # e.g. synthetic composites next to larger cached photos
+                x = F.interpolate(x.float(), size=(side, side), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+            imgs.append(x)
+        self.images = torch.cat(imgs).to(device)
+        self.labels = torch.cat([p.labels[p.indices] for p in parts]).to(device)
+        self.sources = torch.cat([torch.full((len(p),), p.source) for p in parts]).to(device)
+        self.weights = torch.cat([torch.ones(len(p)) if p.weights is None else p.weights[p.indices]
+                                  for p in parts]).to(device)
+        self.batch_size, self.augment, self.drop_last, self.generator = batch_size, augment, drop_last, None
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.labels), generator=self.generator).to(self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.augment(self.images[idx]), self.labels[idx], self.sources[idx], self.weights[idx]

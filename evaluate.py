@@ -1,0 +1,197 @@
+"""Evaluate a checkpoint: metrics, confusion matrix, mistakes; or classify a folder of images.
+
+    python evaluate.py checkpoints/best.pt                   # train / val / test
+    python evaluate.py checkpoints/best.pt --images photos/  # -> predictions.csv
+
+Needs nothing but the checkpoint: the data config inside it rebuilds the same split
+(`--data-dir` / `--mnist-root` point at the data where it moved).
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data as D
+from model import CheckpointError, get_device, load_checkpoint, model_from_checkpoint, predict, summary_line
+
+SPLITS = ("train", "val", "test")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint.")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="all", choices=SPLITS + ("all",))
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--images", default=None, help="classify every image in this folder -> predictions.csv")
+    p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
+    p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+    return p
+
+
+# ----------------------------------------------------------------------------- shared with analyze.py
+
+def load_run(path, device, data_dir=None, mnist_root=None, with_data=True):
+    """(model, checkpoint, Data) from a checkpoint; the datasets use the eval transforms."""
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, device)
+    if not with_data:
+        return model, ckpt, None
+    cfg = dict(ckpt["data"])
+    if data_dir:
+        cfg["data_dir"] = os.path.abspath(data_dir)
+    if mnist_root:
+        cfg["mnist_root"] = os.path.abspath(mnist_root)
+    cfg["download"] = False
+    data = D.build_datasets(cfg, augment="none")
+    return model, ckpt, data
+
+
+def eval_splits(data, which="all"):
+    """{split name: dataset} with eval transforms; train = the real training images."""
+    sets = {"train": D.real_part(data.train).with_transform(data.val.transform), "val": data.val, "test": data.test}
+    return {k: v for k, v in sets.items() if v is not None and which in ("all", k)}
+
+
+def collect(model, dataset, device, batch_size=256, features=False):
+    """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features)."""
+    out = predict(model, D.make_loader(dataset, batch_size), device, features=features)
+    out["probs"] = out["logits"].softmax(1)
+    out["preds"] = out["logits"].argmax(1)
+    return out
+
+
+def metrics(out, classes):
+    """Loss, accuracy, confusion matrix and per-class precision / recall / F1."""
+    labels, preds, k = out["labels"], out["preds"], len(classes)
+    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    tp = cm.diag().double()
+    precision = tp / cm.sum(0).double().clamp_min(1)
+    recall = tp / cm.sum(1).double().clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    correct = int(tp.sum())
+    return {
+        "loss": F.cross_entropy(out["logits"], labels).item(), "accuracy": correct / len(labels),
+        "correct": correct, "total": len(labels),
+        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }
+
+
+def show_image(ax, dataset, i):
+    """Draw sample i of `dataset` as stored (uint8, before normalisation)."""
+    img = D.raw_image(dataset, i)
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_confusion(cm, classes, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(classes)
+    size = max(5, 0.5 * k + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for ax, m, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        im = ax.imshow(m, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(k), classes, rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), classes)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > m.max() / 2 else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_mistakes(dataset, out, classes, path, n=9):
+    """A 3x3 grid of the most confident wrong predictions: true, predicted, confidence."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    wrong = torch.nonzero(out["preds"] != out["labels"]).flatten()
+    conf = out["probs"].max(1).values
+    wrong = wrong[conf[wrong].argsort(descending=True)][:n]
+    fig, axes = plt.subplots(3, 3, figsize=(7, 7.6))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.axis("on")
+        show_image(ax, dataset, i)
+        ax.set_title(f"true {classes[out['labels'][i]]} / pred {classes[out['preds'][i]]}\n"
+                     f"confidence {conf[i]:.2f}", fontsize=9)
+    fig.suptitle(f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
+    """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
+    paths = D.list_images(folder)
+    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]))
+    images = D.to_channels(images, ckpt["in_channels"])
+    tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
+    out = collect(model, D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf),
+                  device, batch_size)
+    classes = ckpt["classes"]
+    top = out["probs"].topk(min(3, len(classes)), dim=1)
+    with open(out_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "prediction", "confidence", "top3"])
+        for row, i in enumerate(kept):
+            w.writerow([paths[i], classes[top.indices[row, 0]], f"{top.values[row, 0]:.4f}",
+                        " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))])
+    return len(kept)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(args):
+    device = get_device(args.device)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
+    if args.images:
+        model, ckpt, _ = load_run(args.checkpoint, device, with_data=False)
+        n = classify_folder(model, ckpt, args.images, device, os.path.join(out_dir, "predictions.csv"), args.batch_size)
+        print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
+        return
+    model, ckpt, data = load_run(args.checkpoint, device, args.data_dir, args.mnist_root)
+    results, outs = {}, {}
+    for name, ds in eval_splits(data, args.split).items():
+        outs[name] = collect(model, ds, device, args.batch_size)
+        results[name] = metrics(outs[name], data.classes)
+        r = results[name]
+        print(summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    # figures from the held-out split: test where there is one, else val
+    shown = "test" if "test" in results else "val" if "val" in results else next(iter(results))
+    plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
+    plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
+    print(f"wrote metrics.json, confusion.png, mistakes.png ({shown} split) to {out_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (D.DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

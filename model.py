@@ -1,0 +1,333 @@
+"""Models, the model registry and the checkpoint format.
+
+Every script builds models with `build_model` and reads / writes checkpoints with
+`save_checkpoint` / `load_checkpoint` / `model_from_checkpoint`, so the format lives here only.
+
+Every model exposes `forward_features(x)` (the penultimate, pre-logits feature vector, used by
+analyze.py for t-SNE and neighbours) and `forward_head(features)` (the classifier), as in timm.
+
+    python model.py resnet18 --in-channels 3 --num-classes 10
+"""
+import argparse
+import contextlib
+import inspect
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, corrupt, not ours or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- models
+
+class ConvNet(nn.Module):
+    """The classic assignment's ConvNet: 14,178 parameters for 1x28x28 input."""
+
+    def __init__(self, num_classes=10, in_channels=1, img_size=28, drop_rate=0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(drop_rate),
+            nn.Conv2d(8, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(drop_rate),
+            nn.Flatten(),
+        )
+        side = ((img_size - 2) // 2 - 2) // 2  # two unpadded 3x3 convs, two 2x2 pools
+        self.fc1 = nn.Linear(8 * side * side, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward_features(self, x):
+        return F.relu(self.fc1(self.features(x)))
+
+    def forward_head(self, x):
+        return self.fc2(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _conv_bn(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Net(nn.Module):
+    """The project's small MNIST CNN (see README, "Models").
+
+    Three stages of 3x3 conv + BatchNorm + ReLU, widening 32 -> 64 -> 128 while max-pooling
+    28 -> 14 -> 7 -> 3, then global average pooling, dropout and one linear layer. The first
+    stage is a single conv at full resolution (cheap: one input channel); the wide convs run at
+    14x14 and 7x7, which keeps it at ~8 MMACs per image so it trains fast on a CPU.
+    """
+
+    def __init__(self, num_classes=10, in_channels=1, drop_rate=0.2, width=32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, w), nn.MaxPool2d(2),
+            _conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            _conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x):
+        return self.fc(self.dropout(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class MnistExample(nn.Module):
+    """The net of pytorch/examples mnist/main.py, the peer recipe bench.py compares against."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward_features(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        return F.relu(self.fc1(torch.flatten(self.dropout1(x), 1)))
+
+    def forward_head(self, x):
+        return self.fc2(self.dropout2(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def mlp_head(in_features, num_classes, drop_rate=0.3):
+    """512 -> 256 -> 128 -> C with BatchNorm, ReLU and dropout (for non-digit problems)."""
+    return nn.Sequential(
+        nn.Linear(in_features, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+        nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+        nn.Linear(128, num_classes),
+    )
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (He et al.), trained from scratch.
+
+    The 7x7 stem is kept (so 3 channels / 10 classes give torchvision's 11,181,642 parameters);
+    it takes `in_channels` inputs, and for small images (<= 32 px) it runs at stride 1 without
+    the max-pool, as is usual for CIFAR/MNIST sizes, so layer4 does not see a 1x1 map.
+    `head="mlp"` swaps the linear classifier for `mlp_head`.
+    """
+
+    def __init__(self, num_classes=10, in_channels=3, img_size=128, drop_rate=0.0, head="linear"):
+        super().__init__()
+        from torchvision.models import resnet18
+        net = resnet18(weights=None, num_classes=num_classes)
+        small = img_size <= 32
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=1 if small else 2, padding=3, bias=False)
+        if small:
+            net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.backbone = net
+        self.dropout = nn.Dropout(drop_rate)
+        if head == "linear":
+            self.fc = nn.Linear(512, num_classes)
+        elif head == "mlp":
+            self.fc = mlp_head(512, num_classes)
+        else:
+            raise ValueError(f"unknown head {head!r} (choose linear or mlp)")
+
+    def forward_features(self, x):
+        return self.backbone(x)
+
+    def forward_head(self, x):
+        return self.fc(self.dropout(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+MODELS = {
+    "convnet": ConvNet,
+    "net": Net,
+    "resnet18": ResNet18,
+    "mnist_example": MnistExample,
+}
+
+
+def list_models():
+    return sorted(MODELS)
+
+
+def model_kwargs(name, **kwargs):
+    """The subset of kwargs that model `name` takes (stored in checkpoints as model_args), so
+    callers can pass the full set (e.g. `img_size`, which `net` does not use)."""
+    accepted = inspect.signature(MODELS[name].__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted and v is not None}
+
+
+def build_model(name, num_classes, in_channels, **kwargs):
+    """The one way every script builds a model."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_kwargs(name, **kwargs))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def first_conv(model):
+    """The first Conv2d layer (analyze.py draws its kernels)."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+#
+# One format, plain types only, readable with torch.load(weights_only=True):
+#   model, model_args, state_dict, classes, in_channels, img_size, mean, std,
+#   data (what rebuilds the same split), args, epoch, best_val_acc
+# and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping.
+
+CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "classes", "in_channels", "img_size",
+                   "mean", "std", "data", "args", "epoch", "best_val_acc")
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a temp file in the same folder, fsync, then rename over `path`,
+    so a crash or a full disk never leaves a half-written checkpoint behind."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    assert not missing, f"checkpoint lacks {missing}"
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint dict (weights_only=True) or raise CheckpointError with one line."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} needs pickled objects to load, refused "
+                              f"(weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (missing keys)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu", expect=None):
+    """Build the checkpoint's model and load its weights. `expect` (a model name) turns a
+    checkpoint of another architecture into a clear error instead of a key mismatch."""
+    name = ckpt["model"]
+    if expect is not None and name != expect:
+        raise CheckpointError(f"checkpoint is a {name!r} model, not {expect!r}")
+    if name not in MODELS:
+        raise CheckpointError(f"checkpoint has unknown model {name!r}")
+    model = build_model(name, len(ckpt["classes"]), ckpt["in_channels"], **ckpt["model_args"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit model {name!r}: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- devices
+
+def get_device(name=None):
+    """cuda > mps > cpu, unless `name` forces one."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype(device):
+    """Autocast dtype: bf16 on CUDA where supported, else fp16; fp16 on MPS; None (fp32) on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+def autocast(device):
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict(model, loader, device, features=False):
+    """Run `model` over `loader` in eval mode. Returns a dict of CPU tensors:
+    logits [N, C], labels [N] and, with features=True, the penultimate features [N, D]."""
+    model.eval()
+    out = {"logits": [], "labels": [], "features": []}
+    for images, labels, *_ in loader:
+        images = images.to(device, non_blocking=True)
+        with autocast(device):
+            feats = model.forward_features(images)
+            logits = model.forward_head(feats)
+        out["logits"].append(logits.float().cpu())
+        out["labels"].append(labels.cpu())
+        if features:
+            out["features"].append(feats.float().cpu())
+    return {k: torch.cat(v) if v else None for k, v in out.items()}
+
+
+def summary_line(split, loss, correct, total):
+    """The classic assignment's result line, e.g.
+    `Test set: Average loss: 0.0370, Accuracy: 9889/10000 (98.89%)`."""
+    return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Print a model, its parameters per top-level module, and the total.")
+    p.add_argument("model", choices=list_models())
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--img-size", type=int, default=28)
+    return p
+
+
+def main(args):
+    model = build_model(args.model, args.num_classes, args.in_channels, img_size=args.img_size)
+    print(model)
+    print(f"\n{'module':<20}{'parameters':>14}")
+    for name, child in model.named_children():
+        print(f"{name:<20}{count_parameters(child):>14,}")
+    print(f"parameters: {count_parameters(model)}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

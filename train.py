@@ -1,0 +1,383 @@
+"""Train an image classifier from scratch: the hand-written loop.
+
+    python train.py --model resnet18 --epochs 200 --synthetic-n 9000          # photo folder
+    python train.py --dataset mnist --mnist-root ../shared/data --model net   # MNIST
+
+Structure after torchvision's references/classification/train.py: get_args_parser(), main(args),
+train_one_epoch() and evaluate(). Each epoch's randomness (shuffling, augmentation, dropout,
+mixup) is seeded from (--seed, epoch), so `--resume last.pt` continues exactly as a run that was
+never stopped (on CPU; GPU kernels may be non-deterministic).
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data as D
+from model import (CheckpointError, autocast, amp_dtype, build_model, count_parameters, get_device,
+                   list_models, load_checkpoint, model_kwargs, predict, save_checkpoint, summary_line)
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (a non-finite loss): one line, checkpoints kept."""
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
+    D.add_data_args(p)
+    p.add_argument("--augment", default=None, choices=D.AUGMENT_PRESETS,
+                   help="augmentation preset (default: strong for folders, light for MNIST)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resnet18", choices=list_models())
+    g.add_argument("--drop-rate", type=float, default=None, help="dropout before the classifier")
+    g.add_argument("--head", default=None, choices=["linear", "mlp"], help="resnet18 classifier head")
+    g.add_argument("--width", type=int, default=None, help="base width of `net`")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "adadelta"])
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: adamw 1e-3, sgd 0.1, adadelta 1.0)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--label-smoothing", type=float, default=0.05)
+    g.add_argument("--mixup-alpha", type=float, default=0.2)
+    g.add_argument("--mix-prob", type=float, default=0.2, help="probability that a batch is mixed up")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this")
+    g.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "restarts"])
+    g.add_argument("--warmup-epochs", type=float, default=5)
+    g.add_argument("--min-lr", type=float, default=1e-6)
+    g.add_argument("--step-size", type=int, default=1, help="--scheduler step: epochs per decay")
+    g.add_argument("--gamma", type=float, default=0.7, help="--scheduler step: decay factor")
+    g.add_argument("--t0", type=int, default=10, help="--scheduler restarts: epochs of the first cycle")
+    g.add_argument("--t-mult", type=int, default=2, help="--scheduler restarts: cycle growth")
+    g.add_argument("--sample-weights", default=None,
+                   help="CSV of path,weight for training samples (weight 0 drops one from the loss)")
+    g = p.add_argument_group("run")
+    g.add_argument("--patience", type=int, default=50, help="early stopping: epochs without a better val accuracy")
+    g.add_argument("--save-dir", default="checkpoints")
+    g.add_argument("--resume", default=None, help="continue from a last.pt")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="force cuda / mps / cpu (default: the best available)")
+    g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
+    g.add_argument("--device-data", action="store_true",
+                   help="hold the training images on the device and augment whole batches there "
+                        "(much faster, also on CPU; random streams differ from the torchvision presets)")
+    g.add_argument("--dry-run", action="store_true", help="one batch of train and val, then stop")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1, "adadelta": 1.0}
+
+
+def resolve_defaults(args):
+    """Fill the defaults that depend on other arguments (recorded resolved in the checkpoint)."""
+    if args.augment is None:
+        args.augment = "light" if args.dataset == "mnist" else "strong"
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    if args.drop_rate is None and args.model == "resnet18":
+        args.drop_rate = 0.2
+    if args.workers is None:
+        # CPU: the model already uses every core, so loader processes only help with heavy
+        # augmentation; CUDA: decode/augment in parallel with the GPU.
+        args.workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() else (
+            0 if args.augment == "none" else min(2, os.cpu_count() or 1))
+    return args
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_factor(step, steps_per_epoch, args):
+    """Multiplier of the peak lr at optimizer step `step` (stepped every iteration):
+    linear warmup from 0 over --warmup-epochs, then cosine to --min-lr, StepLR-style decay,
+    or cosine warm restarts (T_0, T_mult in epochs)."""
+    warmup = args.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return step / warmup
+    floor = args.min_lr / args.lr
+    t = (step - warmup) / steps_per_epoch  # epochs since warmup
+    if args.scheduler == "step":
+        return args.gamma ** int(t // args.step_size)
+    if args.scheduler == "restarts":
+        cycle = args.t0
+        while t >= cycle:
+            t -= cycle
+            cycle *= args.t_mult
+        progress = t / cycle
+    else:
+        total = max(args.epochs * steps_per_epoch - warmup, 1)
+        progress = min((step - warmup) / total, 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model, args):
+    params = model.parameters()
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
+    if args.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def mixup(images, labels, args):
+    """With probability --mix-prob: (mixed images, labels_b, lam), else (images, None, 1)."""
+    if args.mixup_alpha <= 0 or args.mix_prob <= 0 or torch.rand(()).item() >= args.mix_prob:
+        return images, None, 1.0
+    lam = torch.distributions.Beta(args.mixup_alpha, args.mixup_alpha).sample().item()
+    perm = torch.randperm(images.size(0), device=images.device)
+    return lam * images + (1 - lam) * images[perm], labels[perm], lam
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
+                    max_steps=None):
+    """One pass over `loader`. Returns loss and accuracy overall, per class and per source
+    (0 real, 1 synthetic); accuracy against the un-mixed labels."""
+    from tqdm import tqdm
+    model.train()
+    n_src = 2
+    loss_sum = torch.zeros(num_classes * n_src, dtype=torch.float64)
+    correct = torch.zeros(num_classes * n_src, dtype=torch.float64)
+    count = torch.zeros(num_classes * n_src, dtype=torch.float64)
+    t0, seen = time.perf_counter(), 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=args.quiet, dynamic_ncols=True)
+    for step, (images, labels, sources, weights) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        if device.type != "mps":
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels, weights = labels.to(device), weights.to(device, torch.float32)
+        mixed, labels_b, lam = mixup(images, labels, args)
+        with autocast(device):
+            logits = model(mixed)
+            per_sample = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=args.label_smoothing)
+            if labels_b is not None:  # mixup = soft-target cross-entropy, split by linearity
+                per_sample = lam * per_sample + (1 - lam) * F.cross_entropy(
+                    logits.float(), labels_b, reduction="none", label_smoothing=args.label_smoothing)
+            loss = (per_sample * weights).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}; stopped "
+                                f"(best.pt and last.pt are the last good ones). Lower --lr or set --clip-grad.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        key = (sources.to(device) * num_classes + labels).cpu()
+        hit = (logits.argmax(1) == labels).double().cpu()
+        loss_sum.index_add_(0, key, per_sample.detach().double().cpu())
+        correct.index_add_(0, key, hit)
+        count.index_add_(0, key, torch.ones_like(hit))
+        seen += images.size(0)
+        if step % 10 == 0 or step == len(loader) - 1:
+            bar.set_postfix(loss=f"{loss_sum.sum() / count.sum():.4f}", acc=f"{correct.sum() / count.sum():.4f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if max_steps and step + 1 >= max_steps:
+            break
+    seconds = time.perf_counter() - t0
+    by_class = lambda t: t.view(n_src, num_classes).sum(0)  # noqa: E731
+    by_source = lambda t: t.view(n_src, num_classes).sum(1)  # noqa: E731
+    div = lambda a, b: (a / b.clamp_min(1)).tolist()  # noqa: E731
+    return {
+        "loss": (loss_sum.sum() / count.sum()).item(), "acc": (correct.sum() / count.sum()).item(),
+        "loss_per_class": div(by_class(loss_sum), by_class(count)), "acc_per_class": div(by_class(correct), by_class(count)),
+        "acc_per_source": div(by_source(correct), by_source(count)), "count_per_source": by_source(count).tolist(),
+        "seconds": seconds, "images_per_s": seen / seconds,
+    }
+
+
+def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
+    """Loss (plain cross-entropy), accuracy and per-class accuracy of `model` on `loader`."""
+    out = predict(model, loader, device)
+    logits, labels = out["logits"], out["labels"]
+    hit = (logits.argmax(1) == labels).double()
+    per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hit)
+    n_class = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    return {"loss": F.cross_entropy(logits, labels).item(), "correct": int(hit.sum()), "total": len(labels),
+            "acc": hit.mean().item(), "acc_per_class": (per_class / n_class).tolist(), "logits": logits}
+
+
+# ----------------------------------------------------------------------------- history
+
+def write_history(history, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def plot_history(history, classes, folder):
+    """curves.png (loss, accuracy, lr) and curves_detail.png (per class and per source)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for split in ("train", "val"):
+        ax[0].plot(ep, [h[f"{split}_loss"] for h in history], label=split)
+        ax[1].plot(ep, [h[f"{split}_acc"] for h in history], label=split)
+    ax[2].plot(ep, [h["lr"] for h in history])
+    for a, t in zip(ax, ("loss", "accuracy", "learning rate (end of epoch)")):
+        a.set_title(t)
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax[0].legend()
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "curves.png"), dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, c in enumerate(classes):
+        ax[0].plot(ep, [h[f"train_loss_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
+        ax[1].plot(ep, [h[f"val_acc_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
+    for src in ("real", "synthetic"):
+        if any(h[f"train_n_{src}"] for h in history):
+            ax[2].plot(ep, [h[f"train_acc_{src}"] for h in history], label=f"train {src}")
+    ax[2].plot(ep, [h["val_acc"] for h in history], label="val (real)", linestyle="--")
+    for a, t in zip(ax, ("train loss per class", "val accuracy per class", "accuracy per source")):
+        a.set_title(t)
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "curves_detail.png"), dpi=90)
+    plt.close(fig)
+
+
+def history_row(epoch, train, val, lr, classes):
+    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+           "val_acc": val["acc"], "lr": lr, "seconds": train["seconds"], "images_per_s": train["images_per_s"]}
+    for c, l, a in zip(classes, train["loss_per_class"], train["acc_per_class"]):
+        row[f"train_loss_{c}"], row[f"train_acc_{c}"] = l, a
+    for c, a in zip(classes, val["acc_per_class"]):
+        row[f"val_acc_{c}"] = a
+    for i, src in enumerate(("real", "synthetic")):
+        row[f"train_acc_{src}"], row[f"train_n_{src}"] = train["acc_per_source"][i], int(train["count_per_source"][i])
+    return row
+
+
+# ----------------------------------------------------------------------------- main
+
+def epoch_seed(args, epoch):
+    return args.seed * 100_003 + epoch
+
+
+def main(args):
+    args = resolve_defaults(args)
+    device = get_device(args.device)
+    torch.manual_seed(args.seed)
+    cfg = D.data_config(args)
+    data = D.build_datasets(cfg, args.augment)
+    num_classes = len(data.classes)
+    kwargs = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head, width=args.width)
+    model = build_model(args.model, num_classes, data.in_channels, **kwargs).to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)  # faster convs on CUDA and on CPU
+    optimizer = build_optimizer(model, args)
+    eval_bs = max(256, args.batch_size)
+    val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
+    steps_per_epoch = len(data.train) // args.batch_size if len(data.train) >= args.batch_size else 1
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
+
+    os.makedirs(args.save_dir, exist_ok=True)
+    print(f"{args.model}: {count_parameters(model):,} parameters | {len(data.train)} train, {len(data.val)} val"
+          f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
+          f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}")
+
+    start_epoch, history = 1, []
+    best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
+    if args.resume:
+        ck = load_checkpoint(args.resume)
+        if "optimizer" not in ck:
+            raise CheckpointError(f"{args.resume} has no training state to resume (use last.pt)")
+        if ck["model"] != args.model:
+            raise CheckpointError(f"{args.resume} is a {ck['model']!r} run, not {args.model!r}")
+        model.load_state_dict(ck["state_dict"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["early_stopping"]
+        print(f"resumed from {args.resume} at epoch {start_epoch}")
+
+    def checkpoint(epoch, with_state):
+        ck = {"model": args.model, "model_args": kwargs, "state_dict": model.state_dict(),
+              "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
+              "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
+              "epoch": epoch, "best_val_acc": best["acc"], "history": history}
+        if with_state:
+            ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      scaler=scaler.state_dict(), rng={"torch": torch.get_rng_state()}, early_stopping=dict(best))
+        return ck
+
+    if args.device_data:
+        device_loader = D.DeviceLoader(data.train, args.batch_size, device,
+                                       D.BatchAugment(args.augment, data.img_size, data.mean, data.std))
+    for epoch in range(start_epoch, args.epochs + 1):
+        torch.manual_seed(epoch_seed(args, epoch))  # augmentation, dropout, mixup of this epoch
+        shuffle = torch.Generator().manual_seed(epoch_seed(args, epoch))
+        if args.device_data:
+            loader = device_loader
+            loader.generator = shuffle
+        else:
+            loader = D.make_loader(data.train, args.batch_size, shuffle=True, workers=args.workers,
+                                   generator=shuffle, drop_last=len(data.train) >= args.batch_size)
+        train = train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
+                                max_steps=1 if args.dry_run else None)
+        val = evaluate(model, [next(iter(val_loader))] if args.dry_run else val_loader, device, num_classes)
+        if args.dry_run:
+            print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
+            return {"train": train, "val": val}
+        history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes))
+        improved = val["acc"] > best["acc"]
+        if improved:
+            best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
+            save_checkpoint(checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
+        else:
+            best["bad_epochs"] += 1
+        save_checkpoint(checkpoint(epoch, with_state=True), os.path.join(args.save_dir, "last.pt"))
+        write_history(history, os.path.join(args.save_dir, "history.csv"))
+        plot_history(history, data.classes, args.save_dir)
+        print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
+              f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
+              f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
+              flush=True)
+        if best["bad_epochs"] >= args.patience:
+            print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
+                  f"at epoch {best['epoch']})")
+            break
+
+    # the final report, with the best weights, on deterministic (eval) transforms
+    model.load_state_dict(load_checkpoint(os.path.join(args.save_dir, "best.pt"))["state_dict"])
+    results = {}
+    train_eval = D.real_part(data.train).with_transform(data.val.transform)
+    for name, ds in (("Train", train_eval), ("Val", data.val), ("Test", data.test)):
+        if ds is None:
+            continue
+        r = evaluate(model, D.make_loader(ds, eval_bs, workers=args.workers), device, num_classes)
+        results[name.lower()] = {k: r[k] for k in ("loss", "correct", "total", "acc")}
+        print(summary_line(name, r["loss"], r["correct"], r["total"]))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (D.DataError, CheckpointError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
