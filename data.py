@@ -50,7 +50,8 @@ def stratified_split(labels, val_fraction, seed):
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = int(round(val_fraction * len(idx)))
+        # at least one of each class on both sides (classes have >= 2 samples)
+        n_val = min(max(1, int(round(val_fraction * len(idx)))), len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
@@ -303,13 +304,13 @@ def _warn_skipped(bad):
 
 def load_folder(root, img_size, cache_dir=None):
     """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
-    paths, names = scan_folder(root)
+    paths, all_names = scan_folder(root)
     images, kept = decode_folder(paths, cache_size(img_size), cache_dir)
-    paths, names = [paths[i] for i in kept], [names[i] for i in kept]
+    paths, names = [paths[i] for i in kept], [all_names[i] for i in kept]
     classes = sorted(set(names), key=_natural_key)
     if not paths:
         raise DataError(f"none of the images in {root} could be read")
-    lost = sorted(set(n for n in scan_folder(root)[1]) - set(classes))
+    lost = sorted(set(all_names) - set(classes))
     if lost:
         raise DataError(f"class {lost[0]!r} in {root} has no readable images")
     index = {c: i for i, c in enumerate(classes)}
@@ -424,9 +425,18 @@ def read_sample_weights(csv_path, paths, n):
     if not os.path.isfile(csv_path):
         raise DataError(f"--sample-weights file not found: {csv_path}")
     weights = torch.ones(n)
-    keys = {}
+    # a row names a file by its full path or by its last one or two components (`x.jpg`,
+    # `cat/x.jpg`); a short name that several files share matches none of them (ambiguous)
+    keys, ambiguous = {}, set()
     for i, p in enumerate(paths or []):
-        keys[os.path.abspath(p)] = keys[os.path.basename(p)] = i
+        keys[os.path.abspath(p)] = i
+        parts = os.path.abspath(p).split(os.sep)
+        for k in (parts[-1], "/".join(parts[-2:])):
+            if k in keys and keys[k] != i:
+                ambiguous.add(k)
+            keys[k] = i
+    for k in ambiguous:
+        del keys[k]
     unknown = []
     with open(csv_path, newline="") as f:
         for row in csv.reader(f):
@@ -435,7 +445,8 @@ def read_sample_weights(csv_path, paths, n):
             if len(row) < 2:
                 raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
             key = row[0].strip()
-            i = keys.get(os.path.abspath(key), keys.get(os.path.basename(key)))
+            tail = key.replace(os.sep, "/").split("/")
+            i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
             if i is None and paths is None and key.lstrip("#").isdigit():
                 i = int(key.lstrip("#"))
             try:

@@ -143,9 +143,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
     from tqdm import tqdm
     model.train()
     n_src = 2
-    loss_sum = torch.zeros(num_classes * n_src, dtype=torch.float64)
-    correct = torch.zeros(num_classes * n_src, dtype=torch.float64)
-    count = torch.zeros(num_classes * n_src, dtype=torch.float64)
+    # per (source, class) sums, kept on the device: no host sync per step
+    loss_sum, correct, count = (torch.zeros(n_src * num_classes, device=device) for _ in range(3))
     t0, seen = time.perf_counter(), 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=args.quiet, dynamic_ncols=True)
     for step, (images, labels, sources, weights) in enumerate(bar):
@@ -173,9 +172,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         scaler.update()
         scheduler.step()
 
-        key = (sources.to(device) * num_classes + labels).cpu()
-        hit = (logits.argmax(1) == labels).double().cpu()
-        loss_sum.index_add_(0, key, per_sample.detach().double().cpu())
+        key = sources.to(device) * num_classes + labels
+        hit = (logits.argmax(1) == labels).float()
+        loss_sum.index_add_(0, key, per_sample.detach().float())
         correct.index_add_(0, key, hit)
         count.index_add_(0, key, torch.ones_like(hit))
         seen += images.size(0)
@@ -185,6 +184,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         if max_steps and step + 1 >= max_steps:
             break
     seconds = time.perf_counter() - t0
+    loss_sum, correct, count = loss_sum.double().cpu(), correct.double().cpu(), count.double().cpu()
     by_class = lambda t: t.view(n_src, num_classes).sum(0)  # noqa: E731
     by_source = lambda t: t.view(n_src, num_classes).sum(1)  # noqa: E731
     div = lambda a, b: (a / b.clamp_min(1)).tolist()  # noqa: E731
@@ -270,6 +270,57 @@ def history_row(epoch, train, val, lr, classes):
     return row
 
 
+# ----------------------------------------------------------------------------- what the network is fed
+
+def _denorm(x, mean, std):
+    """Normalised [C, H, W] -> displayable [H, W(, 3)] in [0, 1]."""
+    x = (x.float().cpu() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
+    """augmentations.png (originals beside augmented copies), mixup.png and, with synthetic
+    data, synthetic.png: written at the start of a run so a user sees what the network is fed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    g = torch.Generator().manual_seed(seed)
+    real = D.real_part(data.train)
+    idx = torch.randperm(len(real), generator=g)[:n].tolist()
+    gray = data.in_channels == 1
+    fig, axes = plt.subplots(len(idx), copies + 1, figsize=(1.6 * (copies + 1), 1.6 * len(idx)), squeeze=False)
+    for r, i in enumerate(idx):
+        raw = D.raw_image(real, i)
+        axes[r, 0].imshow(raw[..., 0] if gray else raw, cmap="gray" if gray else None)
+        axes[r, 0].set_title(f"original: {data.classes[int(real.targets[i])]}", fontsize=8)
+        for c in range(copies):
+            axes[r, c + 1].imshow(_denorm(augment_fn(real, i), data.mean, data.std), cmap="gray" if gray else None)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "augmentations.png"), dpi=80)
+    plt.close(fig)
+
+    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], idx[4:8])]
+    lams = torch.distributions.Beta(0.2, 0.2).sample((len(pairs),)).tolist()
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(5, 1.7 * len(pairs)), squeeze=False)
+    for r, ((a, b), lam) in enumerate(zip(pairs, lams)):
+        for ax, x, t in zip(axes[r], (a, b, lam * a + (1 - lam) * b), ("a", "b", f"mixup, lambda={lam:.2f}")):
+            ax.imshow(_denorm(x, data.mean, data.std), cmap="gray" if gray else None)
+            ax.set_title(t, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "mixup.png"), dpi=80)
+    plt.close(fig)
+
+    if isinstance(data.train, torch.utils.data.ConcatDataset):
+        import synth
+        syn = data.train.datasets[1]
+        k = min(64, len(syn))
+        synth.preview_grid(syn.images[:k], [data.classes[int(c)] for c in syn.labels[:k]],
+                           os.path.join(folder, "synthetic.png"))
+
+
 # ----------------------------------------------------------------------------- main
 
 def epoch_seed(args, epoch):
@@ -326,9 +377,17 @@ def main(args):
         return ck
 
     if args.device_data:
-        device_loader = D.DeviceLoader(data.train, args.batch_size, device,
-                                       D.BatchAugment(args.augment, data.img_size, data.mean, data.std))
+        batch_augment = D.BatchAugment(args.augment, data.img_size, data.mean, data.std)
+        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment)
+        augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
+    else:
+        augment_one = lambda ds, i: ds[i][0]  # noqa: E731
+    if not args.dry_run and start_epoch == 1:
+        plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
+    stopped_early = best["bad_epochs"] >= args.patience  # a resumed run that had already stopped
     for epoch in range(start_epoch, args.epochs + 1):
+        if stopped_early:
+            break
         torch.manual_seed(epoch_seed(args, epoch))  # augmentation, dropout, mixup of this epoch
         shuffle = torch.Generator().manual_seed(epoch_seed(args, epoch))
         if args.device_data:
@@ -357,10 +416,10 @@ def main(args):
               f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
               f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
               flush=True)
-        if best["bad_epochs"] >= args.patience:
+        stopped_early = best["bad_epochs"] >= args.patience
+        if stopped_early:
             print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
                   f"at epoch {best['epoch']})")
-            break
 
     # the final report, with the best weights, on deterministic (eval) transforms
     model.load_state_dict(load_checkpoint(os.path.join(args.save_dir, "best.pt"))["state_dict"])

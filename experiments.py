@@ -1,0 +1,291 @@
+"""Experiments on top of train.py, one command each: a learning curve, an ablation, a grid.
+
+    python experiments.py learning-curve --dataset mnist --mnist-root ../shared/data --model net --epochs 10
+    python experiments.py ablation --model resnet18 --epochs 100 --seeds 3
+    python experiments.py grid --grid lr=1e-4,3e-4,1e-3 --grid batch_size=32,64,128 --epochs 20
+
+Options this script does not know go to train.py. Every run of a sweep is an ordinary train.py run
+folder <out>/<cell>/seed<k>/: a finished one (it has result.json) is skipped, an interrupted one
+(it has last.pt) is resumed, so running the same command again continues a sweep. The results go
+to <out>/<experiment>.md (a markdown table, also printed), .csv (fractions, full precision) and .png.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+from fractions import Fraction
+
+import train
+
+SPLITS = ("train", "val", "test")
+DEFAULT_GRID = [("lr", ["1e-4", "3e-4", "1e-3"]), ("batch_size", ["32", "64", "128"])]
+
+
+def fractions(text):
+    try:
+        fs = [float(Fraction(f)) for f in text.split(",")]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a list of fractions: {text!r}") from None
+    if not all(0 < f <= 1 for f in fs):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1]: {text!r}")
+    return fs
+
+
+def grid_axis(text):
+    name, _, values = text.partition("=")
+    if not name or not values:
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,... (a train.py option), got {text!r}")
+    return name.lstrip("-").replace("-", "_"), values.split(",")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    sub = p.add_subparsers(dest="experiment", required=True)
+
+    def add(name, help):
+        q = sub.add_parser(name, help=help, description=f"{help} Other options go to train.py.", allow_abbrev=False)
+        q.add_argument("--out", default=None, help="output folder (default: runs/<experiment>)")
+        q.add_argument("--seeds", type=int, default=1, help="repeat every cell with train --seed 0..K-1")
+        return q
+
+    add("learning-curve", "Train on fractions of the training split; error against examples.").add_argument(
+        "--fractions", type=fractions, default=fractions("1,1/2,1/4,1/8,1/16"), help="e.g. 1,1/2,1/4")
+    q = add("ablation", "Augmentation on/off x synthetic data on/off (MNIST: augmentation only).")
+    q.add_argument("--aug-on", default=None, choices=["light", "strong"],
+                   help="the 'on' preset (default: the run's --augment, else strong for folders, light for MNIST)")
+    q.add_argument("--synthetic-on", type=int, default=9000, metavar="N", help="the 'on' --synthetic-n")
+    add("grid", "Two train.py hyper-parameters over lists, for a fixed budget of epochs.").add_argument(
+        "--grid", action="append", type=grid_axis, metavar="NAME=V1,V2,...",
+        help="twice; default: lr=1e-4,3e-4,1e-3 and batch_size=32,64,128")
+    return p
+
+
+def parse_args(argv=None):
+    """experiments.py's options, with the rest (train.py's) in .train_args and the command in .command."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args, rest = get_args_parser().parse_known_args(argv)
+    args.train_args, args.command = rest, "python experiments.py " + shlex.join(argv)
+    return args
+
+
+# ----------------------------------------------------------------------------- running the cells
+
+def run_cell(args, name, overrides):
+    """Run cell `name` (train.py arguments `overrides` on top of the passed-through ones) with
+    seeds 0..K-1 in <out>/<name>/seed<k>/; returns the runs' result.json contents."""
+    runs = []
+    for seed in range(args.seeds):
+        folder = os.path.join(args.out, name, f"seed{seed}")
+        argv = args.train_args + overrides + ["--seed", str(seed)]
+        done = os.path.join(folder, "result.json")
+        if os.path.isfile(done):
+            with open(done) as f:
+                run = json.load(f)
+            print(f"== {name} seed {seed}: finished before, skipped")
+            if run.get("argv") != argv:
+                print(f"warning: {folder} was run with other arguments ({shlex.join(run.get('argv', []))}); "
+                      f"delete it to run it again", file=sys.stderr)
+        else:
+            targs = train.get_args_parser().parse_args(argv + ["--save-dir", folder])
+            last = os.path.join(folder, "last.pt")
+            targs.resume = last if os.path.isfile(last) else None
+            print(f"== {name} seed {seed}{': resuming' if targs.resume else ''}", flush=True)
+            try:
+                run = {"argv": argv, "results": train.main(targs)}
+            except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
+                print(f"error: {e}", file=sys.stderr)
+                run = {"argv": argv, "error": str(e)}
+            os.makedirs(folder, exist_ok=True)
+            tmp = done + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(run, f, indent=1)
+            os.replace(tmp, done)
+        runs.append(run)
+    return runs
+
+
+def summarize(runs):
+    """Accuracy mean and std (sample std; 0 for one seed) per split over the cell's finished runs."""
+    ok = [r["results"] for r in runs if "results" in r]
+    row = {"seeds": len(ok), "failed": len(runs) - len(ok)}
+    for split in SPLITS:
+        accs = [r[split]["acc"] for r in ok if split in r]
+        row[f"{split}_acc"] = statistics.fmean(accs) if accs else None
+        row[f"{split}_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None)
+    row["n_train"] = ok[0]["train"]["total"] if ok else None
+    return row
+
+
+def pct(row, split, seeds):
+    m, s = row[f"{split}_acc"], row[f"{split}_acc_std"]
+    if m is None:
+        return "failed"
+    return f"{100 * m:.2f} ± {100 * s:.2f}" if seeds > 1 else f"{100 * m:.2f}"
+
+
+def md_table(header, rows):
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ----------------------------------------------------------------------------- the experiments
+
+def learning_curve(args, base):
+    rows = [dict(fraction=f, **summarize(run_cell(args, f"frac{f:g}", ["--train-fraction", repr(f)])))
+            for f in args.fractions]
+    split = "test" if any(r["test_acc"] is not None for r in rows) else "val"
+    shown = [s for s in SPLITS if any(r[f"{s}_acc"] is not None for r in rows)]
+    table = md_table(["fraction", "train examples"] + [f"{s} acc" for s in shown],
+                     [[f"{r['fraction']:g}", r["n_train"]] + [pct(r, s, args.seeds) for s in shown] for r in rows])
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for s, style in (("train", "o-"), (split, "s-")):
+            pts = sorted((r["n_train"], 1 - r[f"{s}_acc"], r[f"{s}_acc_std"]) for r in rows if r[f"{s}_acc"] is not None)
+            if pts:
+                x, y, e = zip(*pts)  # an error of 0 (no mistakes) is drawn at 1e-4 on the log axis
+                ax.errorbar(x, [max(v, 1e-4) for v in y], yerr=e, fmt=style, capsize=3, label=f"{s} error")
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xticks(x, [str(n) for n in x])
+                ax.tick_params(axis="x", which="minor", labelbottom=False)
+        pct_fmt = plt.FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
+        ax.yaxis.set_major_formatter(pct_fmt)
+        ax.yaxis.set_minor_formatter(pct_fmt)
+        ax.set_xlabel("training examples")
+        ax.set_ylabel("error (1 - accuracy)")
+        ax.set_title("learning curve" + (f" (mean ± std of {args.seeds} seeds)" if args.seeds > 1 else ""))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+    return "Learning curve", table, rows, plot
+
+
+def ablation(args, base):
+    mnist = base.dataset == "mnist"
+    aug_on = args.aug_on or (base.augment if base.augment not in (None, "none") else "light" if mnist else "strong")
+    syns = [0] if mnist else [0, args.synthetic_on]  # MNIST has no synthetic option: the aug axis only
+    rows = [dict(augment=a, synthetic_n=n, **summarize(run_cell(
+                args, f"aug-{a}_syn-{n}", ["--augment", a, "--synthetic-n", str(n)])))
+            for a in ("none", aug_on) for n in syns]
+    cell = {(r["augment"], r["synthetic_n"]): r for r in rows}
+    header = ["augment"] + [f"{s} (synthetic {n})" for n in syns for s in ("val acc", "train acc")]
+    table = md_table(header, [[a] + [pct(cell[a, n], s, args.seeds) for n in syns for s in ("val", "train")]
+                              for a in ("none", aug_on)])
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
+        for k, (s, dx) in enumerate((("val", -0.2), ("train", 0.2))):
+            ax.bar([i + dx for i in range(len(rows))], [100 * (r[f"{s}_acc"] or 0) for r in rows], 0.4,
+                   yerr=[100 * (r[f"{s}_acc_std"] or 0) for r in rows], capsize=3, label=s, color=f"C{k}")
+        ax.set_xticks(range(len(rows)), [f"augment {r['augment']}\nsynthetic {r['synthetic_n']}" for r in rows])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("ablation: val vs train accuracy (the gap is over-fitting)")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+    return "Ablation", table, rows, plot
+
+
+def grid(args, base):
+    (p1, v1s), (p2, v2s) = args.grid
+    rows = [{p1: a, p2: b, **summarize(run_cell(
+                args, f"{p1}={a}_{p2}={b}".replace(os.sep, "_"),
+                [f"--{p1.replace('_', '-')}", a, f"--{p2.replace('_', '-')}", b]))}
+            for a in v1s for b in v2s]
+    scored = [r for r in rows if r["val_acc"] is not None]
+    best = max(scored, key=lambda r: r["val_acc"]) if scored else None
+    for r in rows:
+        r["best"] = int(r is best)
+    cell = {(r[p1], r[p2]): r for r in rows}
+    mark = lambda r: f"**{pct(r, 'val', args.seeds)}** (best)" if r["best"] else pct(r, "val", args.seeds)  # noqa: E731
+    table = md_table([f"{p1} \\ {p2}"] + v2s, [[a] + [mark(cell[a, b]) for b in v2s] for a in v1s])
+    table += ["", f"val accuracy (%); best: {p1}={best[p1]}, {p2}={best[p2]}" if best else "every cell failed"]
+
+    def plot(path):
+        plt = pyplot()
+        z = [[100 * cell[a, b]["val_acc"] if cell[a, b]["val_acc"] is not None else math.nan for b in v2s]
+             for a in v1s]
+        fig, ax = plt.subplots(figsize=(1.3 * len(v2s) + 2.5, 1.0 * len(v1s) + 1.8))
+        im = ax.imshow(z, cmap="viridis")
+        for i, a in enumerate(v1s):
+            for j, b in enumerate(v2s):
+                r = cell[a, b]
+                ax.text(j, i, pct(r, "val", args.seeds).replace(" ± ", "\n± "), ha="center", va="center",
+                        color="w", fontsize=8, fontweight="bold" if r["best"] else "normal")
+                if r["best"]:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=3))
+        ax.set_xticks(range(len(v2s)), v2s)
+        ax.set_yticks(range(len(v1s)), v1s)
+        ax.set_xlabel(p2)
+        ax.set_ylabel(p1)
+        ax.set_title("val accuracy (%), best outlined")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+    return "Grid", table, rows, plot
+
+
+EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": grid}
+
+
+def main(args):
+    for k, v in (("train_args", []), ("command", f"python experiments.py {args.experiment} ...")):
+        if not hasattr(args, k):
+            setattr(args, k, v)
+    args.out = args.out or os.path.join("runs", args.experiment)
+    if args.seeds < 1:
+        sys.exit("error: --seeds must be at least 1")
+    base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
+    if base.dry_run:
+        sys.exit("error: --dry-run makes no results to compare; run train.py --dry-run instead")
+    if args.experiment == "grid":
+        args.grid = args.grid or DEFAULT_GRID
+        if len(args.grid) != 2 or args.grid[0][0] == args.grid[1][0]:
+            sys.exit("error: grid takes two different --grid NAME=V1,V2,...")
+        for name, values in args.grid:
+            if name in ("seed", "save_dir", "resume"):
+                sys.exit(f"error: --{name.replace('_', '-')} is set by experiments.py, not a grid axis")
+            for v in values:  # a bad name or value fails here, before any training
+                train.get_args_parser().parse_args(args.train_args + [f"--{name.replace('_', '-')}", v])
+    os.makedirs(args.out, exist_ok=True)
+
+    title, table, rows, plot = EXPERIMENTS[args.experiment](args, base)
+    stem = os.path.join(args.out, args.experiment.replace("-", "_"))
+    md = "\n".join([f"# {title}", "", f"`{args.command}`", "",
+                    f"seeds: {args.seeds} (train --seed {'0' if args.seeds == 1 else f'0..{args.seeds - 1}'}); accuracy in %"
+                    + (", mean ± std (sample std) over seeds" if args.seeds > 1 else ""), "", *table]) + "\n"
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(stem + ".png")
+    print("\n" + md + f"\nwritten: {stem}.md, .csv, .png")
+    return rows
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,214 @@
+"""experiments.py: learning curve, ablation and grid on tiny budgets (MNIST from ../shared/data
+and a fabricated 10-class photo folder); skipping of finished runs, resuming of interrupted ones."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import data as D  # noqa: E402
+import experiments  # noqa: E402
+import train  # noqa: E402
+
+MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / f).is_file() or (MNIST_ROOT / "MNIST" / "raw" / (f + ".gz")).is_file()
+                 for f in D.MNIST_FILES)
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not in {MNIST_ROOT}")
+MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--model", "convnet",
+              "--epochs", 1, "--batch-size", 64, "--val-fraction", 0.02, "--quiet", "--warmup-epochs", 0,
+              "--augment", "none", "--workers", 0]
+
+
+def no_run_figures(mp):
+    """train.py's per-run figures are tested in test_core; skipping them keeps this file fast."""
+    mp.setattr(train, "plot_inputs", lambda *a, **k: None)
+    mp.setattr(train, "plot_history", lambda *a, **k: None)
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch):
+    no_run_figures(monkeypatch)
+
+
+def run(*argv):
+    return experiments.main(experiments.parse_args([str(a) for a in argv]))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def outputs_exist(out, stem):
+    for ext in ("md", "csv"):
+        assert (out / f"{stem}.{ext}").stat().st_size > 0
+    assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return (out / f"{stem}.md").read_text(), read_csv(out / f"{stem}.csv")
+
+
+def forbid_training(mp):
+    def boom(args):
+        raise AssertionError(f"train.main called for {args.save_dir}")
+    mp.setattr(train, "main", boom)
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    """Class folders '0'..'9' with 4 tiny random JPEGs each."""
+    root = tmp_path_factory.mktemp("digits")
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / str(c)).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / str(c) / f"{i}.jpg")
+    return root
+
+
+def folder_args(root, *extra):
+    return ["--data-dir", root, "--model", "convnet", "--img-size", 32, "--epochs", 1, "--batch-size", 16,
+            "--quiet", "--warmup-epochs", 0, "--workers", 0, *extra]
+
+
+# ----------------------------------------------------------------------------- learning curve (MNIST)
+
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory):
+    if not HAVE_MNIST:
+        pytest.skip(f"MNIST not in {MNIST_ROOT}")
+    out = tmp_path_factory.mktemp("lc")
+    with pytest.MonkeyPatch.context() as mp:
+        no_run_figures(mp)
+        run("learning-curve", "--fractions", "0.02,1/100", "--out", out, *MNIST_ARGS)
+    return out
+
+
+@needs_mnist
+def test_learning_curve_outputs(curve):
+    md, rows = outputs_exist(curve, "learning_curve")
+    assert [float(r["fraction"]) for r in rows] == [0.02, 0.01]
+    assert "`python experiments.py learning-curve --fractions 0.02,1/100" in md and "seeds: 1" in md
+    assert "| 0.02 | " in md and "| 0.01 | " in md and "test acc" in md and " ± " not in md
+    for f in ("0.02", "0.01"):
+        run_dir = curve / f"frac{f}" / "seed0"
+        assert {"best.pt", "last.pt", "history.csv", "result.json"} <= {p.name for p in run_dir.iterdir()}
+
+
+@needs_mnist
+def test_learning_curve_x_is_the_number_of_training_examples(curve):
+    labels = D.load_mnist(str(MNIST_ROOT), train=True, download=False)[1]
+    train_idx, _ = D.stratified_split(labels, 0.02, 0)
+    rows = read_csv(curve / "learning_curve.csv")
+    for r in rows:
+        expected = len(D.stratified_subset(train_idx, labels, float(r["fraction"]), 0))
+        assert int(r["n_train"]) == expected
+        assert f"| {expected} |" in (curve / "learning_curve.md").read_text()
+    assert int(rows[0]["n_train"]) > int(rows[1]["n_train"])
+
+
+@needs_mnist
+def test_second_invocation_skips_finished_runs(curve, monkeypatch, capsys):
+    before = (curve / "learning_curve.csv").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in curve.rglob("*.pt")}
+    forbid_training(monkeypatch)
+    run("learning-curve", "--fractions", "0.02,1/100", "--out", curve, *MNIST_ARGS)
+    assert capsys.readouterr().out.count("finished before, skipped") == 2
+    assert (curve / "learning_curve.csv").read_text() == before
+    assert mtimes == {p: p.stat().st_mtime_ns for p in curve.rglob("*.pt")}
+
+
+# ----------------------------------------------------------------------------- resume (photo folder)
+
+def test_interrupted_run_is_resumed(digit_folder, tmp_path, monkeypatch, capsys):
+    argv = ["learning-curve", "--fractions", "1", "--out", tmp_path,
+            *folder_args(digit_folder, "--epochs", 2, "--augment", "none")]
+    real_epoch = train.train_one_epoch
+
+    def interrupted(model, loader, optimizer, scheduler, scaler, device, epoch, *a, **k):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, *a, **k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(train, "train_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(*argv)
+    run_dir = tmp_path / "frac1" / "seed0"
+    assert (run_dir / "last.pt").is_file() and not (run_dir / "result.json").exists()
+    capsys.readouterr()
+    rows = run(*argv)
+    out = capsys.readouterr().out
+    assert "frac1 seed 0: resuming" in out and "resumed from" in out and "at epoch 2" in out
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
+    assert [int(r["epoch"]) for r in read_csv(run_dir / "history.csv")] == [1, 2]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["results"]["val"]["acc"] == rows[0]["val_acc"]
+    assert rows[0]["n_train"] == 30 and rows[0]["test_acc"] is None  # a folder has no test split: val
+
+
+# ----------------------------------------------------------------------------- grid, seeds
+
+def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
+    run("grid", "--grid", "lr=1e-3,3e-2", "--grid", "batch-size=16", "--seeds", 2, "--out", tmp_path,
+        *folder_args(digit_folder, "--augment", "none"))
+    md, rows = outputs_exist(tmp_path, "grid")
+    assert [(r["lr"], r["batch_size"]) for r in rows] == [("1e-3", "16"), ("3e-2", "16")]
+    assert all(r["seeds"] == "2" for r in rows)
+    best = [r for r in rows if r["best"] == "1"]
+    assert len(best) == 1 and float(best[0]["val_acc"]) == max(float(r["val_acc"]) for r in rows)
+    assert md.count("(best)") == 1 and "seeds: 2" in md and "| lr \\ batch_size | 16 |" in md
+    best_line = next(line for line in md.splitlines() if "(best)" in line)
+    assert best_line.startswith(f"| {best[0]['lr']} |") and " ± " in best_line
+    for r in rows:
+        for seed in (0, 1):
+            assert (tmp_path / f"lr={r['lr']}_batch_size=16" / f"seed{seed}" / "result.json").is_file()
+        accs = [json.loads((tmp_path / f"lr={r['lr']}_batch_size=16" / f"seed{s}" / "result.json").read_text())
+                ["results"]["val"]["acc"] for s in (0, 1)]
+        assert float(r["val_acc"]) == pytest.approx(np.mean(accs))
+        assert float(r["val_acc_std"]) == pytest.approx(np.std(accs, ddof=1))
+        assert f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}" in md
+
+
+def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digit_folder):
+    forbid_training(monkeypatch)
+    with pytest.raises(SystemExit):
+        run("grid", "--grid", "lr=1e-3", "--grid", "no_such_option=1", "--out", tmp_path, *folder_args(digit_folder))
+
+
+# ----------------------------------------------------------------------------- ablation
+
+@needs_mnist
+def test_ablation_on_folder_with_synthetic_data(digit_folder, tmp_path):
+    run("ablation", "--synthetic-on", 20, "--out", tmp_path, *folder_args(digit_folder, "--mnist-root", MNIST_ROOT,
+                                                                          "--no-download"))
+    md, rows = outputs_exist(tmp_path, "ablation")
+    assert [(r["augment"], r["synthetic_n"]) for r in rows] == [("none", "0"), ("none", "20"),
+                                                                ("strong", "0"), ("strong", "20")]
+    assert "| augment | val acc (synthetic 0) | train acc (synthetic 0) | val acc (synthetic 20) |" in md
+    table = [line for line in md.splitlines() if line.startswith("| none") or line.startswith("| strong")]
+    assert len(table) == 2 and all(line.count("|") == 6 for line in table)
+    for r in rows:
+        cfg = torch.load(tmp_path / f"aug-{r['augment']}_syn-{r['synthetic_n']}" / "seed0" / "last.pt",
+                         weights_only=True)
+        assert (cfg["args"]["augment"], cfg["data"]["synthetic_n"]) == (r["augment"], int(r["synthetic_n"]))
+
+
+def test_ablation_on_mnist_is_the_augmentation_axis_only(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_main(args):
+        seen.append((args.augment, args.synthetic_n, args.seed))
+        acc = {"none": 0.9, "light": 0.95}[args.augment]
+        return {s: {"loss": 0.1, "correct": 1, "total": 10, "acc": acc + 0.01 * args.seed} for s in ("train", "val", "test")}
+
+    monkeypatch.setattr(train, "main", fake_main)
+    rows = run("ablation", "--seeds", 2, "--out", tmp_path, "--dataset", "mnist", "--mnist-root", "x")
+    assert seen == [("none", 0, 0), ("none", 0, 1), ("light", 0, 0), ("light", 0, 1)]
+    assert [(r["augment"], r["synthetic_n"]) for r in rows] == [("none", 0), ("light", 0)]
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| light | 95.50 ± 0.71 | 95.50 ± 0.71 |" in md and "synthetic 9000" not in md
