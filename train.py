@@ -24,7 +24,7 @@ from model import (CheckpointError, autocast, amp_dtype, build_model, count_para
 
 
 class TrainingError(Exception):
-    """A run that cannot go on (a non-finite loss): one line, checkpoints kept."""
+    """A run that cannot start (bad settings) or go on (a non-finite loss): one line, checkpoints kept."""
 
 
 def get_args_parser(add_help=True):
@@ -77,10 +77,15 @@ DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1, "adadelta": 1.0}
 
 def resolve_defaults(args):
     """Fill the defaults that depend on other arguments (recorded resolved in the checkpoint)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be >= 1")
     if args.augment is None:
         args.augment = "light" if args.dataset == "mnist" else "strong"
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
+    if args.lr <= 0 or args.min_lr < 0:
+        raise TrainingError(f"--lr must be > 0 and --min-lr >= 0 (got {args.lr}, {args.min_lr})")
     if args.drop_rate is None and args.model == "resnet18":
         args.drop_rate = 0.2
     if args.workers is None:
@@ -358,6 +363,14 @@ def main(args):
             raise CheckpointError(f"{args.resume} has no training state to resume (use last.pt)")
         if ck["model"] != args.model:
             raise CheckpointError(f"{args.resume} is a {ck['model']!r} run, not {args.model!r}")
+        if ck["data"].get("split_hash") != data.config["split_hash"]:
+            raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
+                                  f"--split-seed or --train-fraction differ)")
+        changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n")
+                   if ck["args"].get(k) != getattr(args, k)]
+        if changed:
+            D.warn(f"resuming with other settings than {args.resume} had: "
+                   + ", ".join(f"--{k.replace('_', '-')} {ck['args'].get(k)} -> {getattr(args, k)}" for k in changed))
         model.load_state_dict(ck["state_dict"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])

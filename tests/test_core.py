@@ -1,0 +1,460 @@
+"""Core behaviour: the split, parameter counts, the lr schedule, checkpoints, early stopping,
+exact resume, and evaluate.py / analyze.py on a tiny trained checkpoint.
+
+Everything runs in-process on 1% of MNIST with the 14k-parameter convnet (see conftest.py)."""
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, run_script, tiny_train_args
+import analyze as A
+import data as D
+import evaluate as E
+import model as M
+import train
+
+
+def run_train(argv):
+    return train.main(train.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def read_history(folder):
+    with open(Path(folder) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_raw(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_png(path):
+    path = Path(path)
+    assert path.is_file() and path.stat().st_size > 0, path
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size[0] > 50 and im.size[1] > 50
+        im.verify()
+
+
+def summary_lines(text):
+    return {m.group(1): m.group(0) for m in re.finditer(r"^(Train|Val|Test) set: .*$", text, re.M)}
+
+
+# ----------------------------------------------------------------------------- MNIST loading
+
+@pytest.fixture(scope="module")
+def mnist_labels(mnist_root):
+    _, labels = D.load_mnist(str(mnist_root), train=True, download=False)
+    return labels
+
+
+def test_load_mnist_local_files(mnist_root):
+    images, labels = D.load_mnist(str(mnist_root), train=True, download=False)
+    assert images.shape == (60000, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (60000,) and labels.dtype == torch.int64
+    assert sorted(labels.unique().tolist()) == list(range(10))
+    test_images, test_labels = D.load_mnist(str(mnist_root), train=False, download=False)
+    assert test_images.shape == (10000, 1, 28, 28) and test_labels.shape == (10000,)
+
+
+def test_load_mnist_missing_names_folder_and_files(tmp_path):
+    with pytest.raises(D.DataError) as e:
+        D.load_mnist(str(tmp_path), train=True, download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte"):
+        assert f in msg
+    assert "\n" not in msg
+    assert list(tmp_path.iterdir()) == []  # nothing fetched or created
+
+
+# ----------------------------------------------------------------------------- split
+
+def test_stratified_split_is_stratified_disjoint_and_complete(mnist_labels):
+    train_idx, val_idx = D.stratified_split(mnist_labels, 0.15, seed=0)
+    n_c = torch.bincount(mnist_labels, minlength=10)
+    val_c = torch.bincount(mnist_labels[val_idx], minlength=10)
+    for c in range(10):
+        assert abs(val_c[c].item() - 0.15 * n_c[c].item()) <= 1, (c, val_c[c], n_c[c])
+    both = torch.cat([train_idx, val_idx])
+    assert torch.equal(both.sort().values, torch.arange(len(mnist_labels)))  # disjoint and covering
+    assert torch.equal(train_idx, train_idx.sort().values) and torch.equal(val_idx, val_idx.sort().values)
+
+
+def test_stratified_split_seeded(mnist_labels):
+    a = D.stratified_split(mnist_labels, 0.15, seed=0)
+    b = D.stratified_split(mnist_labels, 0.15, seed=0)
+    c = D.stratified_split(mnist_labels, 0.15, seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_stratified_subset_fractions(mnist_labels):
+    train_idx, _ = D.stratified_split(mnist_labels, 0.15, seed=0)
+    n_c = torch.bincount(mnist_labels[train_idx], minlength=10)
+    assert torch.equal(D.stratified_subset(train_idx, mnist_labels, 1.0, 0), train_idx)
+    for k in range(2, 17):
+        frac = 1 / k
+        sub = D.stratified_subset(train_idx, mnist_labels, frac, seed=0)
+        assert len(sub.unique()) == len(sub)
+        assert torch.isin(sub, train_idx).all()
+        sub_c = torch.bincount(mnist_labels[sub], minlength=10)
+        for c in range(10):
+            assert abs(sub_c[c].item() - frac * n_c[c].item()) <= 1, (k, c)
+        assert torch.equal(sub, D.stratified_subset(train_idx, mnist_labels, frac, seed=0))
+    assert not torch.equal(D.stratified_subset(train_idx, mnist_labels, 0.1, 0),
+                           D.stratified_subset(train_idx, mnist_labels, 0.1, 1))
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+def test_convnet_parameter_count():
+    net = M.build_model("convnet", 10, 1, img_size=28)
+    assert M.count_parameters(net) == 14_178
+
+
+def test_resnet18_parameter_count():
+    for drop in (None, 0.0, 0.2):
+        net = M.build_model("resnet18", 10, 3, drop_rate=drop)
+        assert M.count_parameters(net) == 11_181_642, drop
+
+
+def test_model_py_prints_parameter_count():
+    proc = run_script("model.py", "convnet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "parameters: 14178"
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def schedule_args(**kw):
+    base = dict(warmup_epochs=2, epochs=10, lr=1e-3, min_lr=1e-6, scheduler="cosine",
+                step_size=1, gamma=0.7, t0=2, t_mult=2)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+SPE = 50  # steps per epoch
+
+
+def test_cosine_schedule_warmup_and_floor():
+    a = schedule_args()
+    f = [train.lr_factor(s, SPE, a) for s in range(a.epochs * SPE + 1)]
+    warm = a.warmup_epochs * SPE
+    assert f[0] == 0.0
+    assert f[warm // 2] == pytest.approx(0.5)
+    assert all(x < y for x, y in zip(f[:warm], f[1:warm + 1]))  # linear warmup rises
+    assert f[warm] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(a.min_lr / a.lr, rel=1e-9)
+    assert all(x >= y for x, y in zip(f[warm:], f[warm + 1:]))  # monotone after warmup
+    assert f[warm] > f[(warm + len(f)) // 2] > f[-1]
+    assert min(f[warm:]) >= a.min_lr / a.lr - 1e-12
+
+
+def test_step_schedule_decays_by_gamma():
+    a = schedule_args(scheduler="step", warmup_epochs=0, step_size=2, gamma=0.5)
+    for epoch in range(10):
+        assert train.lr_factor(epoch * SPE, SPE, a) == pytest.approx(0.5 ** (epoch // 2))
+        assert train.lr_factor(epoch * SPE + SPE - 1, SPE, a) == pytest.approx(0.5 ** (epoch // 2))
+
+
+def test_restarts_schedule_returns_to_peak():
+    a = schedule_args(scheduler="restarts", epochs=20)  # warmup 2, cycles of 2, 4, 8 epochs
+    warm = a.warmup_epochs * SPE
+    for boundary in (warm, warm + 2 * SPE, warm + 6 * SPE, warm + 14 * SPE):
+        assert train.lr_factor(boundary, SPE, a) == pytest.approx(1.0)
+        if boundary > warm:
+            assert train.lr_factor(boundary - 1, SPE, a) < 0.01  # end of the previous cycle
+    mid = train.lr_factor(warm + 2 * SPE + 2 * SPE, SPE, a)  # half-way through the 4-epoch cycle
+    assert mid == pytest.approx(0.5, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def make_checkpoint(net, name, **over):
+    ck = {"model": name, "model_args": {}, "state_dict": net.state_dict(), "classes": [str(i) for i in range(10)],
+          "in_channels": 1, "img_size": 28, "mean": [0.1307], "std": [0.3081],
+          "data": {"dataset": "mnist", "mnist_root": "/x", "val_fraction": 0.15}, "args": {"lr": 1e-3},
+          "epoch": 3, "best_val_acc": 0.5}
+    ck.update(over)
+    return ck
+
+
+@pytest.fixture
+def saved_net(tmp_path):
+    """A `net` (BatchNorm: buffers matter) with non-default running stats, saved to tmp."""
+    torch.manual_seed(0)
+    net = M.build_model("net", 10, 1)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 1, 28, 28))  # move the BatchNorm running statistics
+    net.eval()
+    path = tmp_path / "ck.pt"
+    M.save_checkpoint(make_checkpoint(net, "net"), str(path))
+    return net, path
+
+
+def test_checkpoint_round_trip(saved_net):
+    net, path = saved_net
+    raw = load_raw(path)  # plain types only
+    assert set(M.CHECKPOINT_KEYS) <= set(raw)
+    ck = M.load_checkpoint(str(path))
+    loaded = M.model_from_checkpoint(ck, expect="net")
+    assert not loaded.training
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert not any(p.name.startswith(".tmp-") for p in path.parent.iterdir())  # no temp files left
+
+
+def test_checkpoint_corrupt_file_raises(tmp_path):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(M.CheckpointError):
+        M.load_checkpoint(str(bad))
+
+
+def test_checkpoint_truncated_file_raises(saved_net, tmp_path):
+    _, path = saved_net
+    blob = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(M.CheckpointError):
+        M.load_checkpoint(str(cut))
+
+
+def test_checkpoint_corrupt_file_message_says_unreadable(tmp_path):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(M.CheckpointError) as e:
+        M.load_checkpoint(str(bad))
+    assert "not a readable checkpoint" in str(e.value)
+
+
+def test_checkpoint_missing_path_raises(tmp_path):
+    with pytest.raises(M.CheckpointError, match="not found"):
+        M.load_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_checkpoint_missing_keys_or_not_a_dict_raise(saved_net, tmp_path):
+    net, _ = saved_net
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "partial.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    for name in ("partial.pt", "tensor.pt"):
+        with pytest.raises(M.CheckpointError):
+            M.load_checkpoint(str(tmp_path / name))
+
+
+def test_checkpoint_other_architecture_raises(saved_net):
+    _, path = saved_net
+    ck = M.load_checkpoint(str(path))
+    with pytest.raises(M.CheckpointError, match="convnet"):
+        M.model_from_checkpoint(ck, expect="convnet")
+
+
+def test_checkpoint_weights_that_do_not_fit_raise(saved_net):
+    _, path = saved_net
+    ck = M.load_checkpoint(str(path))
+    ck["classes"] = ck["classes"][:5]  # a 5-class model cannot take 10-class weights
+    with pytest.raises(M.CheckpointError):
+        M.model_from_checkpoint(ck)
+
+
+UNPICKLED = []
+
+
+def _record(x):
+    UNPICKLED.append(x)
+    return x
+
+
+class Payload:
+    """Unpickling this would call _record: weights_only loading must refuse it first."""
+
+    def __reduce__(self):
+        return (_record, ("unpickled",))
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    net = M.build_model("convnet", 10, 1)
+    ck = make_checkpoint(net, "convnet", args={"evil": Payload()})
+    torch.save(ck, tmp_path / "evil.pt")
+    with pytest.raises(M.CheckpointError):
+        M.load_checkpoint(str(tmp_path / "evil.pt"))
+    assert UNPICKLED == []
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+@pytest.fixture
+def no_test_split(monkeypatch):
+    """Leave MNIST's 10,000-image test split out of train.py's final report: irrelevant to the
+    tests that use this, and evaluating it is most of a tiny run's time."""
+    real = D.build_datasets
+
+    def without_test(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), test=None)
+
+    monkeypatch.setattr(D, "build_datasets", without_test)
+
+
+def test_early_stopping(tmp_path, mnist_root, capsys, monkeypatch, no_test_split):
+    for plot in ("plot_history", "plot_inputs"):  # figures are not what this test is about
+        monkeypatch.setattr(train, plot, lambda *a, **k: None, raising=False)
+    epochs = 4
+    run_train(tiny_train_args(mnist_root, tmp_path, "--epochs", epochs, "--patience", 1, "--lr", 1e-9,
+                              "--min-lr", 1e-12, "--warmup-epochs", 0, "--augment", "none",
+                              "--val-fraction", 0.02))
+    out = capsys.readouterr().out
+    rows = read_history(tmp_path)
+    assert len(rows) < epochs
+    assert len(rows) == 2 and rows[0]["val_acc"] == rows[1]["val_acc"]
+    assert "early stopping" in out
+    assert load_raw(tmp_path / "last.pt")["epoch"] == 2
+    assert load_raw(tmp_path / "best.pt")["epoch"] == 1
+    assert "Val set:" in out  # the final report still runs after stopping early
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+def _nested_equal(a, b, where=""):
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _nested_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _nested_equal(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, mnist_root, monkeypatch, capsys, no_test_split):
+    """Run A: 3 epochs straight. Run B: the same, interrupted at the start of epoch 2, then
+    resumed from its last.pt for epochs 2 and 3. Same weights, optimizer state and history."""
+    common = ("--epochs", 3, "--warmup-epochs", 1, "--augment", "light", "--mix-prob", 0.5,
+              "--val-fraction", 0.02, "--patience", 10)
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    res_a = run_train(tiny_train_args(mnist_root, a_dir, *common))
+
+    real_epoch = train.train_one_epoch
+
+    def interrupted(model, loader, optimizer, scheduler, scaler, device, epoch, *rest, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, *rest, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "train_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tiny_train_args(mnist_root, b_dir, *common))
+    assert load_raw(b_dir / "last.pt")["epoch"] == 1
+    capsys.readouterr()
+    res_b = run_train(tiny_train_args(mnist_root, b_dir, *common, "--resume", b_dir / "last.pt"))
+    assert "at epoch 2" in capsys.readouterr().out
+
+    for name in ("last.pt", "best.pt"):
+        a, b = load_raw(a_dir / name), load_raw(b_dir / name)
+        assert a["epoch"] == b["epoch"]
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        for k in a["state_dict"]:
+            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (name, k)
+    a, b = load_raw(a_dir / "last.pt"), load_raw(b_dir / "last.pt")
+    _nested_equal(a["optimizer"], b["optimizer"], "optimizer")
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert a["early_stopping"] == b["early_stopping"]
+
+    ha, hb = read_history(a_dir), read_history(b_dir)
+    assert len(ha) == len(hb) == 3
+    for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
+        assert [r[key] for r in ha] == [r[key] for r in hb], key
+    assert res_a == res_b
+
+
+# ----------------------------------------------------------------------------- evaluate / analyze
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist_root):
+    """One epoch of convnet on 1% of MNIST: (save dir, what train.py printed, its results)."""
+    d = tmp_path_factory.mktemp("tiny_run")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        results = run_train(tiny_train_args(mnist_root, d, "--epochs", 1, "--warmup-epochs", 0,
+                                            "--augment", "none", "--val-fraction", 0.05))
+    return d, buf.getvalue(), results
+
+
+def test_train_outputs(tiny_run):
+    d, out, results = tiny_run
+    for f in ("best.pt", "last.pt", "history.csv"):
+        assert (d / f).is_file(), f
+    for f in ("curves.png", "curves_detail.png"):
+        assert_png(d / f)
+    assert set(summary_lines(out)) == {"Train", "Val", "Test"}
+    assert results["test"]["total"] == 10000 and results["val"]["total"] == 3000
+
+
+def test_evaluate(tiny_run, tmp_path, capsys):
+    d, train_out, results = tiny_run
+    E.main(E.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path)]))
+    out = capsys.readouterr().out
+    with open(tmp_path / "metrics.json") as f:
+        m = json.load(f)
+    assert set(m) == {"train", "val", "test"}
+    for split, r in m.items():
+        assert r["total"] == results[split]["total"], split
+        assert r["correct"] == results[split]["correct"], split
+        assert set(r["per_class"]) == {str(i) for i in range(10)}
+        for c, pc in r["per_class"].items():
+            assert {"precision", "recall", "f1"} <= set(pc)
+            assert all(0.0 <= pc[k] <= 1.0 for k in ("precision", "recall", "f1")), (split, c)
+        assert sum(pc["support"] for pc in r["per_class"].values()) == r["total"]
+        assert sum(map(sum, r["confusion"])) == r["total"]
+    assert_png(tmp_path / "confusion.png")
+    assert_png(tmp_path / "mistakes.png")
+    assert summary_lines(out)["Test"] == summary_lines(train_out)["Test"]
+    assert summary_lines(out) == summary_lines(train_out)  # train and val lines too
+
+
+def test_analyze(tiny_run, tmp_path, capsys):
+    d, _, _ = tiny_run
+    A.main(A.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path), "--tsne-samples", "300",
+                                        "--queries", "4", "--neighbors", "4"]))
+    for f in ("kernels.png", "tsne.png", "neighbors.png"):
+        assert_png(tmp_path / f)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_evaluate_classifies_an_image_folder(tiny_run, tmp_path, mnist_root, capsys):
+    d, _, _ = tiny_run
+    images, labels = D.load_mnist(str(mnist_root), train=False, download=False)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):  # RGB files: the grayscale model gets them converted
+        rgb = images[i, 0, :, :, None].expand(28, 28, 3).numpy()
+        Image.fromarray(rgb).save(folder / ("sub" if i % 2 else "") / f"d{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    E.main(E.get_args_parser().parse_args([str(d / "best.pt"), "--images", str(folder), "--out", str(tmp_path)]))
+    capsys.readouterr()
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert all(r["prediction"] in [str(i) for i in range(10)] for r in rows)
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+    assert not any(r["path"].endswith("broken.png") for r in rows)
