@@ -91,3 +91,16 @@ def run_script(script, *args, cwd=REPO, timeout=120):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # warnings are NOT silenced
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def interrupt_at_epoch(epoch):
+    """A stand-in for train.train_one_epoch that raises KeyboardInterrupt when it reaches
+    `epoch` (a run killed there, with last.pt from the epoch before) and trains otherwise."""
+    import train
+    real = train.train_one_epoch
+
+    def interrupted(model, loader, optimizer, scheduler, scaler, device, at_epoch, *rest, **kw):
+        if at_epoch == epoch:
+            raise KeyboardInterrupt
+        return real(model, loader, optimizer, scheduler, scaler, device, at_epoch, *rest, **kw)
+    return interrupted

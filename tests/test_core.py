@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_script, tiny_train_args
+from conftest import REPO, interrupt_at_epoch, run_script, tiny_train_args
 import analyze as A
 import data as D
 import evaluate as E
@@ -353,15 +353,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, mnist_root, monkeypatch, caps
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     res_a = run_train(tiny_train_args(mnist_root, a_dir, *common))
 
-    real_epoch = train.train_one_epoch
-
-    def interrupted(model, loader, optimizer, scheduler, scaler, device, epoch, *rest, **kw):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, *rest, **kw)
-
     with monkeypatch.context() as m:
-        m.setattr(train, "train_one_epoch", interrupted)
+        m.setattr(train, "train_one_epoch", interrupt_at_epoch(2))
         with pytest.raises(KeyboardInterrupt):
             run_train(tiny_train_args(mnist_root, b_dir, *common))
     assert load_raw(b_dir / "last.pt")["epoch"] == 1

@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO))
 import data as D  # noqa: E402
 import experiments  # noqa: E402
 import train  # noqa: E402
+from conftest import interrupt_at_epoch  # noqa: E402
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / f).is_file() or (MNIST_ROOT / "MNIST" / "raw" / (f + ".gz")).is_file()
@@ -127,15 +128,8 @@ def test_second_invocation_skips_finished_runs(curve, monkeypatch, capsys):
 def test_interrupted_run_is_resumed(digit_folder, tmp_path, monkeypatch, capsys):
     argv = ["learning-curve", "--fractions", "1", "--out", tmp_path,
             *folder_args(digit_folder, "--epochs", 2, "--augment", "none")]
-    real_epoch = train.train_one_epoch
-
-    def interrupted(model, loader, optimizer, scheduler, scaler, device, epoch, *a, **k):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, *a, **k)
-
     with monkeypatch.context() as mp:
-        mp.setattr(train, "train_one_epoch", interrupted)
+        mp.setattr(train, "train_one_epoch", interrupt_at_epoch(2))
         with pytest.raises(KeyboardInterrupt):
             run(*argv)
     run_dir = tmp_path / "frac1" / "seed0"
@@ -193,8 +187,8 @@ def test_ablation_on_folder_with_synthetic_data(digit_folder, tmp_path):
     table = [line for line in md.splitlines() if line.startswith("| none") or line.startswith("| strong")]
     assert len(table) == 2 and all(line.count("|") == 6 for line in table)
     for r in rows:
-        cfg = torch.load(tmp_path / f"aug-{r['augment']}_syn-{r['synthetic_n']}" / "seed0" / "last.pt",
-                         weights_only=True)
+        run_dir = tmp_path / f"aug-{r['augment']}_syn-{r['synthetic_n']}" / "seed0"
+        cfg = torch.load(run_dir / "last.pt", weights_only=True)
         assert (cfg["args"]["augment"], cfg["data"]["synthetic_n"]) == (r["augment"], int(r["synthetic_n"]))
 
 
