@@ -63,7 +63,7 @@ class Net(nn.Module):
     Three stages of 3x3 conv + BatchNorm + ReLU, widening 16 -> 32 -> 64 (default width) while max-pooling
     28 -> 14 -> 7 -> 3, then global average pooling, dropout and one linear layer. The first
     stage is a single conv at full resolution (cheap: one input channel); the wide convs run at
-    14x14 and 7x7: ~5.5 MMACs and 70k parameters per image, so it trains fast on a CPU.
+    14x14 and 7x7: ~5.5 MMACs per image and 70k parameters, so it trains fast on a CPU.
     """
 
     def __init__(self, num_classes=10, in_channels=1, drop_rate=0.2, width=16):

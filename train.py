@@ -397,9 +397,8 @@ def main(args):
         augment_one = lambda ds, i: ds[i][0]  # noqa: E731
     if not args.dry_run and start_epoch == 1:
         plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
-    stopped_early = best["bad_epochs"] >= args.patience  # a resumed run that had already stopped
     for epoch in range(start_epoch, args.epochs + 1):
-        if stopped_early:
+        if best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
             break
         torch.manual_seed(epoch_seed(args, epoch))  # augmentation, dropout, mixup of this epoch
         shuffle = torch.Generator().manual_seed(epoch_seed(args, epoch))
@@ -429,8 +428,7 @@ def main(args):
               f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
               f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
               flush=True)
-        stopped_early = best["bad_epochs"] >= args.patience
-        if stopped_early:
+        if best["bad_epochs"] >= args.patience:
             print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
                   f"at epoch {best['epoch']})")
 
