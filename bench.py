@@ -8,12 +8,24 @@ Measured in one process, side by side, so ratios are comparable on a noisy machi
   model     resnet18 training images/s on random tensors (forward, backward, AdamW step)
   synth     synth.py composites/s
   cache     decode time of the photo folder into the uint8 cache, and peak resident memory
+  tta       MNIST time-to-accuracy: training seconds until the test accuracy first reaches
+            --target, and the final accuracy, for this project's fastest recipe and for the
+            pytorch/examples mnist recipe, both run through train.py (one subprocess each)
+  folder10k a 10,000-photo folder resampled from --data-dir: cache build time, and the peak
+            resident memory of a resnet18 @--img-size train.py run on it (--dry-run)
+
+    python bench.py --only tta,folder10k --out bench_tta.json     # the slow ones (~15 min)
 """
 import argparse
 import json
 import os
 import platform
+import re
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -31,7 +43,13 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--seconds", type=float, default=8.0, help="time budget per measurement")
-    p.add_argument("--only", default="cache,pipeline,model,synth")
+    p.add_argument("--only", default="cache,pipeline,model,synth",
+                   help="comma-separated: cache,pipeline,model,synth,tta,folder10k")
+    p.add_argument("--target", type=float, default=0.99, help="tta: the test accuracy to reach")
+    p.add_argument("--peer-epochs", type=int, default=3,
+                   help="tta: epochs of the examples recipe (its own default is 14; ~100 s each on 2 cores)")
+    p.add_argument("--with-best", action="store_true", help="tta: also run the 20-epoch best recipe")
+    p.add_argument("--folder-n", type=int, default=10_000, help="folder10k: photos in the resampled folder")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="bench.json")
     return p
@@ -50,6 +68,66 @@ def rate(fn, items_per_call, seconds):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+# MNIST recipes for time-to-accuracy, as train.py arguments. "peer" is pytorch/examples
+# mnist/main.py (its net, Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64, no augmentation);
+# it gets the same batched data path (--device-data) as ours, so the recipes alone differ.
+TTA_RECIPES = {
+    "fast": "--model net --epochs 2 --batch-size 128 --lr 3e-3 --weight-decay 5e-4 --warmup-epochs 0.5 --mix-prob 0 "
+            "--device-data",
+    "peer": "--model mnist_example --optimizer adadelta --lr 1.0 --scheduler step --gamma 0.7 --warmup-epochs 0 "
+            "--batch-size 64 --augment none --label-smoothing 0 --mix-prob 0 --weight-decay 0 --device-data",
+    "best": "--model net --epochs 20 --batch-size 128 --lr 3e-3 --weight-decay 5e-4 --warmup-epochs 1 --mix-prob 0 "
+            "--device-data",
+}
+# run a script and report its own peak RSS and its children's (loader workers)
+RSS_WRAPPER = ("import resource, runpy, sys\n"
+               "sys.argv = sys.argv[1:]\n"
+               "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+               "finally:\n    r = lambda who: resource.getrusage(who).ru_maxrss / 1024\n"
+               "    print(f'peak_rss_mib {r(resource.RUSAGE_SELF):.0f} {r(resource.RUSAGE_CHILDREN):.0f}', flush=True)\n")
+
+
+def run_train(argv, save_dir):
+    """python train.py argv in a subprocess -> (wall seconds, stdout, history rows)."""
+    import csv
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", RSS_WRAPPER, "train.py", *argv, "--save-dir", save_dir, "--quiet"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"error: train.py {' '.join(argv)} failed:\n{p.stderr[-2000:]}")
+    hist = os.path.join(save_dir, "history.csv")
+    rows = list(csv.DictReader(open(hist))) if os.path.isfile(hist) else []
+    return wall, p.stdout, rows
+
+
+def time_to_accuracy(args, name, tmp):
+    """Training seconds (sum over epochs, per-epoch evaluation excluded) until the test accuracy
+    logged after an epoch first reaches args.target; None when it never does."""
+    epochs = ["--epochs", str(args.peer_epochs)] if name == "peer" else []
+    argv = ["--dataset", "mnist", "--mnist-root", args.mnist_root, *TTA_RECIPES[name].split(), *epochs, "--eval-test"]
+    print(f"tta: python train.py {' '.join(argv)}", flush=True)
+    wall, out, rows = run_train(argv, os.path.join(tmp, name))
+    seconds, reached = 0.0, None
+    for r in rows:
+        seconds += float(r["seconds"])
+        if reached is None and float(r["test_acc"]) >= args.target:
+            reached = (seconds, int(r["epoch"]))
+    final = re.search(r"Test set: .*\((\d+\.\d+)%\)", out).group(1)
+    return {"recipe": name, "epochs": len(rows), "train_seconds": seconds, "wall_seconds": wall,
+            "seconds_to_target": reached and reached[0], "epoch_reached": reached and reached[1],
+            "final_test_acc": float(final), "test_acc_per_epoch": [float(r["test_acc"]) for r in rows]}
+
+
+def resample_folder(src, dst, n, seed=0):
+    """n photos drawn with replacement from the labelled folder src, copied into class subfolders."""
+    paths, names = D.scan_folder(src)
+    g = torch.Generator().manual_seed(seed)
+    for k, i in enumerate(torch.randint(len(paths), (n,), generator=g).tolist()):
+        os.makedirs(os.path.join(dst, names[i]), exist_ok=True)
+        shutil.copyfile(paths[i], os.path.join(dst, names[i], f"{k:05d}_{os.path.basename(paths[i])}"))
 
 
 def main(args):
@@ -104,11 +182,46 @@ def main(args):
         r = rate(lambda: synth.make_synthetic(images, digits[:, 0], digit_labels, 1024, args.img_size), 1024, args.seconds)
         rows.append(("synth", f"composites @{args.img_size}", r, "/s"))
 
+    if "tta" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = [time_to_accuracy(args, name, tmp) for name in ("fast", "peer") + (("best",) if args.with_best else ())]
+        result["tta"] = runs
+        for r in runs:
+            when = (f"{r['seconds_to_target']:.0f} s (epoch {r['epoch_reached']})" if r["seconds_to_target"]
+                    else f"not reached in {r['epochs']} epochs ({r['train_seconds']:.0f} s)")
+            rows.append(("tta", f"MNIST {r['recipe']}: training time to test {args.target:.1%}", when, ""))
+            rows.append(("tta", f"MNIST {r['recipe']}: final test accuracy after {r['epochs']} epochs "
+                                f"(command wall {r['wall_seconds']:.0f} s)", r["final_test_acc"], "%"))
+        fast, peer = runs[0]["seconds_to_target"], runs[1]
+        if fast:
+            # peer never reaching the target bounds the ratio from below by its whole training time
+            ratio = (peer["seconds_to_target"] or peer["train_seconds"]) / fast
+            rows.append(("tta", f"speed-up to {args.target:.1%}, fast vs peer", ratio,
+                         "x" if peer["seconds_to_target"] else "x (at least)"))
+
+    if "folder10k" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, cache = os.path.join(tmp, "photos"), os.path.join(tmp, "cache")
+            resample_folder(args.data_dir, folder, args.folder_n)
+            paths, _ = D.scan_folder(folder)
+            t0 = time.perf_counter()
+            imgs, _ = D.decode_folder(paths, D.cache_size(args.img_size), cache)
+            rows.append(("folder10k", f"cache build: decode {len(paths)} photos -> uint8 {tuple(imgs.shape[1:])} "
+                                      f"({imgs.numel() / 2**20:.0f} MiB)", time.perf_counter() - t0, "s"))
+            del imgs
+            for extra in ([], ["--device-data"]):
+                argv = ["--data-dir", folder, "--mnist-root", args.mnist_root, "--model", "resnet18", "--img-size",
+                        str(args.img_size), "--cache-dir", cache, "--dry-run", *extra]
+                wall, out, _ = run_train(argv, os.path.join(tmp, "run"))
+                main_mib, child_mib = map(float, re.search(r"peak_rss_mib (\S+) (\S+)", out).groups())
+                rows.append(("folder10k", f"peak RSS, train.py resnet18 --dry-run{''.join(' ' + e for e in extra)} (from the cache; "
+                                          f"largest loader worker {child_mib:,.0f} MiB)", main_mib, "MiB"))
+
     rows.append(("memory", "peak resident memory of this process", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"))
     print(f"{result['date']} | {result['machine']}")
     print(f"| what | measurement | value |\n|---|---|---|")
     for kind, what, value, unit in rows:
-        print(f"| {kind} | {what} | {value:,.1f} {unit} |")
+        print(f"| {kind} | {what} | {value if isinstance(value, str) else f'{value:,.1f}'} {unit} |")
         result["figures"][f"{kind}: {what}"] = {"value": value, "unit": unit}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -67,6 +67,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--device-data", action="store_true",
                    help="hold the training images on the device and augment whole batches there "
                         "(much faster, also on CPU; random streams differ from the torchvision presets)")
+    g.add_argument("--eval-test", action="store_true",
+                   help="also score the test split after every epoch, logged as test_loss/test_acc in "
+                        "history.csv (learning curves, time-to-accuracy); never used to pick best.pt")
     g.add_argument("--dry-run", action="store_true", help="one batch of train and val, then stop")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -217,7 +220,8 @@ def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
 def write_history(history, path):
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        # the union of the rows' keys: a resume may add columns (--eval-test)
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
         w.writeheader()
         w.writerows(history)
     os.replace(tmp, path)
@@ -230,7 +234,9 @@ def plot_history(history, classes, folder):
     import matplotlib.pyplot as plt
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
+        if any(f"{split}_loss" not in h for h in history):  # test: only with --eval-test from the start
+            continue
         ax[0].plot(ep, [h[f"{split}_loss"] for h in history], label=split)
         ax[1].plot(ep, [h[f"{split}_acc"] for h in history], label=split)
     ax[2].plot(ep, [h["lr"] for h in history])
@@ -263,9 +269,11 @@ def plot_history(history, classes, folder):
     plt.close(fig)
 
 
-def history_row(epoch, train, val, lr, classes):
+def history_row(epoch, train, val, lr, classes, test=None):
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
            "val_acc": val["acc"], "lr": lr, "seconds": train["seconds"], "images_per_s": train["images_per_s"]}
+    if test is not None:
+        row["test_loss"], row["test_acc"] = test["loss"], test["acc"]
     for c, l, a in zip(classes, train["loss_per_class"], train["acc_per_class"]):
         row[f"train_loss_{c}"], row[f"train_acc_{c}"] = l, a
     for c, a in zip(classes, val["acc_per_class"]):
@@ -346,6 +354,7 @@ def main(args):
     optimizer = build_optimizer(model, args)
     eval_bs = max(256, args.batch_size)
     val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
+    test_loader = D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None
     steps_per_epoch = len(data.train) // args.batch_size if len(data.train) >= args.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
@@ -414,7 +423,8 @@ def main(args):
         if args.dry_run:
             print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
             return {"train": train, "val": val}
-        history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes))
+        test = evaluate(model, test_loader, device, num_classes) if test_loader else None
+        history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes, test))
         improved = val["acc"] > best["acc"]
         if improved:
             best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)

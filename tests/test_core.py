@@ -389,7 +389,7 @@ def tiny_run(tmp_path_factory, mnist_root):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         results = run_train(tiny_train_args(mnist_root, d, "--epochs", 1, "--warmup-epochs", 0,
-                                            "--augment", "none", "--val-fraction", 0.05))
+                                            "--augment", "none", "--val-fraction", 0.05, "--eval-test"))
     return d, buf.getvalue(), results
 
 
@@ -401,6 +401,10 @@ def test_train_outputs(tiny_run):
         assert_png(d / f)
     assert set(summary_lines(out)) == {"Train", "Val", "Test"}
     assert results["test"]["total"] == 10000 and results["val"]["total"] == 3000
+    # --eval-test logs the test split per epoch; one epoch, so it is the final best.pt's score
+    (row,) = read_history(d)
+    assert float(row["test_acc"]) == pytest.approx(results["test"]["acc"], abs=1e-12)
+    assert float(row["test_loss"]) == pytest.approx(results["test"]["loss"], rel=1e-5)
 
 
 def test_evaluate(tiny_run, tmp_path, capsys):
