@@ -8,6 +8,8 @@ Measured in one process, side by side, so ratios are comparable on a noisy machi
   model     resnet18 training images/s on random tensors (forward, backward, AdamW step)
   synth     synth.py composites/s
   cache     decode time of the photo folder into the uint8 cache, and peak resident memory
+  augcompare  the batched presets against torchvision's per sample on the same photos: pixel
+            statistics and how far augmentation moves an image, plus augment_compare.png
   tta       MNIST time-to-accuracy: training seconds until the test accuracy first reaches
             --target, and the final accuracy, for this project's fastest recipe and for the
             pytorch/examples mnist recipe, both run through train.py (one subprocess each)
@@ -44,7 +46,7 @@ def get_args_parser():
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--seconds", type=float, default=8.0, help="time budget per measurement")
     p.add_argument("--only", default="cache,pipeline,model,synth",
-                   help="comma-separated: cache,pipeline,model,synth,tta,folder10k")
+                   help="comma-separated: cache,pipeline,model,synth,augcompare,tta,folder10k")
     p.add_argument("--target", type=float, default=0.99, help="tta: the test accuracy to reach")
     p.add_argument("--peer-epochs", type=int, default=3,
                    help="tta: epochs of the examples recipe (its own default is 14; ~100 s each on 2 cores)")
@@ -130,6 +132,48 @@ def resample_folder(src, dst, n, seed=0):
         shutil.copyfile(paths[i], os.path.join(dst, names[i], f"{k:05d}_{os.path.basename(paths[i])}"))
 
 
+def augment_stats(x, plain):
+    """Of augmented images in [0, 1]: channel mean and std, and the mean absolute change from
+    the un-augmented image (how strongly the preset moves a sample)."""
+    return {"mean": x.mean().item(), "std": x.std().item(), "change": (x - plain).abs().mean().item()}
+
+
+def compare_presets(images, img_size, mean, std, n, path, copies=3, shown=5):
+    """Per-sample torchvision presets vs BatchAugment on the same n photos: stats and a figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    to01 = lambda x: (x * s + m).clamp(0, 1)  # noqa: E731
+    x = images[:n]
+    plain = to01(D.BatchAugment("none", img_size, mean, std)(x))
+    ways = {}
+    for preset in ("light", "strong"):
+        tf, batched = D.build_transform(preset, img_size, mean, std), D.BatchAugment(preset, img_size, mean, std)
+        ways[preset, "torchvision per sample"] = lambda x, tf=tf: to01(torch.stack([tf(img) for img in x]))
+        ways[preset, "batched"] = lambda x, batched=batched: to01(batched(x))
+    stats = {key: augment_stats(fn(x), plain) for key, fn in ways.items()}
+
+    fig, axes = plt.subplots(shown, 1 + len(ways) * copies, figsize=(1.1 * (1 + len(ways) * copies), 1.2 * shown),
+                             squeeze=False)
+    for r in range(shown):
+        axes[r, 0].imshow(plain[r].permute(1, 2, 0))
+    axes[0, 0].set_title("original", fontsize=7)
+    for j, ((preset, way), fn) in enumerate(ways.items()):
+        for k in range(copies):  # a fresh random draw per column
+            out = fn(x[:shown])
+            col = 1 + j * copies + k
+            for r in range(shown):
+                axes[r, col].imshow(out[r].permute(1, 2, 0))
+            axes[0, col].set_title(f"{preset}\n{way.split()[0]}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return stats
+
+
 def main(args):
     device = get_device(args.device)
     only = set(args.only.split(","))
@@ -181,6 +225,15 @@ def main(args):
         digits, digit_labels = D.load_mnist(args.mnist_root, train=True, download=False)
         r = rate(lambda: synth.make_synthetic(images, digits[:, 0], digit_labels, 1024, args.img_size), 1024, args.seconds)
         rows.append(("synth", f"composites @{args.img_size}", r, "/s"))
+
+    if "augcompare" in only:
+        path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "augment_compare.png")
+        stats = compare_presets(images, args.img_size, mean, std, 256, path)
+        for (preset, way), st in stats.items():
+            rows.append(("augcompare", f"{preset}, {way}: "
+                                       f"pixel mean / std / mean change from the original (256 photos)",
+                         f"{st['mean']:.3f} / {st['std']:.3f} / {st['change']:.3f}", ""))
+        print(f"wrote {path}")
 
     if "tta" in only:
         with tempfile.TemporaryDirectory() as tmp:

@@ -545,10 +545,10 @@ class BatchAugment:
         self._base = None
 
     def geometry(self, b, device):
-        """Output -> input coordinate maps [B, 3, 3], composed as torchvision applies them."""
-        eye = torch.eye(3, device=device).expand(b, 3, 3)
+        """The preset's geometric steps as output -> input coordinate maps [B, 3, 3], in the order
+        torchvision applies them (the first one reads the source image)."""
         if self.preset == "light":  # RandomAffine(10, translate 0.1, scale 0.9-1.1)
-            return _rotation(_uniform(b, -10, 10, device)) @ self._affine(b, device)
+            return [_rotation(_uniform(b, -10, 10, device)) @ self._affine(b, device)]
         # strong: RandomResizedCrop -> RandomRotation -> RandomPerspective -> RandomAffine
         area = _uniform(b, 0.7, 1.0, device)
         ratio = torch.exp(_uniform(b, math.log(0.75), math.log(1.33), device))
@@ -559,7 +559,7 @@ class BatchAugment:
         inward = -corners.sign() * torch.rand(b, 4, 2, device=device) * 0.2  # distortion 0.2
         moved = corners + inward * (torch.rand(b, 1, 1, device=device) < 0.5)
         persp = _homography(moved, corners.expand(b, 4, 2))  # output corners come from the image corners
-        return crop @ _rotation(_uniform(b, -20, 20, device)) @ persp @ self._affine(b, device)
+        return [crop, _rotation(_uniform(b, -20, 20, device)), persp, self._affine(b, device)]
 
     @staticmethod
     def _affine(b, device):
@@ -578,9 +578,18 @@ class BatchAugment:
                 r = (torch.arange(n, device=dev, dtype=torch.float32) * 2 + 1) / n - 1
                 yy, xx = torch.meshgrid(r, r, indexing="ij")
                 self._base = torch.stack([xx, yy, torch.ones_like(xx)], -1)  # [n, n, 3]
-            grid = torch.einsum("bij,hwj->bhwi", self.geometry(b, dev), self._base)
-            grid = grid[..., :2] / grid[..., 2:].clamp_min(1e-6)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            # Walk each output pixel back through the steps. torchvision fills zeros at every step
+            # whose frame the pixel leaves (the rotated crop's corners...), so mask those; the
+            # first step reads the source image, where grid_sample's zero padding does the same.
+            steps, grid = self.geometry(b, dev), self._base.expand(b, n, n, 3)
+            inside = torch.ones(b, n, n, dtype=torch.bool, device=dev)
+            for k, m in enumerate(reversed(steps)):
+                grid = torch.einsum("bij,bhwj->bhwi", m, grid)
+                grid = grid / grid[..., 2:].clamp_min(1e-6)
+                if k < len(steps) - 1:
+                    inside &= (grid[..., :2].abs() <= 1).all(-1)
+            x = F.grid_sample(x, grid[..., :2], mode="bilinear", padding_mode="zeros", align_corners=False)
+            x = x * inside.unsqueeze(1)
             if self.preset == "light":  # RandomApply(GaussianBlur(3, 0.1-1.0), p=0.3)
                 sigma = torch.where(torch.rand(b, device=dev) < 0.3, _uniform(b, 0.1, 1.0, dev),
                                     torch.full((b,), 1e-3, device=dev))

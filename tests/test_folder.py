@@ -580,6 +580,23 @@ def test_batch_augment_strong_changes_the_image():
         D.BatchAugment("wild", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
 
 
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_batch_augment_same_statistics_as_torchvision(preset):
+    """On a uniform grey image every black pixel is geometric fill (a rotated crop's corners,
+    the perspective's margins): the batched preset must fill as much as torchvision's does,
+    and move the pixels as much, on average over many draws."""
+    size = 48  # large enough that border interpolation (nearest in torchvision) does not matter
+    x = torch.full((384, 3, D.cache_size(size), D.cache_size(size)), 128, dtype=torch.uint8)
+    torch.manual_seed(0)
+    tf = D.build_transform(preset, size, (0, 0, 0), (1, 1, 1))
+    ref = torch.stack([tf(img) for img in x])
+    out = D.BatchAugment(preset, size, (0, 0, 0), (1, 1, 1))(x)
+    dark = lambda t: (t < 0.1).float().mean().item()  # noqa: E731
+    assert dark(ref) > 0.03  # the fill is there to compare
+    assert dark(out) == pytest.approx(dark(ref), abs=0.03)  # without the masks, strong: 0.09 vs 0.17
+    assert out.mean().item() == pytest.approx(ref.mean().item(), abs=0.025)
+
+
 def test_device_loader_covers_concat_once_per_epoch():
     # every sample a constant image of its own grey value: 7 real (of 10, size 12) + 5 synthetic (size 10)
     real_imgs = torch.arange(10, dtype=torch.uint8).mul(10).view(10, 1, 1, 1).expand(10, 3, 12, 12).clone()
