@@ -474,10 +474,19 @@ def _synthetic(cfg, backgrounds, classes, transform):
     return TensorImageDataset(images, labels, None, transform, source=1)
 
 
-def make_loader(dataset, batch_size, shuffle=False, workers=0, generator=None, drop_last=False):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+def make_loader(dataset, batch_size, shuffle=False, workers=0, generator=None, drop_last=False, sampler=None):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       generator=generator, drop_last=drop_last, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
+
+
+def epoch_order(n, seed, rank=0, world=1):
+    """This process's training order for one epoch (a list of indices): torch's DistributedSampler,
+    i.e. a permutation of range(n) seeded by `seed`, padded to a multiple of `world` and dealt out
+    round-robin. Under torchrun every process draws the same permutation of the same split and
+    takes its share; alone (world 1) it is a plain shuffle."""
+    from torch.utils.data.distributed import DistributedSampler
+    return list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed))
 
 
 # ----------------------------------------------------------------------------- batched augmentation
@@ -642,7 +651,8 @@ class BatchAugment:
 class DeviceLoader:
     """Training batches straight from uint8 tensors held on `device` (MNIST, a photo folder at
     128 px), augmented by `BatchAugment`. Yields (images, labels, sources, weights) like a
-    DataLoader over the dataset; the shuffle order comes from `generator`."""
+    DataLoader over the dataset, in the order of `sampler` (indices, e.g. `epoch_order`) when it
+    is set, else shuffled by `generator`."""
 
     def __init__(self, dataset, batch_size, device, augment, drop_last=True):
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
@@ -658,14 +668,16 @@ class DeviceLoader:
         self.sources = torch.cat([torch.full((len(p),), p.source) for p in parts]).to(device)
         self.weights = torch.cat([torch.ones(len(p)) if p.weights is None else p.weights[p.indices]
                                   for p in parts]).to(device)
-        self.batch_size, self.augment, self.drop_last, self.generator = batch_size, augment, drop_last, None
+        self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
+        self.sampler = self.generator = None
 
     def __len__(self):
-        n = len(self.labels)
+        n = len(self.labels) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.labels), generator=self.generator).to(self.images.device)
+        order = (torch.randperm(len(self.labels), generator=self.generator) if self.sampler is None
+                 else torch.as_tensor(self.sampler, dtype=torch.long)).to(self.images.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.augment(self.images[idx]), self.labels[idx], self.sources[idx], self.weights[idx]

@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -205,20 +206,26 @@ CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "classes", "in_channels"
 
 def save_checkpoint(ckpt, path):
     """Write atomically: a temp file in the same folder, fsync, then rename over `path`,
-    so a crash or a full disk never leaves a half-written checkpoint behind."""
+    so a crash or a full disk never leaves a half-written checkpoint behind. A write that
+    fails (full disk, unwritable folder) is a one-line CheckpointError; `path` is untouched."""
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     assert not missing, f"checkpoint lacks {missing}"
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; any previous "
+                                  f"{os.path.basename(path)} there is unchanged") from None
         raise
 
 
@@ -287,6 +294,71 @@ def autocast(device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- processes (torchrun)
+#
+# `torchrun --nproc_per_node=N train.py ...` starts N processes with RANK, LOCAL_RANK and
+# WORLD_SIZE set. In a plain run (or N = 1) every helper here is a no-op.
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world():
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def is_main_process():
+    """Rank 0: the one process that prints, shows progress bars and writes files."""
+    return rank_and_world()[0] == 0
+
+
+@contextlib.contextmanager
+def distributed(device_name=None):
+    """Yields this process's device. Under torchrun it joins the process group on entry (nccl
+    on CUDA with the GPU of LOCAL_RANK, gloo otherwise) and leaves it on exit."""
+    device = get_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp(model, device):
+    """`model` in DistributedDataParallel (gradients averaged over the processes during
+    backward) under torchrun; `model` itself otherwise."""
+    if not is_distributed():
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def all_reduce_sum(t):
+    """`t` summed over all processes, in place: every process gets the total."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def all_finite(t):
+    """Whether `t` is finite on every process, so that all of them stop together."""
+    return all_reduce_sum((~torch.isfinite(t)).sum().float()).item() == 0
+
+
+def from_main_process(obj):
+    """Rank 0's `obj` on every process (pickled: small things only)."""
+    if is_distributed():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
 
 
 @torch.no_grad()

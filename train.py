@@ -6,25 +6,70 @@
 Structure after torchvision's references/classification/train.py: get_args_parser(), main(args),
 train_one_epoch() and evaluate(). Each epoch's randomness (shuffling, augmentation, dropout,
 mixup) is seeded from (--seed, epoch), so `--resume last.pt` continues exactly as a run that was
-never stopped (on CPU; GPU kernels may be non-deterministic).
+never stopped (on CPU; GPU kernels may be non-deterministic). Ctrl-C finishes the current step,
+writes last.pt with the position in the epoch and exits 130; `--resume` goes on from that step.
+
+`torchrun --nproc_per_node=N train.py ...` trains with DistributedDataParallel: one process per
+GPU (or N CPU processes over gloo), each on its share of every epoch; rank 0 writes the files.
 """
 import argparse
 import csv
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import torch
 import torch.nn.functional as F
 
 import data as D
-from model import (CheckpointError, autocast, amp_dtype, build_model, count_parameters, get_device,
-                   list_models, load_checkpoint, model_kwargs, predict, save_checkpoint, summary_line)
+from model import (CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model, count_parameters,
+                   ddp, distributed, from_main_process, is_distributed, is_main_process, list_models, load_checkpoint,
+                   model_kwargs, predict, rank_and_world, save_checkpoint, summary_line)
 
 
 class TrainingError(Exception):
     """A run that cannot start (bad settings) or go on (a non-finite loss): one line, checkpoints kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, handled: training stopped after a step and `last_pt` records where."""
+
+    def __init__(self, last_pt):
+        super().__init__(last_pt)
+        self.last_pt = last_pt
+
+
+class SigintStop:
+    """While `armed` (the epochs), the first Ctrl-C (SIGINT) only sets `requested`: the loop
+    finishes its optimizer step, writes last.pt and stops. Otherwise, and on a second Ctrl-C,
+    SIGINT raises KeyboardInterrupt as usual. A context manager, so the previous handler is back
+    however main() ends (experiments.py calls it in-process)."""
+
+    def __init__(self, enabled=True):
+        # only the main thread may set handlers; under torchrun, Ctrl-C reaches every process
+        # at a different step and torchrun stops them all, so there the default is kept
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.armed = self.requested = False
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested or not self.armed:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run in the middle of another write to stderr
+        os.write(2, b"\nCtrl-C: stopping after this step and saving last.pt (Ctrl-C again to abort)\n")
 
 
 def get_args_parser(add_help=True):
@@ -145,17 +190,25 @@ def mixup(images, labels, args):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
-                    max_steps=None):
+                    max_steps=None, stop=None, resumed=None):
     """One pass over `loader`. Returns loss and accuracy overall, per class and per source
-    (0 real, 1 synthetic); accuracy against the un-mixed labels."""
+    (0 real, 1 synthetic), over the samples of all processes; accuracy against the un-mixed labels.
+
+    `resumed` is the `progress` of an epoch that Ctrl-C stopped (`loader` then yields the rest of
+    its order). When `stop.requested` before the last step, it returns {"progress": ...} instead."""
     from tqdm import tqdm
     model.train()
     n_src = 2
-    # per (source, class) sums, kept on the device: no host sync per step
-    loss_sum, correct, count = (torch.zeros(n_src * num_classes, device=device) for _ in range(3))
+    # per (source, class) sums of loss, hits and samples, kept on the device: no host sync per step
+    sums = resumed["sums"].to(device) if resumed else torch.zeros(3, n_src * num_classes, device=device)
+    loss_sum, correct, count = sums  # views: adding to them adds to `sums`
+    first = resumed["step"] if resumed else 0
+    last = first + len(loader) - 1
+    counted_before = count.sum().item()
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=args.quiet, dynamic_ncols=True)
-    for step, (images, labels, sources, weights) in enumerate(bar):
+    bar = tqdm(loader, desc=f"epoch {epoch}", initial=first, total=last + 1, leave=False,
+               disable=args.quiet or not is_main_process(), dynamic_ncols=True)
+    for step, (images, labels, sources, weights) in enumerate(bar, first):
         images = images.to(device, non_blocking=True)
         if device.type != "mps":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -168,8 +221,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
                 per_sample = lam * per_sample + (1 - lam) * F.cross_entropy(
                     logits.float(), labels_b, reduction="none", label_smoothing=args.label_smoothing)
             loss = (per_sample * weights).mean()
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}; stopped "
+        if not all_finite(loss):  # under torchrun: on any process stops every process
+            raise TrainingError(f"loss is not finite ({loss.item()}) at epoch {epoch}, step {step}; stopped "
                                 f"(best.pt and last.pt are the last good ones). Lower --lr or set --clip-grad.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -186,13 +239,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         correct.index_add_(0, key, hit)
         count.index_add_(0, key, torch.ones_like(hit))
         seen += images.size(0)
-        if step % 10 == 0 or step == len(loader) - 1:
+        if step % 10 == 0 or step == last:
             bar.set_postfix(loss=f"{loss_sum.sum() / count.sum():.4f}", acc=f"{correct.sum() / count.sum():.4f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if max_steps and step + 1 >= max_steps:
             break
+        if stop is not None and stop.requested and step < last:
+            bar.close()
+            return {"progress": {"epoch": epoch, "step": step + 1, "sums": sums.cpu()}}
     seconds = time.perf_counter() - t0
-    loss_sum, correct, count = loss_sum.double().cpu(), correct.double().cpu(), count.double().cpu()
+    all_reduce_sum(sums)  # torchrun: every process's samples, so all log the same numbers
+    loss_sum, correct, count = sums.double().cpu()
     by_class = lambda t: t.view(n_src, num_classes).sum(0)  # noqa: E731
     by_source = lambda t: t.view(n_src, num_classes).sum(1)  # noqa: E731
     div = lambda a, b: (a / b.clamp_min(1)).tolist()  # noqa: E731
@@ -200,7 +257,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         "loss": (loss_sum.sum() / count.sum()).item(), "acc": (correct.sum() / count.sum()).item(),
         "loss_per_class": div(by_class(loss_sum), by_class(count)), "acc_per_class": div(by_class(correct), by_class(count)),
         "acc_per_source": div(by_source(correct), by_source(count)), "count_per_source": by_source(count).tolist(),
-        "seconds": seconds, "images_per_s": seen / seconds,
+        "seconds": seconds, "images_per_s": (count.sum().item() - counted_before) / seconds,
     }
 
 
@@ -341,8 +398,15 @@ def epoch_seed(args, epoch):
 
 
 def main(args):
+    """Train and report; returns the final report's results (None on processes other than rank 0)."""
     args = resolve_defaults(args)
-    device = get_device(args.device)
+    with distributed(args.device) as device, SigintStop(enabled=not is_distributed()) as stop:
+        return run(args, device, stop)
+
+
+def run(args, device, stop):
+    rank, world = rank_and_world()
+    main_process = rank == 0  # the one process that prints and writes files
     torch.manual_seed(args.seed)
     cfg = D.data_config(args)
     data = D.build_datasets(cfg, args.augment)
@@ -355,16 +419,23 @@ def main(args):
     eval_bs = max(256, args.batch_size)
     val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
     test_loader = D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None
-    steps_per_epoch = len(data.train) // args.batch_size if len(data.train) >= args.batch_size else 1
+    share = -(-len(data.train) // world)  # training samples per process and epoch (see D.epoch_order)
+    steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
 
-    os.makedirs(args.save_dir, exist_ok=True)
-    print(f"{args.model}: {count_parameters(model):,} parameters | {len(data.train)} train, {len(data.val)} val"
-          f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
-          f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}")
+    try:
+        os.makedirs(args.save_dir, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create --save-dir {args.save_dir}: {e.strerror}") from None
+    last_pt = os.path.join(args.save_dir, "last.pt")
+    if main_process:
+        print(f"{args.model}: {count_parameters(model):,} parameters | {len(data.train)} train, {len(data.val)} val"
+              f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
+              f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}"
+              f"{f' | {world} processes' if world > 1 else ''}")
 
-    start_epoch, history = 1, []
+    start_epoch, history, progress = 1, [], None
     best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
     if args.resume:
         ck = load_checkpoint(args.resume)
@@ -386,16 +457,28 @@ def main(args):
         scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"]["torch"])
         start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["early_stopping"]
-        print(f"resumed from {args.resume} at epoch {start_epoch}")
+        progress = ck.get("progress")  # where Ctrl-C stopped an epoch part-way
+        if progress and world > 1:
+            raise CheckpointError(f"{args.resume} stopped part-way through epoch {progress['epoch']}: "
+                                  f"resume it in one process (without torchrun)")
+        if ck.get("world_size", 1) != world:
+            D.warn(f"{args.resume} was written by a run of {ck.get('world_size', 1)} process(es), this one has "
+                   f"{world}: steps per epoch (so the lr schedule) and the sample order change")
+        if main_process:
+            at_step = f", step {progress['step']}" if progress else ""
+            print(f"resumed from {args.resume} at epoch {start_epoch}{at_step}")
 
-    def checkpoint(epoch, with_state):
+    def checkpoint(epoch, with_state, progress=None):
         ck = {"model": args.model, "model_args": kwargs, "state_dict": model.state_dict(),
               "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
               "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
               "epoch": epoch, "best_val_acc": best["acc"], "history": history}
         if with_state:
             ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      scaler=scaler.state_dict(), rng={"torch": torch.get_rng_state()}, early_stopping=dict(best))
+                      scaler=scaler.state_dict(), rng={"torch": torch.get_rng_state()}, early_stopping=dict(best),
+                      world_size=world)
+        if progress:
+            ck["progress"] = progress
         return ck
 
     if args.device_data:
@@ -404,43 +487,70 @@ def main(args):
         augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
     else:
         augment_one = lambda ds, i: ds[i][0]  # noqa: E731
-    if not args.dry_run and start_epoch == 1:
+    if main_process and not args.dry_run and not args.resume:
         plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
+    net = ddp(model, device)  # what trains; `model` (the same parameters) is what is evaluated and saved
+    stop.armed = True
     for epoch in range(start_epoch, args.epochs + 1):
         if best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
             break
-        torch.manual_seed(epoch_seed(args, epoch))  # augmentation, dropout, mixup of this epoch
-        shuffle = torch.Generator().manual_seed(epoch_seed(args, epoch))
+        resumed = progress if epoch == start_epoch else None  # the rest of an epoch that Ctrl-C stopped
+        seed = epoch_seed(args, epoch)
+        if not resumed:  # (a resumed epoch goes on with the random state saved when it stopped)
+            torch.manual_seed(seed * world + rank)  # augmentation, dropout, mixup: a stream per process
+        order = D.epoch_order(len(data.train), seed, rank, world)  # one shuffle, this process's share
+        order = order[resumed["step"] * args.batch_size:] if resumed else order
         if args.device_data:
             loader = device_loader
-            loader.generator = shuffle
+            loader.sampler = order
         else:
-            loader = D.make_loader(data.train, args.batch_size, shuffle=True, workers=args.workers,
-                                   generator=shuffle, drop_last=len(data.train) >= args.batch_size)
-        train = train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
-                                max_steps=1 if args.dry_run else None)
-        val = evaluate(model, [next(iter(val_loader))] if args.dry_run else val_loader, device, num_classes)
+            loader = D.make_loader(data.train, args.batch_size, sampler=order, workers=args.workers,
+                                   generator=torch.Generator().manual_seed(seed * world + rank),  # worker seeds
+                                   drop_last=share >= args.batch_size)
+        try:
+            train = train_one_epoch(net, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
+                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed)
+        except torch.OutOfMemoryError:  # one line that says what to change, not an allocator traceback
+            raise TrainingError(f"out of memory on {device} at --batch-size {args.batch_size}"
+                                f"{' per process' if world > 1 else ''}: lower --batch-size (or --img-size"
+                                f"{', or leave out --device-data' if args.device_data else ''})") from None
+        if "progress" in train:  # Ctrl-C part-way through: last.pt records the step to go on from
+            save_checkpoint(checkpoint(epoch - 1, with_state=True, progress=train["progress"]), last_pt)
+            raise Interrupted(last_pt)
+        # rank 0 scores the model it saves; the others take its numbers, so all stop early together
+        val = None
+        if main_process:
+            val = evaluate(model, [next(iter(val_loader))] if args.dry_run else val_loader, device, num_classes)
+        val = from_main_process(val)
         if args.dry_run:
-            print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
+            if main_process:
+                print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
             return {"train": train, "val": val}
-        test = evaluate(model, test_loader, device, num_classes) if test_loader else None
+        test = evaluate(model, test_loader, device, num_classes) if test_loader and main_process else None
         history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes, test))
         improved = val["acc"] > best["acc"]
         if improved:
             best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
-            save_checkpoint(checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
         else:
             best["bad_epochs"] += 1
-        save_checkpoint(checkpoint(epoch, with_state=True), os.path.join(args.save_dir, "last.pt"))
-        write_history(history, os.path.join(args.save_dir, "history.csv"))
-        plot_history(history, data.classes, args.save_dir)
-        print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
-              f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
-              f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
-              flush=True)
-        if best["bad_epochs"] >= args.patience:
-            print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
-                  f"at epoch {best['epoch']})")
+        if main_process:
+            if improved:
+                save_checkpoint(checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
+            save_checkpoint(checkpoint(epoch, with_state=True), last_pt)
+            write_history(history, os.path.join(args.save_dir, "history.csv"))
+            plot_history(history, data.classes, args.save_dir)
+            print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
+                  f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
+                  f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
+                  flush=True)
+            if best["bad_epochs"] >= args.patience:
+                print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
+                      f"at epoch {best['epoch']})")
+        if stop.requested:  # Ctrl-C during evaluation or saving: stop at this epoch's end
+            raise Interrupted(last_pt)
+    stop.armed = False  # Ctrl-C during the report aborts it as usual: the checkpoints are complete
+    if not main_process:
+        return None
 
     # the final report, with the best weights, on deterministic (eval) transforms
     model.load_state_dict(load_checkpoint(os.path.join(args.save_dir, "best.pt"))["state_dict"])
@@ -455,9 +565,22 @@ def main(args):
     return results
 
 
+def resume_command(argv, last_pt):
+    """The command line `argv` (sys.argv) with `--resume last_pt` in place of any --resume."""
+    kept, value_of_resume = [], False
+    for a in argv[1:]:
+        if not (value_of_resume or a == "--resume" or a.startswith("--resume=")):
+            kept.append(a)
+        value_of_resume = a == "--resume"
+    return shlex.join(["python", argv[0], *kept, "--resume", last_pt])
+
+
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (D.DataError, CheckpointError, TrainingError) as e:
+    except Interrupted as e:
+        print(f"interrupted: resume with: {resume_command(sys.argv, e.last_pt)}", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+    except (D.DataError, CheckpointError, TrainingError, OSError) as e:  # OSError: e.g. a full disk at history.csv
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
