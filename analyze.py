@@ -1,24 +1,43 @@
-"""Explain what a trained network learned.
+"""Explain what a trained network learned, and check the data it learned from.
 
     python analyze.py checkpoints/best.pt
+    python analyze.py checkpoints/best.pt --folds 5   # review the training labels too (5 short runs)
 
 Writes next to the checkpoint (or into --out):
   kernels.png    every first-layer kernel (and the second layer's, when the first has < 9)
   tsne.png       penultimate features of the test set (val where there is none) in 2-D
   neighbors.png  query images, each followed by its 8 nearest training images in feature space
+  samples.csv    one row per train / val / test sample: prediction, loss, confidence in the given
+                 label, margin, kNN label agreement and a flag (ok, or suspect / mistake / duplicate)
+  suspects.csv   likely label errors (confident learning), most likely first; with its weight
+                 column edited (0 = drop) it is a train.py --sample-weights file
+  suspects.png   the top suspects: given label, suggested label, confidence in the given one
+  duplicates.csv near-duplicate image pairs; those across splits (leakage) marked
+  mistakes/      every misclassified val / test image: <true class>/<split>_<index>_pred-<p>_<conf>.png
+and then, via report.py: evaluate.py's metrics.json, confusion.png and mistakes.png,
+  dashboard.html an interactive PCA / t-SNE map of the features (one file, works offline)
+  report.md, report.html  the run written up, with every figure of the folder
 Predictions and features come from evaluate.py, so both scripts see the same data and model.
 """
 import argparse
+import csv
+import json
+import math
 import os
+import re
+import shutil
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.utils.data import ConcatDataset, Subset
 
 import data as D
 import evaluate as E
-from model import CheckpointError, first_conv, get_device
+import report
+from model import CheckpointError, first_conv, get_device, load_checkpoint, model_from_checkpoint
 
 
 def get_args_parser():
@@ -30,10 +49,33 @@ def get_args_parser():
     p.add_argument("--tsne-samples", type=int, default=2000, help="points in the t-SNE map (random subset)")
     p.add_argument("--queries", type=int, default=6, help="query images in neighbors.png (>= 4)")
     p.add_argument("--neighbors", type=int, default=8)
+    p.add_argument("--dashboard-points", type=int, default=2000, help="images in dashboard.html (balanced sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
+    g = p.add_argument_group("data quality")
+    g.add_argument("--folds", type=int, default=0,
+                   help="also review the training labels: K short train.py runs, each scoring the fold it "
+                        "did not train on, in <out>/folds/ (default 0: review val only)")
+    g.add_argument("--fold-epochs", type=int, default=5, help="epochs of each --folds run")
+    g.add_argument("--knn", type=int, default=10, help="neighbours for the kNN label agreement")
+    g.add_argument("--duplicate-threshold", type=float, default=0.99,
+                   help="pixel correlation from which two images count as near-duplicates")
+    g.add_argument("--max-mistakes", type=int, default=None,
+                   help="save at most N mistakes per split to mistakes/, most confident first (default: all)")
     return p
+
+
+def check_args(args):
+    """Bad option values: one line before anything is loaded or trained."""
+    for name, ok, need in (("folds", args.folds == 0 or args.folds >= 2, "0 (off) or >= 2"),
+                           ("fold_epochs", args.fold_epochs >= 1, ">= 1"),
+                           ("knn", args.knn >= 1, ">= 1"),
+                           ("dashboard_points", args.dashboard_points >= 3, ">= 3"),
+                           ("duplicate_threshold", 0 < args.duplicate_threshold <= 1, "in (0, 1]"),
+                           ("max_mistakes", args.max_mistakes is None or args.max_mistakes >= 0, ">= 0")):
+        if not ok:
+            raise D.DataError(f"--{name.replace('_', '-')} must be {need}, got {getattr(args, name)}")
 
 
 def _plt():
@@ -85,8 +127,9 @@ def tsne_2d(features, seed=0):
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     x = features.numpy().astype(np.float32)
-    if x.shape[1] > 50:
-        x = PCA(50, random_state=seed).fit_transform(x)
+    dims = min(50, len(x))  # PCA cannot give more components than samples (a small val split)
+    if x.shape[1] > dims:
+        x = PCA(dims, random_state=seed).fit_transform(x)
     return TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
 
 
@@ -131,7 +174,328 @@ def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labe
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- data quality
+
+def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
+    """Probabilities [len(train_set), C] of every training sample from a model that never saw it.
+
+    Run k of K (--folds) is train.py with the checkpoint's own settings, --epochs --fold-epochs
+    and --folds K --fold k (data.py: it trains on the other folds; fold k is its val), in
+    <out>/folds/fold<k>/. As in experiments.py, a finished run (result.json) is not run again
+    and an interrupted one resumes from its last.pt, so the same command continues."""
+    import train  # only --folds needs the training loop
+    if ckpt["data"].get("folds"):
+        raise D.DataError("--folds needs the checkpoint of a whole run, not of one cross-validation fold")
+    base = vars(train.get_args_parser().parse_args([]))
+    base.update((k, v) for k, v in ckpt["args"].items() if k in base)  # an older train.py's run: defaults
+    base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights") if data.config.get(k)})
+    base.update(download=False, epochs=args.fold_epochs, folds=args.folds, resume=None, device=args.device,
+                workers=None, quiet=True, dry_run=False,
+                warmup_epochs=base["warmup_epochs"] * args.fold_epochs / base["epochs"])  # the same schedule, shorter
+    probs = torch.empty(len(train_set), len(ckpt["classes"]))
+    for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
+        folder = os.path.join(out_dir, "folds", f"fold{k}")
+        settings = dict(base, fold=k, save_dir=folder)
+        done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
+        if os.path.isfile(done):
+            with open(done) as f:
+                before = json.load(f)["settings"]
+            print(f"== fold {k} of {args.folds}: finished before, skipped")
+            if before != settings:
+                D.warn(f"{folder} was trained with other settings; delete it to train it again")
+        else:
+            print(f"== fold {k} of {args.folds}{': resuming' if os.path.isfile(last) else ''}", flush=True)
+            results = train.main(argparse.Namespace(**dict(settings, resume=last if os.path.isfile(last) else None)))
+            with open(done + ".tmp", "w") as f:
+                json.dump({"settings": settings, "results": results}, f, indent=1)
+            os.replace(done + ".tmp", done)
+        # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
+        net = model_from_checkpoint(load_checkpoint(last), device)
+        probs[held] = E.collect(net, Subset(train_set, held.tolist()), device, args.batch_size)["probs"]
+    return probs
+
+
+def confident_learning(probs, labels):
+    """Label issues by confident learning (Northcutt et al., JAIR 2021) from out-of-sample
+    probabilities [N, C]. Class c's threshold is the mean p(c) over the samples labelled c; a
+    sample's confident class is its most likely class among those at or above their threshold,
+    and the sample is a suspect when that class is another than its label.
+    Returns (suspect [N] bool, confident class [N], -1 where no class clears its threshold)."""
+    n, c = probs.shape
+    count = torch.bincount(labels, minlength=c)
+    total = torch.zeros(c).index_add_(0, labels, probs[torch.arange(n), labels].float())
+    threshold = torch.where(count > 0, total / count.clamp_min(1), torch.inf)  # unseen class: never confident
+    above = probs >= threshold
+    confident = probs.masked_fill(~above, -1).argmax(1).masked_fill(~above.any(1), -1)
+    return (confident >= 0) & (confident != labels), confident
+
+
+def knn_agreement(features, labels, pool, k, device, chunk=512):
+    """For every row, the share of its k nearest `pool` rows (cosine on `features`; a row is not
+    its own neighbour) that carry its label. `pool`: sorted row numbers (the training rows)."""
+    x = F.normalize(features.to(device), dim=1)
+    pool_x, pool_y, k = x[pool.to(device)], labels[pool], min(k, len(pool) - 1)
+    out = torch.empty(len(x))
+    for a in range(0, len(x), chunk):
+        rows = torch.arange(a, min(a + chunk, len(x)))
+        sim = (x[a:a + chunk] @ pool_x.T).cpu()
+        at = torch.searchsorted(pool, rows).clamp(max=len(pool) - 1)
+        own = pool[at] == rows
+        sim[own.nonzero().flatten(), at[own]] = -math.inf
+        out[rows] = (pool_y[sim.topk(k, dim=1).indices] == labels[rows, None]).float().mean(1)
+    return out
+
+
+def pixel_vectors(splits, side=32, chunk=1024):
+    """Every stored image (split by split, in dataset order) pooled to at most side x side,
+    centred and L2-normalised: the dot product of two is their pixel correlation, which ignores
+    brightness and contrast. Pixels, not the network's features: training pulls all clean
+    images of a class together in feature space, so features would pair look-alikes, not copies."""
+    out = []
+    for ds in splits.values():
+        for a in range(0, len(ds), chunk):
+            x = ds.images[ds.indices[a:a + chunk]].float()
+            x = F.adaptive_avg_pool2d(x, min(side, x.shape[-1])).flatten(1)
+            out.append(F.normalize(x - x.mean(1, keepdim=True), dim=1))
+    return torch.cat(out)
+
+
+def near_duplicates(vectors, threshold, device, chunk=512, limit=10_000):
+    """Row pairs (i < j) whose vectors have cosine similarity >= threshold, most similar first:
+    (LongTensor [P, 2], similarities [P]). Chunk x N similarities at a time; at most the `limit`
+    most similar pairs are kept."""
+    x = vectors.to(device)
+    pairs, sims = torch.empty(0, 2, dtype=torch.long), torch.empty(0)
+    for a in range(0, len(x), chunk):
+        s = (x[a:a + chunk] @ x[a:].T).triu_(1)  # column j is row a + j: each pair once
+        i, j = (s >= threshold).nonzero(as_tuple=True)
+        pairs = torch.cat([pairs, torch.stack([i + a, j + a], 1).cpu()])
+        sims = torch.cat([sims, s[i, j].float().cpu()])
+        if len(sims) > limit:
+            keep = sims.topk(limit).indices
+            pairs, sims = pairs[keep], sims[keep]
+    order = sims.argsort(descending=True, stable=True)
+    return pairs[order], sims[order]
+
+
+def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None):
+    """Everything analyze.py knows per sample, one row per sample of `splits` (E.eval_splits),
+    split by split in dataset order; `outs` ({split: E.collect(..., features=True)}) skips splits
+    already predicted. A dict of aligned columns:
+      split, path          numpy str arrays; index: position in the split (E.show_image(ax, splits[split], index))
+      label, pred, probs   class ids and probabilities [N, C]; features: the checkpoint's [N, D]
+      out_of_sample        probs come from a model that never trained on the row: val and test rows,
+                           and train rows when `oof_probs` (out_of_fold_probs) replaces theirs
+      loss, confidence     -log p(label), p(label); margin: p(label) - the highest other p
+      suspect, suggested   confident learning on the out-of-sample train and val rows (suggested: -1 elsewhere)
+      knn_agreement        share of the `knn` nearest training samples (feature space) with the same label
+      duplicate            in one of `pairs` (near_duplicates over pixel_vectors(splits))
+      flag                 "ok", or suspect / mistake / duplicate joined by "+"
+    """
+    outs = {name: (outs or {}).get(name) or E.collect(model, ds, device, batch_size, features=True)
+            for name, ds in splits.items()}
+    split = np.concatenate([[name] * len(ds) for name, ds in splits.items()])
+    if oof_probs is not None:
+        outs["train"] = dict(outs["train"], probs=oof_probs)
+    probs = torch.cat([o["probs"] for o in outs.values()])
+    t = {"split": split, "path": np.array([ds.path(i) for ds in splits.values() for i in range(len(ds))]),
+         "index": torch.cat([torch.arange(len(ds)) for ds in splits.values()]),
+         "label": torch.cat([o["labels"] for o in outs.values()]), "probs": probs, "pred": probs.argmax(1),
+         "features": torch.cat([o["features"] for o in outs.values()]),
+         "out_of_sample": torch.from_numpy(split != "train") | (oof_probs is not None)}
+    p_label = probs.gather(1, t["label"][:, None]).squeeze(1)
+    t["loss"], t["confidence"] = -p_label.clamp_min(1e-12).log(), p_label
+    t["margin"] = p_label - probs.scatter(1, t["label"][:, None], -1.0).max(1).values
+    t["suspect"], t["suggested"] = torch.zeros(len(split), dtype=torch.bool), torch.full((len(split),), -1)
+    # thresholds per split, as each split's probabilities come from one kind of model (fold runs or
+    # the checkpoint). Test is not reviewed: it stays the untouched yardstick, and its MNIST ids (#i)
+    # would name training samples in a --sample-weights file.
+    for name in ("train", "val"):
+        rows = torch.from_numpy(split == name) & t["out_of_sample"]
+        if rows.any():
+            t["suspect"][rows], t["suggested"][rows] = confident_learning(probs[rows], t["label"][rows])
+    t["suggested"][~t["suspect"]] = -1
+    t["knn_agreement"] = knn_agreement(t["features"], t["label"], torch.from_numpy(np.flatnonzero(split == "train")),
+                                       knn, device)
+    t["duplicate"] = torch.zeros(len(split), dtype=torch.bool)
+    if pairs is not None:
+        t["duplicate"][pairs.flatten()] = True
+    marks = [("suspect", t["suspect"].tolist()), ("mistake", (t["pred"] != t["label"]).tolist()),
+             ("duplicate", t["duplicate"].tolist())]
+    t["flag"] = np.array(["+".join(name for name, m in marks if m[r]) or "ok" for r in range(len(split))])
+    return t
+
+
+def ranked_suspects(table):
+    """Row numbers of the suspects, most likely label error first (lowest margin: the given label
+    trails another class by the most)."""
+    rows = table["suspect"].nonzero().flatten()
+    return rows[table["margin"][rows].argsort(stable=True)]
+
+
+def _safe(name):
+    """A class name usable as a file or folder name."""
+    return re.sub(r"[^\w.-]+", "_", str(name)).strip(".") or "_"
+
+
+def write_quality(table, pairs, sims, classes, out_dir):
+    """samples.csv, suspects.csv and duplicates.csv."""
+    name = lambda c: classes[c] if c >= 0 else ""  # noqa: E731
+    cols = {k: v.tolist() for k, v in table.items() if k not in ("probs", "features")}
+    with open(os.path.join(out_dir, "samples.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
+                     "knn_agreement", "out_of_sample", "suggested", "flag"])
+        for r in range(len(cols["split"])):
+            w.writerow([cols["split"][r], cols["index"][r], cols["path"][r], name(cols["label"][r]),
+                        name(cols["pred"][r]), f"{cols['loss'][r]:.4f}", f"{cols['confidence'][r]:.4f}",
+                        f"{cols['margin'][r]:.4f}", f"{cols['knn_agreement'][r]:.2f}",
+                        int(cols["out_of_sample"][r]), name(cols["suggested"][r]), cols["flag"][r]])
+    # path,weight first: read_sample_weights takes this file as it is, other columns ignored
+    # (the weights act on training samples; a val suspect needs its label fixed instead)
+    with open(os.path.join(out_dir, "suspects.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "weight", "split", "label", "suggested", "confidence", "margin"])
+        for r in ranked_suspects(table).tolist():
+            w.writerow([cols["path"][r], 1, cols["split"][r], name(cols["label"][r]), name(cols["suggested"][r]),
+                        f"{cols['confidence'][r]:.4f}", f"{cols['margin'][r]:.4f}"])
+    with open(os.path.join(out_dir, "duplicates.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["similarity", "cross_split", "split_a", "path_a", "label_a", "split_b", "path_b", "label_b"])
+        for (a, b), s in zip(pairs.tolist(), sims.tolist()):
+            w.writerow([f"{s:.4f}", int(cols["split"][a] != cols["split"][b])]
+                       + [x for r in (a, b) for x in (cols["split"][r], cols["path"][r], name(cols["label"][r]))])
+
+
+def plot_suspects(table, splits, classes, path, n=24, cols=6):
+    """The top `n` suspects: image, given -> suggested label, confidence in the given label."""
+    plt = _plt()
+    ranked = ranked_suspects(table)
+    show = ranked[:n].tolist()
+    rows = max(1, math.ceil(len(show) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, show):
+        ax.axis("on")
+        E.show_image(ax, splits[table["split"][r]], int(table["index"][r]))
+        ax.set_title(f"{classes[table['label'][r]]} -> {classes[table['suggested'][r]]}\n"
+                     f"{table['split'][r]}, conf {table['confidence'][r]:.2f}", fontsize=8)
+    fig.suptitle(f"top {len(show)} of {len(ranked)} suspected label errors: given -> suggested label, "
+                 f"confidence in the given one" if show else "no suspected label errors", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_mistakes(table, splits, classes, folder, limit=None, min_side=112):
+    """Every misclassified val / test image (at most `limit` per split, the most confident) as
+    <folder>/<true class>/<split>_<index>_pred-<p>_<conf>.png, enlarged to `min_side` px and titled
+    with the true class, the prediction and its confidence. Returns how many were saved."""
+    shutil.rmtree(folder, ignore_errors=True)  # a previous run's mistakes would mix with these
+    wrong = np.flatnonzero((table["pred"] != table["label"]).numpy())
+    conf, rows = table["probs"].max(1).values.numpy(), []
+    for split in ("val", "test"):
+        r = wrong[table["split"][wrong] == split]
+        rows.append(r[np.argsort(-conf[r], kind="stable")[:limit]])
+    for r in np.concatenate(rows).tolist():
+        split, i, p = table["split"][r], int(table["index"][r]), float(conf[r])
+        true, pred = classes[table["label"][r]], classes[table["pred"][r]]
+        img = D.raw_image(splits[split], i)
+        img = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
+        scale = max(1, math.ceil(min_side / min(img.size)))
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        page = Image.new("RGB", (max(img.width, 120), img.height + 30), "white")
+        page.paste(img, ((page.width - img.width) // 2, 30))
+        ImageDraw.Draw(page).text((4, 2), f"true {true}  pred {pred}\nconfidence {p:.2f}", fill="black")
+        os.makedirs(os.path.join(folder, _safe(true)), exist_ok=True)
+        page.save(os.path.join(folder, _safe(true), f"{split}_{i}_pred-{_safe(pred)}_{p:.2f}.png"))
+    return sum(map(len, rows))
+
+
+def print_quality(table, pairs, sims, classes, knn, n=10):
+    """The data-quality summary: counts per split, the top suspects and duplicate pairs."""
+    split = table["split"]
+    per_split = lambda m: ", ".join(f"{s} {int((m & (split == s)).sum())}" for s in dict.fromkeys(split))  # noqa: E731
+    reviewed = table["out_of_sample"].numpy() & (split != "test")
+    print(f"data quality: {len(split)} samples ({per_split(np.ones(len(split), bool))}); labels reviewed "
+          f"(out-of-sample probabilities): {per_split(reviewed)}")
+    print(f"  mistakes: {per_split((table['pred'] != table['label']).numpy())} | suspected label errors: "
+          f"{per_split(table['suspect'].numpy())} | mean {knn}-NN label agreement: "
+          + ", ".join(f"{s} {table['knn_agreement'][split == s].mean():.3f}" for s in dict.fromkeys(split)))
+    for r in ranked_suspects(table)[:n].tolist():
+        print(f"  suspect {table['path'][r]} ({split[r]}): labelled {classes[table['label'][r]]}, "
+              f"looks like {classes[table['suggested'][r]]} (confidence {table['confidence'][r]:.2f})")
+    cross = int(sum(split[a] != split[b] for a, b in pairs.tolist()))
+    print(f"  near-duplicate pairs: {len(pairs)}, {cross} across splits (leakage)")
+    for (a, b), s in zip(pairs[:n].tolist(), sims[:n].tolist()):
+        print(f"  duplicate {table['path'][a]} ({split[a]}) ~ {table['path'][b]} ({split[b]}): {s:.3f}")
+
+
+# ----------------------------------------------------------------------------- dashboard.html and the report
+
+def balanced_sample(keys, n, seed=0):
+    """Sorted indices of at most n items spread evenly over the distinct (non-negative int) `keys`:
+    every key gets the same share, a small one all its items; random within a key."""
+    keys = torch.as_tensor(keys)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed))
+    grouped = order[torch.sort(keys[order], stable=True).indices]  # by key, random within a key
+    counts = torch.bincount(keys[grouped])
+    rank = torch.arange(len(keys)) - (counts.cumsum(0) - counts)[keys[grouped]]  # place within its key
+    return grouped[torch.sort(rank, stable=True).indices[:n]].sort().values  # round robin over keys
+
+
+def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256):
+    """What write_dashboard draws: at most `max_points` images, balanced over (split, source) x
+    class, with the model's penultimate features, predictions and confidences (eval transforms)."""
+    groups = [(split, 0, ds) for split, ds in E.eval_splits(data).items()]
+    if isinstance(data.train, ConcatDataset):  # the synthetic part of training
+        groups.insert(1, ("train", 1, data.train.datasets[1].with_transform(data.val.transform)))
+    k = len(data.classes)
+    pick = balanced_sample(torch.cat([g * k + ds.targets for g, (_, _, ds) in enumerate(groups)]), max_points, seed)
+    pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": []}
+    start = 0
+    for split, source, ds in groups:
+        idx = (pick[(pick >= start) & (pick < start + len(ds))] - start).tolist()
+        start += len(ds)
+        if not idx:
+            continue
+        out = E.collect(model, Subset(ds, idx), device, batch_size, features=True)
+        pts["features"].append(out["features"])
+        pts["labels"].append(out["labels"])
+        pts["preds"].append(out["preds"])
+        pts["conf"].append(out["probs"].max(1).values)
+        pts["split"] += [split] * len(idx)
+        pts["source"] += [source] * len(idx)
+        pts["images"] += [D.raw_image(ds, i) for i in idx]
+        pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
+    for key in ("features", "labels", "preds", "conf"):
+        pts[key] = torch.cat(pts[key])
+    return pts
+
+
+def pca_2d(features, seed=0):
+    from sklearn.decomposition import PCA
+    return PCA(2, random_state=seed).fit_transform(features.float().numpy())
+
+
+def write_pages(model, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None):
+    """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
+    {split: collect() output}), dashboard.html, report.md and report.html."""
+    E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs)
+    points = dashboard_points(model, data, device, max_points, seed, batch_size)
+    maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
+    ckpt = load_checkpoint(checkpoint)
+    title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
+    note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
+            f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image.")
+    report.write_dashboard(os.path.join(out_dir, "dashboard.html"), points, maps, data.classes, title, note)
+    report.write_report(out_dir, checkpoint)
+    print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")
+
+
 def main(args):
+    check_args(args)
     device = get_device(args.device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
@@ -155,10 +519,24 @@ def main(args):
                    nn_idx, train_out["labels"].tolist(), data.classes, os.path.join(out_dir, "neighbors.png"))
     print(f"wrote kernels.png, tsne.png, neighbors.png to {out_dir}")
 
+    oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
+    pairs, sims = near_duplicates(pixel_vectors(splits), args.duplicate_threshold, device)
+    table = sample_table(model, splits, device, args.batch_size, {held: held_out, "train": train_out}, oof,
+                         args.knn, pairs)
+    write_quality(table, pairs, sims, data.classes, out_dir)
+    plot_suspects(table, splits, data.classes, os.path.join(out_dir, "suspects.png"))
+    n_wrong = save_mistakes(table, splits, data.classes, os.path.join(out_dir, "mistakes"), args.max_mistakes)
+    print_quality(table, pairs, sims, data.classes, args.knn)
+    print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
+
+    write_pages(model, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
+                outs={held: held_out, "train": train_out})
+
 
 if __name__ == "__main__":
+    import train  # its TrainingError (a --folds run that diverged) is one line too
     try:
         main(get_args_parser().parse_args())
-    except (D.DataError, CheckpointError) as e:
+    except (D.DataError, CheckpointError, train.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

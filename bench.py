@@ -272,7 +272,7 @@ def main(args):
 
     rows.append(("memory", "peak resident memory of this process", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"))
     print(f"{result['date']} | {result['machine']}")
-    print(f"| what | measurement | value |\n|---|---|---|")
+    print("| what | measurement | value |\n|---|---|---|")
     for kind, what, value, unit in rows:
         print(f"| {kind} | {what} | {value if isinstance(value, str) else f'{value:,.1f}'} {unit} |")
         result["figures"][f"{kind}: {what}"] = {"value": value, "unit": unit}

@@ -71,6 +71,20 @@ def stratified_subset(indices, labels, fraction, seed):
     return torch.cat(keep).sort().values
 
 
+def stratified_folds(labels, k, seed):
+    """K disjoint folds of positions 0..len(labels)-1 (sorted LongTensors) with about 1/K of every
+    class each: a class's shuffled samples are dealt round-robin, starting at the fold where the
+    previous class stopped, so classes smaller than K do not all land in fold 0."""
+    labels = torch.as_tensor(labels)
+    g = torch.Generator().manual_seed(seed + 2)  # neither the split's nor the subset's stream
+    fold, start = torch.empty(len(labels), dtype=torch.long), 0
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        fold[idx[torch.randperm(len(idx), generator=g)]] = (torch.arange(len(idx)) + start) % k
+        start += len(idx)
+    return [torch.nonzero(fold == f).flatten() for f in range(k)]
+
+
 def fingerprint(*parts):
     """A short hash that pins a split (the file list and the val indices)."""
     h = hashlib.sha1()
@@ -353,6 +367,10 @@ def add_data_args(parser):
     g.add_argument("--cache-dir", default=None, help="keep the decoded photo cache on disk here")
     g.add_argument("--synthetic-n", type=int, default=0,
                    help="add N MNIST digits composited onto real training photos (training only)")
+    g.add_argument("--folds", type=int, default=0,
+                   help="cut the training split into K stratified folds (cross-validation, with --fold)")
+    g.add_argument("--fold", type=int, default=None,
+                   help="with --folds K: train on the other folds, validate on fold k (0..K-1)")
     return g
 
 
@@ -372,6 +390,8 @@ def data_config(args):
         "synthetic_n": args.synthetic_n,
         "synthetic_seed": getattr(args, "seed", 0),
         "sample_weights": os.path.abspath(args.sample_weights) if getattr(args, "sample_weights", None) else None,
+        "folds": args.folds,
+        "fold": args.fold,
     }
 
 
@@ -401,6 +421,8 @@ def build_datasets(cfg, augment="none", check=True):
                         f"cannot split it into train and val")
     train_idx, val_idx = stratified_split(labels, cfg["val_fraction"], cfg["split_seed"])
     train_idx = stratified_subset(train_idx, labels, cfg["train_fraction"], cfg["split_seed"])
+    if cfg.get("folds") or cfg.get("fold") is not None:  # a cross-validation run: fold k is its val
+        train_idx, val_idx = _fold_split(train_idx, labels, cfg.get("folds") or 0, cfg.get("fold"), cfg["split_seed"])
     split_hash = fingerprint([os.path.basename(p) for p in paths] if paths else len(labels), val_idx, train_idx)
     if check and cfg.get("split_hash") and cfg["split_hash"] != split_hash:
         warn(f"the data differ from those the checkpoint was trained on ({len(labels)} samples now, "
@@ -416,6 +438,18 @@ def build_datasets(cfg, augment="none", check=True):
         train = ConcatDataset([train, _synthetic(cfg, images[train_idx], classes, train_tf)])
     config = dict(cfg, num_samples=len(labels), split_hash=split_hash)
     return Data(train, val, test, classes, in_channels, img_size, mean, std, config)
+
+
+def _fold_split(train_idx, labels, folds, fold, seed):
+    """(the other folds, fold `fold`) of the training split cut into `folds` stratified folds."""
+    if folds < 2 or fold is None or not 0 <= fold < folds:
+        raise DataError(f"cross-validation needs --folds K >= 2 and --fold k in 0..K-1, "
+                        f"got --folds {folds} --fold {fold}")
+    held = torch.zeros(len(train_idx), dtype=torch.bool)
+    held[stratified_folds(labels[train_idx], folds, seed)[fold]] = True
+    if held.all() or not held.any():
+        raise DataError(f"--folds {folds} cannot be cut from {len(train_idx)} training samples")
+    return train_idx[~held], train_idx[held]
 
 
 def read_sample_weights(csv_path, paths, n):
@@ -578,7 +612,7 @@ class BatchAugment:
 
     def __call__(self, images):
         x = images.float().div_(255)
-        b, c, dev, n = x.shape[0], x.shape[1], x.device, self.img_size
+        b, dev, n = x.shape[0], x.device, self.img_size
         if self.preset == "none":
             if x.shape[-1] != n:
                 x = F.interpolate(x, size=(n, n), mode="bilinear", antialias=True, align_corners=False)

@@ -142,6 +142,28 @@ def plot_mistakes(dataset, out, classes, path, n=9):
     plt.close(fig)
 
 
+def shown_split(names):
+    """The split the figures show: the held-out one, test where there is one, else val."""
+    return "test" if "test" in names else "val" if "val" in names else next(iter(names))
+
+
+def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None):
+    """Score the `which` splits and write metrics.json, confusion.png and mistakes.png (of
+    `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
+    predicted. Returns (results, outs)."""
+    outs, results = dict(outs or {}), {}
+    for name, ds in eval_splits(data, which).items():
+        if name not in outs:
+            outs[name] = collect(model, ds, device, batch_size)
+        results[name] = metrics(outs[name], data.classes)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    shown = shown_split(results)
+    plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
+    plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
+    return results, outs
+
+
 def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
     """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
     paths = D.list_images(folder)
@@ -173,19 +195,10 @@ def main(args):
         print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
         return
     model, ckpt, data = load_run(args.checkpoint, device, args.data_dir, args.mnist_root)
-    results, outs = {}, {}
-    for name, ds in eval_splits(data, args.split).items():
-        outs[name] = collect(model, ds, device, args.batch_size)
-        results[name] = metrics(outs[name], data.classes)
-        r = results[name]
+    results, _ = evaluate_run(model, data, device, out_dir, args.split, args.batch_size)
+    for name, r in results.items():
         print(summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    # figures from the held-out split: test where there is one, else val
-    shown = "test" if "test" in results else "val" if "val" in results else next(iter(results))
-    plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
-    plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
-    print(f"wrote metrics.json, confusion.png, mistakes.png ({shown} split) to {out_dir}")
+    print(f"wrote metrics.json, confusion.png, mistakes.png ({shown_split(results)} split) to {out_dir}")
     return results
 
 

@@ -20,6 +20,7 @@ import sys
 from fractions import Fraction
 
 import train
+from report import md_table
 
 SPLITS = ("train", "val", "test")
 DEFAULT_GRID = [("lr", ["1e-4", "3e-4", "1e-3"]), ("batch_size", ["32", "64", "128"])]
@@ -125,11 +126,6 @@ def pct(row, split, seeds):
     if m is None:
         return "failed"
     return f"{100 * m:.2f} ± {100 * s:.2f}" if seeds > 1 else f"{100 * m:.2f}"
-
-
-def md_table(header, rows):
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
 def pyplot():

@@ -468,10 +468,13 @@ def run(args, device, stop):
             at_step = f", step {progress['step']}" if progress else ""
             print(f"resumed from {args.resume} at epoch {start_epoch}{at_step}")
 
+    command = command_line(vars(args))
+
     def checkpoint(epoch, with_state, progress=None):
         ck = {"model": args.model, "model_args": kwargs, "state_dict": model.state_dict(),
               "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
               "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
+              "command": command,
               "epoch": epoch, "best_val_acc": best["acc"], "history": history}
         if with_state:
             ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -563,6 +566,23 @@ def run(args, device, stop):
         results[name.lower()] = {k: r[k] for k in ("loss", "correct", "total", "acc")}
         print(summary_line(name, r["loss"], r["correct"], r["total"]))
     return results
+
+
+def command_line(args):
+    """`python train.py ...` that repeats a run: the resolved arguments (a dict) that differ from
+    the defaults. Stored in every checkpoint (report.py shows it)."""
+    parts = ["python", "train.py"]
+    for a in get_args_parser()._actions:
+        if not a.option_strings or a.dest not in args or args[a.dest] == a.default:
+            continue
+        value = args[a.dest]
+        if isinstance(a, argparse.BooleanOptionalAction):
+            parts.append(a.option_strings[0 if value else 1])
+        elif a.nargs == 0:  # store_true
+            parts.append(a.option_strings[0])
+        else:
+            parts += [a.option_strings[0], str(value)]
+    return shlex.join(parts)
 
 
 def resume_command(argv, last_pt):

@@ -432,7 +432,8 @@ def test_evaluate(tiny_run, tmp_path, capsys):
 def test_analyze(tiny_run, tmp_path, capsys):
     d, _, _ = tiny_run
     A.main(A.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path), "--tsne-samples", "300",
-                                        "--queries", "4", "--neighbors", "4"]))
+                                        "--queries", "4", "--neighbors", "4", "--max-mistakes", "20",
+                                        "--dashboard-points", "200"]))
     for f in ("kernels.png", "tsne.png", "neighbors.png"):
         assert_png(tmp_path / f)
     assert "wrote" in capsys.readouterr().out

@@ -1,0 +1,478 @@
+"""Offline pages of a run: an interactive feature map and the run report.
+
+    python analyze.py checkpoints/best.pt                     # writes both, after its figures
+    python report.py checkpoints/ [--sweeps runs/ablation]    # rewrites report.md/.html from the folder
+
+dashboard.html  one self-contained file (inline JSON, base64 thumbnails, vanilla JS; no network,
+                no server): PCA and t-SNE of the penultimate features of a balanced sample of
+                train / val / test (and synthetic) images. Hover a point for its image, label,
+                prediction and confidence; colour by class, correct / wrong or source; one tab per class.
+report.md       the run written up: command, data, model, curves, final lines, confusion matrix,
+report.html     mistakes, kernels, t-SNE, neighbours, suspects, sweep tables; the same content
+                twice, figures as the PNG files beside it (relative links).
+"""
+import argparse
+import csv
+import html
+import io
+import json
+import os
+import re
+import sys
+from base64 import b64encode
+from urllib.parse import quote
+
+import numpy as np
+
+import data as D
+import evaluate as E
+from model import CheckpointError, count_parameters, load_checkpoint, model_from_checkpoint, summary_line
+
+THUMB = 40                       # thumbnail side (px) in dashboard.html; tooltips show them at 96 px
+SOURCES = ("real", "synthetic")  # TensorImageDataset.source 0 / 1
+
+
+# ----------------------------------------------------------------------------- dashboard: the page
+
+def thumbnail_uri(img, side=THUMB):
+    """uint8 [H, W, C] -> a data: URI of at most side x side px."""
+    from PIL import Image
+    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    im.thumbnail((side, side), Image.LANCZOS)
+    buf = io.BytesIO()
+    if im.mode == "L":  # grey digits: lossless PNG is also the smallest
+        im.save(buf, "PNG")
+        mime = "png"
+    else:  # colour photos: JPEG is 2-3x smaller than PNG at this size
+        im.save(buf, "JPEG", quality=85)
+        mime = "jpeg"
+    return f"data:image/{mime};base64," + b64encode(buf.getvalue()).decode("ascii")
+
+
+def class_colours(k):
+    """A hex colour per class: matplotlib's tab10 / tab20, as in tsne.png."""
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return [matplotlib.colors.to_hex(cmap(c % cmap.N)) for c in range(k)]
+
+
+def fit_square(xy, side=1000):
+    """2-D points -> flat ints in [0, side], one scale for both axes (no stretching), centred."""
+    xy = np.asarray(xy, dtype=np.float64)
+    lo, hi = xy.min(0), xy.max(0)
+    xy = (xy - (lo + hi) / 2) * (side / max((hi - lo).max(), 1e-12)) + side / 2
+    return np.rint(xy).astype(int).ravel().tolist()
+
+
+def write_dashboard(path, points, maps, classes, title="", note=""):
+    """dashboard.html: `points` (analyze.dashboard_points: labels, preds, conf, split, source,
+    names, images) drawn on `maps`, {"tsne": [N, 2], "pca": [N, 2]} coordinates."""
+    if len(points["labels"]) < 3:
+        raise ValueError(f"a dashboard needs at least 3 images, got {len(points['labels'])}")
+    payload = {
+        "title": title, "note": note, "classes": list(classes), "palette": class_colours(len(classes)),
+        "sources": SOURCES, "tsne": fit_square(maps["tsne"]), "pca": fit_square(maps["pca"]),
+        "label": points["labels"].tolist(), "pred": points["preds"].tolist(),
+        "conf": [round(c, 3) for c in points["conf"].tolist()],
+        "split": points["split"], "source": points["source"], "name": points["names"],
+        "img": [thumbnail_uri(im) for im in points["images"]],
+    }
+    # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
+    data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
+    page = DASHBOARD.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
+
+
+# Everything inline: no URL other than data: URIs, so the file works from disk with no network.
+# Data reach the DOM through textContent / attributes only (class names are user data).
+DASHBOARD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 12px 20px; color: #222; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+#note { color: #555; margin: 0 0 10px; }
+#controls label { margin-right: 10px; }
+#tabs { margin: 10px 0; }
+#tabs button { margin: 0 3px 3px 0; padding: 3px 9px; border: 1px solid #aaa; background: #f4f4f4; cursor: pointer; }
+#tabs button.on { background: #333; color: #fff; border-color: #333; }
+#main { display: flex; gap: 16px; align-items: flex-start; }
+#map { width: min(calc(100vw - 260px), calc(100vh - 150px), 820px); min-width: 300px; aspect-ratio: 1; border: 1px solid #ccc; background: #fff; }
+#map circle { stroke: #fff; stroke-width: 1; }
+#map circle.wrong { stroke: #000; stroke-width: 2.5; }
+#legend div { margin: 3px 0; white-space: nowrap; }
+#legend .sw { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
+#tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
+       padding: 6px; box-shadow: 0 2px 6px #0004; font-size: 13px; line-height: 1.35; }
+#tip img { display: block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin-bottom: 4px; }
+#tip .bad { color: #c00; font-weight: bold; }
+</style></head>
+<body>
+<h1 id="title"></h1>
+<p id="note"></p>
+<div id="controls">
+  projection: <label><input type="radio" name="proj" value="tsne" checked> t-SNE</label>
+  <label><input type="radio" name="proj" value="pca"> PCA</label>
+  colour by: <select id="colour">
+    <option value="class">class</option><option value="correct">correct / wrong</option>
+    <option value="source">source (real / synthetic)</option></select>
+</div>
+<div id="tabs"></div>
+<div id="main"><svg id="map" viewBox="-15 -15 1030 1030"></svg><div id="legend"></div></div>
+<div id="tip"><img id="tipimg" alt=""><div id="tiptext"></div></div>
+<script type="application/json" id="data">__DATA__</script>
+<script>
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const N = D.label.length, svg = document.getElementById("map"), tip = document.getElementById("tip");
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+const COLOURINGS = {
+  class: {names: D.classes, colours: D.palette, of: i => D.label[i]},
+  correct: {names: ["correct", "wrong"], colours: ["#2ca02c", "#d62728"], of: i => +(D.pred[i] !== D.label[i])},
+  source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e"], of: i => D.source[i]},
+};
+const state = {proj: "tsne", colour: "class", tab: -1};  // tab: a class index, -1 = all
+
+document.getElementById("title").textContent = D.title;
+document.getElementById("note").textContent = D.note;
+const dots = [];
+for (let i = 0; i < N; i++) {
+  const c = document.createElementNS(svg.namespaceURI, "circle");
+  c.setAttribute("r", 6);
+  c.dataset.i = i;
+  if (D.pred[i] !== D.label[i]) c.classList.add("wrong");
+  svg.appendChild(c);
+  dots.push(c);
+}
+const tabs = document.getElementById("tabs");
+[-1, ...D.classes.keys()].forEach(k => {
+  const n = k < 0 ? N : D.label.filter(l => l === k).length;
+  const b = el("button", (k < 0 ? "All" : D.classes[k]) + " (" + n + ")");
+  b.dataset.tab = k;
+  b.title = k < 0 ? "every sampled image" : "images labelled " + D.classes[k] + " or predicted as it";
+  b.onclick = () => { state.tab = k; draw(); };
+  tabs.appendChild(b);
+});
+document.querySelectorAll("input[name=proj]").forEach(r => r.onchange = () => { state.proj = r.value; draw(); });
+document.getElementById("colour").onchange = e => { state.colour = e.target.value; draw(); };
+
+function draw() {
+  const xy = D[state.proj], col = COLOURINGS[state.colour], counts = col.names.map(() => 0);
+  dots.forEach((c, i) => {
+    const shown = state.tab < 0 || D.label[i] === state.tab || D.pred[i] === state.tab;
+    c.style.display = shown ? "" : "none";
+    c.setAttribute("cx", xy[2 * i]);
+    c.setAttribute("cy", 1000 - xy[2 * i + 1]);
+    c.setAttribute("fill", col.colours[col.of(i) % col.colours.length]);
+    if (shown) counts[col.of(i)]++;
+  });
+  for (const b of tabs.children) b.classList.toggle("on", +b.dataset.tab === state.tab);
+  const legend = document.getElementById("legend");
+  legend.replaceChildren();
+  col.names.forEach((name, k) => {
+    if (!counts[k]) return;
+    const row = el("div"), sw = el("span", undefined, "sw");
+    sw.style.background = col.colours[k % col.colours.length];
+    row.append(sw, name + " (" + counts[k] + ")");
+    legend.appendChild(row);
+  });
+  if (state.colour !== "correct") legend.appendChild(el("div", "black ring: wrong prediction"));
+}
+
+svg.addEventListener("mouseover", e => {
+  if (e.target.dataset.i === undefined) return;
+  const i = +e.target.dataset.i, wrong = D.pred[i] !== D.label[i];
+  document.getElementById("tipimg").src = D.img[i];
+  const lines = [el("div", "label: " + D.classes[D.label[i]]),
+                 el("div", "prediction: " + D.classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
+                 el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
+                 el("div", D.split[i] + " split, " + D.sources[D.source[i]]),
+                 el("div", D.name[i])];
+  document.getElementById("tiptext").replaceChildren(...lines);
+  tip.style.display = "block";
+  place(e);
+});
+svg.addEventListener("mousemove", e => { if (tip.style.display === "block") place(e); });
+svg.addEventListener("mouseout", e => { if (e.target.dataset.i !== undefined) tip.style.display = "none"; });
+function place(e) {  // beside the pointer, flipped to stay inside the window
+  const w = tip.offsetWidth, h = tip.offsetHeight;
+  tip.style.left = (e.clientX + 14 + w > innerWidth ? e.clientX - 14 - w : e.clientX + 14) + "px";
+  tip.style.top = Math.max(0, Math.min(e.clientY + 14, innerHeight - h)) + "px";
+}
+draw();
+</script>
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------- report: pieces
+
+def md_table(header, rows):
+    """A markdown table as a list of lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def cell(value):
+    """A markdown table cell (a `|` inside would end the cell)."""
+    return str(value).replace("|", "\\|")
+
+
+def csv_head(path, n=10):
+    """A CSV's first n rows as a markdown table, and its row count."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return [], 0
+    header, body = rows[0], rows[1:]
+    return md_table([cell(h) for h in header], [[cell(v) for v in r] for r in body[:n]]), len(body)
+
+
+def sweep_tables(run_dir, extra_dirs=()):
+    """experiments.py's markdown tables related to a run: those of the experiments --out folder the
+    run lives in (<out>/<cell>/seed<k>/, so one or two levels up) and those in `extra_dirs`."""
+    names = ("learning_curve.md", "ablation.md", "grid.md")  # experiments.py's tables (<experiment>.md)
+    up1 = os.path.dirname(os.path.abspath(run_dir))
+    found = []
+    for d in (up1, os.path.dirname(up1), *extra_dirs):
+        for n in names:
+            p = os.path.abspath(os.path.join(d, n))
+            if os.path.isfile(p) and p not in found:
+                found.append(p)
+    return found
+
+
+def read_history(path, ckpt):
+    """history.csv as a list of {column: float}, else the checkpoint's copy (best.pt's ends at its epoch)."""
+    if path:
+        with open(path, newline="") as f:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    return ckpt.get("history") or []
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_report(out_dir, checkpoint=None, sweeps=()):
+    """report.md and report.html in out_dir, from the files there and beside the checkpoint
+    (default out_dir/best.pt); missing files leave their section short, never an error."""
+    out_dir = os.path.abspath(out_dir)
+    checkpoint = os.path.abspath(checkpoint or os.path.join(out_dir, "best.pt"))
+    ckpt = load_checkpoint(checkpoint)
+    folders = list(dict.fromkeys([out_dir, os.path.dirname(checkpoint)]))
+
+    def find(name):
+        return next((os.path.join(d, name) for d in folders if os.path.exists(os.path.join(d, name))), None)
+
+    def link(path):
+        return quote(os.path.relpath(path, out_dir).replace(os.sep, "/"))
+
+    def figures(*names):
+        """One line with those of the figures that exist, and a blank line; nothing if none does."""
+        images = [f"![{n[:-4]}]({link(find(n))})" for n in names if find(n)]
+        return [" ".join(images), ""] if images else []
+
+    args, cfg, classes = ckpt["args"], ckpt["data"], ckpt["classes"]
+    results = {}
+    if find("metrics.json"):
+        with open(find("metrics.json")) as f:
+            results = json.load(f)
+    history = read_history(find("history.csv"), ckpt)
+    name = os.path.basename(os.path.dirname(checkpoint))
+    source = f"MNIST from `{cfg['mnist_root']}`" if cfg["dataset"] == "mnist" else f"photo folder `{cfg['data_dir']}`"
+    md = [f"# Run report: {name}", ""]
+    headline = [f"`{ckpt['model']}` on the {source}, {len(classes)} classes; checkpoint `{os.path.basename(checkpoint)}` "
+                f"(epoch {ckpt['epoch']}, val accuracy {100 * ckpt['best_val_acc']:.2f}%)."]
+    if find("dashboard.html"):
+        headline.append(f"Interactive feature map: [dashboard.html]({link(find('dashboard.html'))}).")
+    md += [" ".join(headline), ""]
+
+    command = ckpt.get("command") or "python train.py " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in args.items())
+    md += ["## Command", "", "```", command, "```", "",
+           "The arguments as train.py resolved them, defaults left out." if "command" in ckpt else
+           "Every stored argument (this checkpoint predates the stored command line).", ""]
+
+    md += ["## Data", "", f"- source: {source}", f"- classes ({len(classes)}): {', '.join(map(str, classes))}",
+           f"- split: {cfg['val_fraction']:g} of every class to val (split seed {cfg['split_seed']}), "
+           f"train fraction {cfg['train_fraction']:g}; test: "
+           + ("MNIST's official test set" if cfg["dataset"] == "mnist" else "none (a photo folder has train and val)"),
+           f"- image size {cfg['img_size']} px, {ckpt['in_channels']} channel(s); {cfg.get('num_samples', '?')} "
+           f"labelled images" + (f"; {cfg['synthetic_n']} synthetic composites added to training"
+                                 if cfg.get("synthetic_n") else ""), ""]
+    if results:
+        splits = [s for s in E.SPLITS if s in results]
+        support = {s: [results[s]["per_class"][c]["support"] for c in classes] for s in splits}
+        md += md_table(["class"] + splits,
+                                   [[cell(c)] + [support[s][i] for s in splits] for i, c in enumerate(classes)]
+                                   + [["**total**"] + [f"**{sum(support[s])}**" for s in splits]])
+        md += ["", "Images per class and split (train: real images only).", ""]
+
+    model = model_from_checkpoint(ckpt)
+    settings = f" {json.dumps(ckpt['model_args'])}" if ckpt["model_args"] else ""
+    md += ["## Model", "", f"`{ckpt['model']}`{settings}, input {ckpt['in_channels']} x "
+           f"{ckpt['img_size']} x {ckpt['img_size']}, **{count_parameters(model):,} parameters**.", ""]
+    md += md_table(["module", "parameters"], [[n, f"{count_parameters(m):,}"] for n, m in model.named_children()])
+    md += [""]
+
+    md += ["## Training", ""]
+    if history:
+        md += [f"{len(history)} epoch{'s' * (len(history) != 1)} (of --epochs {args.get('epochs')}), best val accuracy "
+               f"{100 * max(h['val_acc'] for h in history):.2f}% at epoch "
+               f"{int(max(history, key=lambda h: h['val_acc'])['epoch'])}; "
+               f"{sum(h['seconds'] for h in history):.1f} s of training, median {np.median([h['images_per_s'] for h in history]):.0f} images/s.", ""]
+    md += figures("curves.png", "curves_detail.png")
+    if find("augmentations.png"):
+        md += ["What the network is fed (augmented copies, mixup, synthetic composites):", ""]
+        md += figures("augmentations.png", "mixup.png", "synthetic.png")
+
+    md += ["## Results", ""]
+    if results:
+        shown = E.shown_split(results)
+        md += ["```"] + [summary_line(s.capitalize(), r["loss"], r["correct"], r["total"]) for s, r in results.items()]
+        md += ["```", "", f"Per class on the {shown} split:", ""]
+        md += md_table(["class", "precision", "recall", "F1", "support"],
+                                   [[cell(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
+                                    for c, r in results[shown]["per_class"].items()])
+        md += ["", f"Confusion matrix ({shown}):", ""] + figures("confusion.png")
+    else:
+        md += ["_No metrics.json: `python evaluate.py` or `python analyze.py` on the checkpoint writes it._", ""]
+
+    md += ["## Mistakes", ""] + (figures("mistakes.png") or ["_No mistakes.png: `python evaluate.py` writes it._", ""])
+    if find("mistakes") and os.path.isdir(find("mistakes")):
+        n = sum(len(files) for _, _, files in os.walk(find("mistakes")))
+        md += [f"Every mistake as an image file: [mistakes/]({link(find('mistakes'))}/) ({n} files).", ""]
+
+    md += ["## What the network learned", ""] + figures("kernels.png") + figures("tsne.png") + figures("neighbors.png")
+    if find("dashboard.html"):
+        md += [f"Hover the points of [dashboard.html]({link(find('dashboard.html'))}) for the images behind the map.", ""]
+
+    md += ["## Suspects", ""] + figures("suspects.png")
+    if not any(find(n) for n in ("suspects.png", "suspects.csv", "duplicates.csv", "samples.csv")):
+        md += ["_None of suspects.png, suspects.csv, duplicates.csv, samples.csv in the folder._", ""]
+    for csv_name, what in (("suspects.csv", "suspect labels"), ("duplicates.csv", "duplicate images"),
+                           ("samples.csv", "every sample")):
+        if find(csv_name):
+            table, n = csv_head(find(csv_name))
+            if csv_name == "samples.csv":  # one row per image: a link, not a table
+                md += [f"[{csv_name}]({link(find(csv_name))}): {what}, {n} rows.", ""]
+            else:
+                md += [f"[{csv_name}]({link(find(csv_name))}): {what}, {n} rows" + (", the first 10:" if n > 10 else ":"), ""]
+                md += table + [""]
+
+    sweep_files = sweep_tables(out_dir, sweeps)
+    if sweep_files:
+        md += ["## Sweeps", ""]
+        for p in sweep_files:
+            with open(p) as f:  # demoted two levels, below this report's headings
+                md += [re.sub(r"^(#+) ", r"##\1 ", line) for line in f.read().rstrip("\n").split("\n")] + [""]
+            png = p[:-3] + ".png"
+            if os.path.isfile(png):
+                md += [f"![{os.path.basename(png)[:-4]}]({link(png)})", ""]
+            md += [f"From [{os.path.relpath(p, out_dir)}]({link(p)}).", ""]
+
+    text = "\n".join(md).rstrip("\n") + "\n"
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, "report.html"), "w", encoding="utf-8") as f:
+        f.write(markdown_to_html(text, f"Run report: {name}"))
+    return os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
+
+
+# ----------------------------------------------------------------------------- markdown -> HTML
+
+def inline(text):
+    """The inline markdown report.md uses: `code`, ![img](src), [link](href), **bold**, _em_."""
+    out = []
+    for k, part in enumerate(re.split(r"(`[^`]*`)", text)):
+        part = html.escape(part)
+        if k % 2:
+            out.append(f"<code>{part[1:-1]}</code>")
+            continue
+        part = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", r'<img src="\2" alt="\1">', part)
+        part = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', part)
+        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
+        out.append(re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<em>\1</em>", part))
+    return "".join(out)
+
+
+def markdown_to_html(md, title):
+    """The markdown this module writes (and experiments.py's tables) as a standalone HTML page:
+    headings, paragraphs, lists, fenced code, tables, images and links; not general markdown."""
+    lines, body, i = md.split("\n"), [], 0
+    starts_block = lambda s: not s.strip() or s.startswith(("```", "#", "|", "- "))  # noqa: E731
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
+            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1:end])) + "</code></pre>")
+            i = end + 1
+        elif m := re.match(r"(#{1,6}) (.*)", line):
+            body.append(f"<h{len(m[1])}>{inline(m[2])}</h{len(m[1])}>")
+            i += 1
+        elif line.startswith(("|", "- ")):
+            kind, block = line[0], []
+            while i < len(lines) and lines[i].startswith("|" if kind == "|" else "- "):
+                block.append(lines[i])
+                i += 1
+            if kind == "-":
+                body.append("<ul>" + "".join(f"<li>{inline(b[2:])}</li>" for b in block) + "</ul>")
+                continue
+            rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", b.strip())[1:-1]]
+                    for b in block if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", b.strip())]
+            head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
+            trs = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+        elif not line.strip():
+            i += 1
+        else:
+            block = [line]
+            i += 1
+            while i < len(lines) and not starts_block(lines[i]):
+                block.append(lines[i])
+                i += 1
+            body.append(f"<p>{inline(' '.join(block))}</p>")
+    return REPORT_PAGE.replace("__TITLE__", html.escape(title)).replace("__BODY__", "\n".join(body))
+
+
+REPORT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 20px auto; padding: 0 20px; color: #222; }
+h1 { font-size: 26px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 3px; margin-top: 32px; }
+img { max-width: 100%; vertical-align: top; margin: 4px 0; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 14px; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 3px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 10px; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+code { font-size: 13px; }
+</style></head>
+<body>
+__BODY__
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
+    p.add_argument("run_dir", help="the folder with the checkpoint and the figures")
+    p.add_argument("--checkpoint", default=None, help="default: RUN_DIR/best.pt")
+    p.add_argument("--sweeps", nargs="+", default=[], metavar="DIR",
+                   help="also include the experiments.py tables in these folders")
+    return p
+
+
+def main(args):
+    if not os.path.isdir(args.run_dir):
+        raise CheckpointError(f"run folder not found: {args.run_dir}")
+    md, page = write_report(args.run_dir, args.checkpoint, args.sweeps)
+    print(f"wrote {md} and {page}")
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (D.DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,302 @@
+"""report.py: dashboard.html (self-contained, checked in a real headless browser) and
+report.md / report.html of a run folder.
+
+One tiny run (a 1-epoch convnet on a 60-photo digit folder plus 30 synthetic composites, so the
+dashboard has every split and both sources) inside a fake experiments --out folder, analysed once
+per module. The browser tests need Debian's chromium (.ci/run installs it) and skip without it."""
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import analyze
+import report
+import train
+from conftest import run_script
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium; CI installs it)")
+CLASSES = [str(d) for d in range(10)]
+
+
+# ----------------------------------------------------------------------------- the run
+
+def make_digit_folder(folder, per_class=6, seed=0):
+    """`folder/d{k}_label{c}.png`: the digit drawn in a random colour on a random background."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for c in CLASSES:
+        for k in range(per_class):
+            im = Image.new("RGB", (24, 32), tuple(int(v) for v in rng.integers(0, 120, 3)))
+            ImageDraw.Draw(im).text((8, 10), c, fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
+            im.save(folder / f"d{k}_label{c}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnist_root):
+    """An analysed run at <sweep>/cell/seed0/, beside a grid.md + grid.png of that sweep."""
+    tmp = tmp_path_factory.mktemp("report")
+    photos = make_digit_folder(tmp / "photos")
+    sweep = tmp / "sweep"
+    run = sweep / "cell" / "seed0"
+    train.main(train.get_args_parser().parse_args([
+        "--data-dir", str(photos), "--mnist-root", str(mnist_root), "--no-download", "--img-size", "16",
+        "--model", "convnet", "--epochs", "1", "--synthetic-n", "30", "--augment", "none", "--quiet",
+        "--workers", "0", "--save-dir", str(run)]))
+    (sweep / "grid.md").write_text("# Grid\n\n`python experiments.py grid ...`\n\n| lr \\ batch_size | 32 |\n"
+                                   "|---|---|\n| 1e-3 | **91.00** (best) |\n")
+    shutil.copy(run / "curves.png", sweep / "grid.png")
+    analyze.main(analyze.get_args_parser().parse_args([
+        str(run / "best.pt"), "--tsne-samples", "50", "--queries", "4", "--dashboard-points", "80"]))
+    return run
+
+
+def page_data(page):
+    """The JSON the dashboard embeds."""
+    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+# ----------------------------------------------------------------------------- chromium
+
+def chromium(path, *flags, timeout=60):
+    """Load `path` from file:// in headless chromium (fresh profile, DNS answering nothing, so
+    nothing leaves the machine even when a page asks); returns the CompletedProcess."""
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
+             f"--user-data-dir={profile}", "--disable-background-networking", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--virtual-time-budget=5000", *flags, Path(path).resolve().as_uri()],
+            capture_output=True, text=True, timeout=timeout)
+
+
+def page_requests(path):
+    """Every network request the page at `path` made: the URLs of chromium's net log that were
+    started for a file:// document (the browser's own background requests have other keys).
+    data: URIs never reach the network stack, so they are not in it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "net.json"
+        proc = chromium(path, f"--log-net-log={log}", "--dump-dom")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        net = json.loads(log.read_text())
+    start_job = net["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [e["params"]["url"] for e in net["events"] if e["type"] == start_job
+            and "file://" in e["params"].get("network_isolation_key", "")]
+
+
+def external_refs(page):
+    """Static check: src / href / url(...) / @import values in the HTML that are not data: URIs
+    or fragments, and any scheme (`://`) outside data: URIs (a URL in a script)."""
+    refs = re.findall(r"""<[a-z][^>]*?\s(?:src|href|srcset|poster|action)\s*=\s*["']?([^"'\s>]+)""", page, re.I)
+    refs += re.findall(r"""url\(\s*["']?([^"')]+)""", page, re.I) + re.findall(r"""@import\s+["']?([^"';\s]+)""", page)
+    bad = [r for r in refs if not r.startswith(("data:", "#"))]
+    without_data = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]*", "", page)
+    return bad + re.findall(r"[\w.+-]*://[^\s\"'<>)]*", without_data)
+
+
+EXTERNAL_PAGE = """<!doctype html><html><head><link rel="stylesheet" href="https://cdn.example.com/x.css">
+<script src="https://cdn.example.com/lib.js"></script></head><body><p id="x">no</p>
+<script>document.getElementById("x").textContent = "ran"; fetch("ht" + "tps://api.example.com/data")</script>
+</body></html>"""
+
+
+def test_negative_control_external_page_is_detected(tmp_path):
+    page = tmp_path / "cdn.html"
+    page.write_text(EXTERNAL_PAGE)
+    assert set(external_refs(EXTERNAL_PAGE)) >= {"https://cdn.example.com/x.css", "https://cdn.example.com/lib.js"}
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed: only the static half ran")
+    requests = page_requests(page)
+    assert "https://cdn.example.com/lib.js" in requests
+    assert "https://api.example.com/data" in requests  # a URL built at run time: only the browser sees it
+
+
+def test_dashboard_is_self_contained_static(run_dir):
+    page = (run_dir / "dashboard.html").read_text()
+    assert external_refs(page) == []
+    d = page_data(page)
+    assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
+
+
+@needs_chromium
+def test_dashboard_loads_no_external_url(run_dir):
+    assert page_requests(run_dir / "dashboard.html") == []
+
+
+@needs_chromium
+def test_dashboard_renders_in_headless_chromium(run_dir, tmp_path):
+    shot = tmp_path / "dashboard.png"
+    proc = chromium(run_dir / "dashboard.html", f"--screenshot={shot}", "--window-size=1200,900")
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (900, 1200)
+    colours = {tuple(c) for c in img.reshape(-1, 3)[::7]}
+    assert len(colours) > 20, f"a near-blank screenshot ({len(colours)} colours)"
+    palette = {tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in report.class_colours(10)}
+    assert len(palette & colours) >= 5, "the class colours of the points are not on the screen"
+
+
+@needs_chromium
+def test_dashboard_script_builds_points_tabs_and_legend(run_dir):
+    page = (run_dir / "dashboard.html").read_text()
+    d = page_data(page)
+    dom = chromium(run_dir / "dashboard.html", "--dump-dom").stdout
+    assert dom.count("<circle") == len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
+    assert re.findall(r'<button data-tab="(-?\d+)"', dom) == [str(k) for k in range(-1, 10)]
+    assert "All (" + str(len(d["label"])) + ")" in dom
+    assert dom.count('class="sw"') == len(set(d["label"]))  # legend: one swatch per class shown
+    assert {"train", "val"} <= set(d["split"]) and set(d["source"]) == {0, 1}
+
+
+@needs_chromium
+def test_dashboard_hover_tab_and_controls(run_dir, tmp_path):
+    """Drives the page with synthetic DOM events (a copy with a script appended): hovering a point
+    fills the tooltip, a class tab hides the other points, and every thumbnail decodes."""
+    page = (run_dir / "dashboard.html").read_text()
+    d = page_data(page)
+    wrong = next(i for i in range(len(d["label"])) if d["label"][i] != d["pred"][i])
+    probe = f"""<script>
+const dot = document.querySelectorAll("#map circle")[{wrong}], r = dot.getBoundingClientRect();
+dot.dispatchEvent(new MouseEvent("mouseover", {{bubbles: true, clientX: r.x + 2, clientY: r.y + 2}}));
+document.body.dataset.tip = document.getElementById("tip").style.display;
+document.querySelector("input[value=pca]").click();
+document.querySelectorAll("#tabs button")[2].click();   // the tab of class 1
+document.getElementById("colour").value = "source";
+document.getElementById("colour").dispatchEvent(new Event("change"));
+Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.decode().then(() => im.naturalWidth); }}))
+  .then(w => document.body.dataset.decoded = w.filter(x => x > 0).length,
+        e => document.body.dataset.decoded = "error " + e);
+</script></body>"""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", probe))
+    dom = chromium(probed, "--dump-dom").stdout
+    tip = re.search(r'<div id="tiptext">(.*?)</div></div>', dom, re.S).group(1)
+    assert 'data-tip="block"' in dom
+    assert f"label: {d['classes'][d['label'][wrong]]}" in tip
+    assert f"prediction: {d['classes'][d['pred'][wrong]]} (wrong)" in tip
+    assert f"confidence: {100 * d['conf'][wrong]:.1f}%" in tip and d["name"][wrong] in tip
+    assert re.search(r'id="tipimg"[^>]*src="data:image/', dom) or re.search(r'src="data:image/[^"]*"[^>]*id="tipimg"', dom)
+    shown = sum(1 for lab, p in zip(d["label"], d["pred"]) if 1 in (lab, p))
+    assert len(re.findall(r"<circle(?![^>]*display: none)", dom)) == shown
+    x0 = re.search(r'<circle[^>]*cx="(\d+)"', dom).group(1)
+    assert x0 == str(d["pca"][0])  # the PCA projection is drawn
+    assert re.search(r'class="sw" style="background: rgb\(255, 127, 14\)', dom)  # source legend: synthetic
+    assert f'data-decoded="{len(d["img"])}"' in dom
+
+
+# ----------------------------------------------------------------------------- dashboard data
+
+def test_dashboard_points_balanced_over_split_and_class(run_dir):
+    d = page_data((run_dir / "dashboard.html").read_text())
+    assert len(d["label"]) == 80
+    groups = {}
+    for s, src, lab in zip(d["split"], d["source"], d["label"]):
+        groups.setdefault((s, src), []).append(lab)
+    assert set(groups) == {("train", 0), ("train", 1), ("val", 0)}
+    assert sorted(groups[("val", 0)]) == list(range(10))  # the whole (small) val split: one per class
+    real = np.bincount(groups[("train", 0)], minlength=10)  # 5 per class in the split: 4 or 5 drawn
+    assert real.max() <= 5 and real.max() - real.min() <= 1
+
+
+def test_dashboard_escapes_user_text(tmp_path):
+    """Class names and titles are user data: they must not end the script element or become markup."""
+    classes = ["</script><b>x", "<!--", "a&b"]
+    n = 6
+    points = {"features": torch.randn(n, 4, generator=torch.Generator().manual_seed(0)),
+              "labels": torch.tensor([0, 1, 2] * 2), "preds": torch.tensor([0, 2, 1] * 2), "conf": torch.full((n,), 0.5),
+              "split": ["val"] * n, "source": [0] * n, "names": [f"<i>{i}" for i in range(n)],
+              "images": [np.full((8, 8, 1), 10 * i, np.uint8) for i in range(n)]}
+    maps = {"tsne": points["features"][:, :2], "pca": points["features"][:, 2:]}
+    path = report.write_dashboard(tmp_path / "d.html", points, maps, classes, title="<script>t</script>")
+    page = Path(path).read_text()
+    assert page.count("</script>") == 2 and "<b>" not in page and "<!--" not in page
+    d = page_data(page)
+    assert d["classes"] == classes and d["title"] == "<script>t</script>" and len(d["tsne"]) == len(d["pca"]) == 2 * n
+
+
+def test_balanced_sample():
+    keys = torch.tensor([0] * 100 + [1] * 5 + [2] * 50)
+    pick = analyze.balanced_sample(keys, 60, seed=1)
+    counts = torch.bincount(keys[pick]).tolist()
+    assert counts[1] == 5 and sorted(counts) == [5, 27, 28] and len(set(pick.tolist())) == 60
+    assert pick.tolist() == sorted(pick.tolist()) and torch.equal(pick, analyze.balanced_sample(keys, 60, seed=1))
+    assert len(analyze.balanced_sample(keys, 1000)) == 155
+
+
+# ----------------------------------------------------------------------------- report
+
+SECTIONS = ["# Run report: seed0", "## Command", "## Data", "## Model", "## Training", "## Results",
+            "## Mistakes", "## What the network learned", "## Suspects", "## Sweeps"]
+
+
+def test_report_sections_and_links(run_dir):
+    md = (run_dir / "report.md").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert [s for s in SECTIONS if s not in md] == []
+    for s in SECTIONS:
+        level = s.count("#")
+        assert f"<h{level}>{s.lstrip('# ')}</h{level}>" in page
+    assert "Train set: Average loss:" in md and "Val set: Average loss:" in md
+    assert "| 1e-3 | **91.00** (best) |" in md and "<strong>91.00</strong>" in page  # the sweep's table
+    for name in ("curves.png", "confusion.png", "mistakes.png", "kernels.png", "tsne.png", "neighbors.png",
+                 "../../grid.png"):
+        assert f"]({name})" in md and f'src="{name}"' in page, name
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    targets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(links) >= 10 and sorted(set(links)) == sorted(set(targets))
+    missing = [t for t in links if not (run_dir / t).exists()]
+    assert missing == []
+
+
+def test_report_command_repeats_the_run(run_dir):
+    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    md = (run_dir / "report.md").read_text()
+    command = re.search(r"```\n(python train\.py .*)\n```", md).group(1)
+    assert command == ckpt["command"] == train.command_line(ckpt["args"])
+    argv = shlex.split(command)[2:]
+    assert vars(train.resolve_defaults(train.get_args_parser().parse_args(argv))) == ckpt["args"]
+
+
+def test_report_includes_data_quality_files_that_exist(run_dir, tmp_path):
+    """The data-quality outputs analyze.py may write are included when present, whatever their columns."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / "suspects.csv").write_text("path,label,prediction\n" + "".join(f"x{i}.png,1,7\n" for i in range(12)))
+    shutil.rmtree(folder / "mistakes", ignore_errors=True)
+    (folder / "mistakes" / "3").mkdir(parents=True)
+    (folder / "mistakes" / "3" / "a.png").write_bytes((folder / "tsne.png").read_bytes())
+    report.write_report(folder)
+    md = (folder / "report.md").read_text()
+    assert "[suspects.csv](suspects.csv): suspect labels, 12 rows, the first 10:" in md
+    assert "| x9.png | 1 | 7 |" in md and "x10.png" not in md
+    assert "[mistakes/](mistakes/) (1 files)" in md
+    assert "## Sweeps" not in md  # no experiments folder above the copy
+
+
+def test_markdown_to_html():
+    page = report.markdown_to_html(
+        "# T <x>\n\npara `a<b>` and **bold** [l](a.html)\nmore\n\n| h \\| 1 | h2 |\n|---|---|\n| `c` | ![i](f.png) |\n\n"
+        "```\nraw **not bold** <tag>\n```\n- one\n- two\n", "title")
+    assert "<h1>T &lt;x&gt;</h1>" in page
+    assert '<p>para <code>a&lt;b&gt;</code> and <strong>bold</strong> <a href="a.html">l</a> more</p>' in page
+    assert "<th>h | 1</th><th>h2</th>" in page and '<td><code>c</code></td><td><img src="f.png" alt="i"></td>' in page
+    assert "<pre><code>raw **not bold** &lt;tag&gt;</code></pre>" in page and "<ul><li>one</li><li>two</li></ul>" in page
+
+
+def test_report_cli(run_dir, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("report.*"))
+    report.main(report.get_args_parser().parse_args([str(folder), "--sweeps", str(run_dir.parents[1])]))
+    assert "## Sweeps" in (folder / "report.md").read_text() and (folder / "report.html").is_file()
+    bad = run_script("report.py", tmp_path / "nowhere")  # the __main__ block: a one-line error
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
