@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import torch
@@ -535,8 +534,4 @@ def main(args):
 
 if __name__ == "__main__":
     import train  # its TrainingError (a --folds run that diverged) is one line too
-    try:
-        main(get_args_parser().parse_args())
-    except (D.DataError, CheckpointError, train.TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    D.run_main(main, get_args_parser(), CheckpointError, train.TrainingError)

@@ -39,6 +39,16 @@ def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+def run_main(main, parser, *errors):
+    """A script's entry point: main(parsed args), with bad input (DataError and `errors`)
+    reported as one line `error: ...` on stderr and exit code 2, never a traceback."""
+    try:
+        return main(parser.parse_args())
+    except (DataError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 # ----------------------------------------------------------------------------- split
 
 def stratified_split(labels, val_fraction, seed):

@@ -10,7 +10,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -203,8 +202,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (D.DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    D.run_main(main, get_args_parser(), CheckpointError)

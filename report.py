@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import sys
 from base64 import b64encode
 from urllib.parse import quote
 
@@ -471,8 +470,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (D.DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    D.run_main(main, get_args_parser(), CheckpointError)
