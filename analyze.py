@@ -478,13 +478,12 @@ def pca_2d(features, seed=0):
     return PCA(2, random_state=seed).fit_transform(features.float().numpy())
 
 
-def write_pages(model, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None):
+def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None):
     """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
     {split: collect() output}), dashboard.html, report.md and report.html."""
     E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs)
     points = dashboard_points(model, data, device, max_points, seed, batch_size)
     maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
-    ckpt = load_checkpoint(checkpoint)
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
             f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image.")
@@ -528,7 +527,7 @@ def main(args):
     print_quality(table, pairs, sims, data.classes, args.knn)
     print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
 
-    write_pages(model, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
+    write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
                 outs={held: held_out, "train": train_out})
 
 
