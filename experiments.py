@@ -159,7 +159,8 @@ def learning_curve(args, base):
                 ax.tick_params(axis="x", which="minor", labelbottom=False)
         pct_fmt = plt.FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
         ax.yaxis.set_major_formatter(pct_fmt)
-        ax.yaxis.set_minor_formatter(pct_fmt)
+        lo, hi = ax.get_ylim()  # label the minor ticks only where a decade has no major one
+        ax.yaxis.set_minor_formatter(pct_fmt if hi / lo < 10 else plt.NullFormatter())
         ax.set_xlabel("training examples")
         ax.set_ylabel("error (1 - accuracy)")
         ax.set_title("learning curve" + (f" (mean ± std of {args.seeds} seeds)" if args.seeds > 1 else ""))
