@@ -57,6 +57,7 @@ class SigintStop:
 
     def __enter__(self):
         if self.enabled:
+            self.pid = os.getpid()
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -65,6 +66,10 @@ class SigintStop:
             signal.signal(signal.SIGINT, self.previous)
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:
+            # a forked DataLoader worker inherits this handler, and a terminal's Ctrl-C reaches
+            # the whole process group: the main process stops the run, the worker carries on
+            return
         if self.requested or not self.armed:
             raise KeyboardInterrupt
         self.requested = True

@@ -228,3 +228,16 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, mnist_root, mo
     with pytest.raises(train.TrainingError) as e:
         run_in_process(tiny_train_args(mnist_root, tmp_path, "--dry-run", "--batch-size", 48))
     assert str(e.value) == "out of memory on cpu at --batch-size 48: lower --batch-size (or --img-size)"
+
+
+def test_ctrl_c_in_a_forked_loader_worker_is_left_to_the_main_process(monkeypatch):
+    """A terminal's Ctrl-C reaches the loader workers too (one process group); they inherit the
+    handler, which must neither print nor act there."""
+    with train.SigintStop() as stop:
+        stop.armed = True
+        monkeypatch.setattr(train.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
+        stop._handle(signal.SIGINT, None)
+        assert not stop.requested
+        monkeypatch.undo()
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested
