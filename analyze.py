@@ -504,13 +504,14 @@ def main(args):
 
     splits = E.eval_splits(data)
     held = "test" if "test" in splits else "val"
-    held_out = E.collect(model, splits[held], device, args.batch_size, features=True)
+    # every split predicted once: the figures, the sample table and the pages all reuse it
+    outs = {name: E.collect(model, ds, device, args.batch_size, features=True) for name, ds in splits.items()}
+    held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
     xy = tsne_2d(held_out["features"][pick], args.seed)
     plot_tsne(xy, held_out["labels"][pick].numpy(), data.classes, os.path.join(out_dir, "tsne.png"),
               f"t-SNE of penultimate features, {len(pick)} {held} images")
 
-    train_out = E.collect(model, splits["train"], device, args.batch_size, features=True)
     queries = torch.randperm(len(splits[held]), generator=g)[:max(4, args.queries)]
     nn_idx = nearest(held_out["features"][queries], train_out["features"], args.neighbors)
     plot_neighbors(splits[held], queries.tolist(), held_out["labels"][queries].tolist(), splits["train"],
@@ -519,8 +520,7 @@ def main(args):
 
     oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
     pairs, sims = near_duplicates(pixel_vectors(splits), args.duplicate_threshold, device)
-    table = sample_table(model, splits, device, args.batch_size, {held: held_out, "train": train_out}, oof,
-                         args.knn, pairs)
+    table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs)
     write_quality(table, pairs, sims, data.classes, out_dir)
     plot_suspects(table, splits, data.classes, os.path.join(out_dir, "suspects.png"))
     n_wrong = save_mistakes(table, splits, data.classes, os.path.join(out_dir, "mistakes"), args.max_mistakes)
@@ -528,7 +528,7 @@ def main(args):
     print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
 
     write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
-                outs={held: held_out, "train": train_out})
+                outs=outs)
 
 
 if __name__ == "__main__":
