@@ -179,7 +179,10 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
 </script></body>"""
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("</body>", probe))
-    dom = chromium(probed, "--dump-dom").stdout
+    for _ in range(3):  # image decoding is asynchronous: on a loaded machine the dump can come first
+        dom = chromium(probed, "--dump-dom").stdout
+        if "data-decoded=" in dom:
+            break
     tip = re.search(r'<div id="tiptext">(.*?)</div></div>', dom, re.S).group(1)
     assert 'data-tip="block"' in dom
     assert f"label: {d['classes'][d['label'][wrong]]}" in tip
