@@ -36,7 +36,7 @@ from torch.utils.data import ConcatDataset, Subset
 import data as D
 import evaluate as E
 import report
-from model import CheckpointError, first_conv, get_device, load_checkpoint, model_from_checkpoint
+from model import AMP_CHOICES, CheckpointError, first_conv, get_device, load_checkpoint, model_from_checkpoint
 
 
 def get_args_parser():
@@ -52,6 +52,8 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                   help="autocast precision (default: the checkpoint's, what training evaluated with)")
     g = p.add_argument_group("data quality")
     g.add_argument("--folds", type=int, default=0,
                    help="also review the training labels: K short train.py runs, each scoring the fold it "
@@ -189,7 +191,7 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     base.update((k, v) for k, v in ckpt["args"].items() if k in base)  # an older train.py's run: defaults
     base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights") if data.config.get(k)})
     base.update(download=False, epochs=args.fold_epochs, folds=args.folds, resume=None, device=args.device,
-                workers=None, quiet=True, dry_run=False,
+                workers=None, quiet=True, dry_run=False, amp=args.amp or base["amp"],
                 warmup_epochs=base["warmup_epochs"] * args.fold_epochs / base["epochs"])  # the same schedule, shorter
     probs = torch.empty(len(train_set), len(ckpt["classes"]))
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
@@ -209,7 +211,7 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
                 json.dump({"settings": settings, "results": results}, f, indent=1)
             os.replace(done + ".tmp", done)
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
-        net = model_from_checkpoint(load_checkpoint(last), device)
+        net = model_from_checkpoint(load_checkpoint(last), device, amp=args.amp)
         probs[held] = E.collect(net, Subset(train_set, held.tolist()), device, args.batch_size)["probs"]
     return probs
 
@@ -463,7 +465,7 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
 def main(args):
     check_args(args)
     device = get_device(args.device)
-    model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root)
+    model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)

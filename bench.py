@@ -5,14 +5,21 @@
 Measured in one process, side by side, so ratios are comparable on a noisy machine:
   pipeline  images/s of each augmentation preset at --img-size from the decoded cache:
             torchvision v2 per sample through a DataLoader (--workers), and batched (--device-data)
-  model     resnet18 training images/s on random tensors (forward, backward, AdamW step)
+  model     resnet18 @64 and @128 training images/s on random tensors (forward, backward, AdamW
+            step): fp32 (the old CPU path) vs --amp auto vs auto + torch.compile (compile time apart)
+  layout    contiguous vs channels_last training images/s per model, size and precision (what
+            model.use_channels_last encodes); --layout-rounds interleaved rounds, best of each
+  infer     evaluate.py's inference images/s (its loader and predict) on the photos, fp32 vs auto
+  gpu       (CUDA only) resnet18 @--img-size training images/s, bf16 + channels_last + compile: the
+            per-sample CPU pipeline vs --device-data vs model only (random tensors on the GPU)
   synth     synth.py composites/s
   cache     decode time of the photo folder into the uint8 cache, and peak resident memory
   augcompare  the batched presets against torchvision's per sample on the same photos: pixel
             statistics and how far augmentation moves an image, plus augment_compare.png
   tta       MNIST time-to-accuracy: training seconds until the test accuracy first reaches
-            --target, and the final accuracy, for this project's fastest recipe and for the
-            pytorch/examples mnist recipe, both run through train.py (one subprocess each)
+            --target, and the final accuracy, for this project's fastest recipe with the defaults
+            (--amp auto), the same in fp32 (--amp off), and the pytorch/examples mnist recipe,
+            all run through train.py (one subprocess each)
   folder10k a 10,000-photo folder resampled from --data-dir: cache build time, and the peak
             resident memory of a resnet18 @--img-size train.py run on it (--dry-run)
 
@@ -34,7 +41,7 @@ import torch
 
 import data as D
 import synth
-from model import build_model, get_device
+from model import autocast, build_model, get_device, needs_grad_scaler, resolve_amp, use_channels_last
 
 
 def get_args_parser():
@@ -45,8 +52,10 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--seconds", type=float, default=8.0, help="time budget per measurement")
-    p.add_argument("--only", default="cache,pipeline,model,synth",
-                   help="comma-separated: cache,pipeline,model,synth,augcompare,tta,folder10k")
+    p.add_argument("--only", default="cache,pipeline,model,infer,synth",
+                   help="comma-separated: cache,pipeline,model,layout,infer,gpu,synth,augcompare,tta,folder10k")
+    p.add_argument("--model-sizes", default="64,128", help="model: resnet18 input sizes")
+    p.add_argument("--layout-rounds", type=int, default=2, help="layout: interleaved rounds (best one counts)")
     p.add_argument("--target", type=float, default=0.99, help="tta: the test accuracy to reach")
     p.add_argument("--peer-epochs", type=int, default=14,
                    help="tta: epochs of the examples recipe (its own default, 14; ~50 s each on 2 cores)")
@@ -72,6 +81,40 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def train_step(model_name, img_size, in_channels, batch_size, device, amp="off", channels_last=None, compile=False,
+               batches=None):
+    """(step function, seconds the first step took): one training step of a fresh model_name on
+    random tensors (or on `batches()`, a callable returning (x, y) on the device), under autocast
+    of `amp`, channels_last as model.use_channels_last decides unless given, optionally compiled
+    (the first step then includes compiling)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, 10, in_channels, img_size=img_size).to(device)
+    if channels_last is None:
+        channels_last = use_channels_last(device, amp, img_size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, amp))
+    net = torch.compile(model) if compile else model
+    fixed = (torch.randn(batch_size, in_channels, img_size, img_size, device=device),
+             torch.randint(0, 10, (batch_size,), device=device))
+
+    def step():
+        x, y = batches() if batches else fixed
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync(device)
+    t0 = time.perf_counter()
+    step()
+    return step, time.perf_counter() - t0
+
+
 # MNIST recipes for time-to-accuracy, as train.py arguments. "peer" is pytorch/examples
 # mnist/main.py (its net, Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64, no augmentation);
 # it gets the same batched data path (--device-data) as ours, so the recipes alone differ.
@@ -80,6 +123,8 @@ TTA_RECIPES = {
             "--device-data",
     "peer": "--model mnist_example --optimizer adadelta --lr 1.0 --scheduler step --gamma 0.7 --warmup-epochs 0 "
             "--batch-size 64 --augment none --label-smoothing 0 --mix-prob 0 --weight-decay 0 --device-data",
+    "fast-fp32": "--model net --epochs 1 --batch-size 128 --lr 3e-3 --weight-decay 5e-4 --warmup-epochs 0.2 "
+                 "--mix-prob 0 --device-data --amp off",
     "best": "--model net --epochs 20 --batch-size 128 --lr 3e-3 --weight-decay 5e-4 --warmup-epochs 1 --mix-prob 0 "
             "--device-data",
 }
@@ -207,19 +252,85 @@ def main(args):
             rows.append(("pipeline", f"{preset}: batched on {device} (--device-data)", r, "img/s"))
 
     if "model" in only:
-        model = build_model("resnet18", 10, 3, img_size=args.img_size).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters())
-        x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (args.batch_size,), device=device)
+        auto = resolve_amp("auto", device)
+        for size in map(int, args.model_sizes.split(",")):
+            what = f"resnet18 @{size} train step, random tensors, batch {args.batch_size}"
+            fp32 = rate(train_step("resnet18", size, 3, args.batch_size, device, "off", channels_last=True)[0],
+                        args.batch_size, args.seconds)
+            rows.append(("model", f"{what}: fp32 + channels_last (the old path)", fp32, "img/s"))
+            r = rate(train_step("resnet18", size, 3, args.batch_size, device, auto)[0], args.batch_size, args.seconds)
+            rows.append(("model", f"{what}: --amp auto ({auto}, channels_last "
+                                  f"{'on' if use_channels_last(device, auto, size) else 'off'})", r, "img/s"))
+            rows.append(("model", f"{what}: --amp auto vs fp32", r / fp32, "x"))
+            step, first_s = train_step("resnet18", size, 3, args.batch_size, device, auto, compile=True)
+            r = rate(step, args.batch_size, args.seconds)
+            rows.append(("model", f"{what}: --amp auto + --compile (first step, compiling: {first_s:.0f} s)", r, "img/s"))
+            rows.append(("model", f"{what}: --amp auto + --compile vs fp32", r / fp32, "x"))
 
-        def step():
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sync(device)
-        rows.append(("model", f"resnet18 @{args.img_size} train step, random tensors, batch {args.batch_size}",
-                     rate(step, args.batch_size, args.seconds), "img/s"))
+    if "layout" in only:
+        # interleaved rounds, best of each: another process on the machine slows one round, not the ratio
+        cases = [("resnet18", 64, 3, 64), ("resnet18", 128, 3, 64), ("net", 28, 1, 128)]
+        best = {}
+        for _ in range(args.layout_rounds):
+            for name, size, ch, bs in cases:
+                for amp in ("off", resolve_amp("auto", device)):
+                    for cl in (False, True):
+                        step, _ = train_step(name, size, ch, bs, device, amp, channels_last=cl)
+                        key = (name, size, bs, amp, cl)
+                        best[key] = max(best.get(key, 0.0), rate(step, bs, args.seconds / 2))
+        for (name, size, bs, amp, cl), r in best.items():
+            rows.append(("layout", f"{name} @{size} batch {bs}, amp {amp}, {'channels_last' if cl else 'contiguous'}",
+                         r, "img/s"))
+            if cl:
+                rows.append(("layout", f"{name} @{size}, amp {amp}: channels_last vs contiguous",
+                             r / best[name, size, bs, amp, False], "x"))
+
+    if "infer" in only:
+        import evaluate as E
+        ds = D.TensorImageDataset(images, labels, None, D.build_transform("none", args.img_size, mean, std, train=False))
+        for amp in ("off", resolve_amp("auto", device)):
+            model = build_model("resnet18", len(classes), 3, img_size=args.img_size).to(device)
+            model.amp = amp
+            if use_channels_last(device, amp, args.img_size):
+                model = model.to(memory_format=torch.channels_last)
+            r = rate(lambda: E.collect(model, ds, device, 256), len(ds), args.seconds)
+            rows.append(("infer", f"evaluate.py resnet18 @{args.img_size}, {len(ds)} photos, batch 256, amp {amp}",
+                         r, "img/s"))
+
+    if "gpu" in only:
+        if device.type != "cuda":
+            rows.append(("gpu", "not run: no CUDA device", "-", ""))
+        else:
+            auto, size, bs = resolve_amp("auto", device), args.img_size, args.batch_size
+            ds = D.TensorImageDataset(images, labels, None, D.build_transform("strong", size, mean, std))
+            loader = D.make_loader(ds, bs, shuffle=True, workers=args.workers, drop_last=True)
+            it = iter(loader)
+
+            def per_sample():
+                nonlocal it
+                try:
+                    x, y, *_ = next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    x, y, *_ = next(it)
+                return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            gpu_images, gpu_labels = images.to(device), labels.to(device)
+            aug = D.BatchAugment("strong", size, mean, std)
+
+            def on_device():
+                idx = torch.randint(len(gpu_images), (bs,), device=device)
+                return aug(gpu_images[idx]), gpu_labels[idx]
+            rates = {}
+            for name, batches in (("model only (random tensors)", None), ("--device-data", on_device),
+                                  (f"per-sample CPU pipeline ({args.workers} workers)", per_sample)):
+                step, first_s = train_step("resnet18", size, 3, bs, device, auto, compile=True, batches=batches)
+                rates[name] = rate(step, bs, args.seconds)
+                rows.append(("gpu", f"resnet18 @{size} batch {bs}, {auto} + channels_last + compile: {name}",
+                             rates[name], "img/s"))
+            model_only = rates["model only (random tensors)"]
+            for name, r in rates.items():
+                if not name.startswith("model only"):
+                    rows.append(("gpu", f"{name} / model only", 100 * r / model_only, "%"))
 
     if "synth" in only:
         digits, digit_labels = D.load_mnist(args.mnist_root, train=True, download=False)
@@ -237,7 +348,8 @@ def main(args):
 
     if "tta" in only:
         with tempfile.TemporaryDirectory() as tmp:
-            runs = [time_to_accuracy(args, name, tmp) for name in ("fast", "peer") + (("best",) if args.with_best else ())]
+            runs = [time_to_accuracy(args, name, tmp)
+                    for name in ("fast", "peer", "fast-fp32") + (("best",) if args.with_best else ())]
         result["tta"] = runs
         for r in runs:
             when = (f"{r['seconds_to_target']:.0f} s (epoch {r['epoch_reached']})" if r["seconds_to_target"]
@@ -245,7 +357,9 @@ def main(args):
             rows.append(("tta", f"MNIST {r['recipe']}: training time to test {args.target:.1%}", when, ""))
             rows.append(("tta", f"MNIST {r['recipe']}: final test accuracy after {r['epochs']} epochs "
                                 f"(command wall {r['wall_seconds']:.0f} s)", f"{r['final_test_acc']:.2f}", "%"))
-        fast, peer = runs[0]["seconds_to_target"], runs[1]
+        fast, peer, fp32 = runs[0]["seconds_to_target"], runs[1], runs[2]["seconds_to_target"]
+        if fast and fp32:
+            rows.append(("tta", f"speed-up to {args.target:.1%}, fast (--amp auto) vs fast in fp32", fp32 / fast, "x"))
         if fast:
             # peer never reaching the target bounds the ratio from below by its whole training time
             ratio = (peer["seconds_to_target"] or peer["train_seconds"]) / fast

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from model import CheckpointError, get_device, load_checkpoint, model_from_checkpoint, predict, summary_line
+from model import AMP_CHOICES, CheckpointError, get_device, load_checkpoint, model_from_checkpoint, predict, summary_line
 
 SPLITS = ("train", "val", "test")
 
@@ -31,15 +31,18 @@ def get_args_parser():
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                   help="autocast precision (default: the checkpoint's, what training evaluated with)")
     return p
 
 
 # ----------------------------------------------------------------------------- shared with analyze.py
 
-def load_run(path, device, data_dir=None, mnist_root=None, with_data=True):
-    """(model, checkpoint, Data) from a checkpoint; the datasets use the eval transforms."""
+def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=None):
+    """(model, checkpoint, Data) from a checkpoint; the datasets use the eval transforms. The model
+    predicts under `amp` (an --amp choice), by default the checkpoint's (see model_from_checkpoint)."""
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, device)
+    model = model_from_checkpoint(ckpt, device, amp=amp)
     if not with_data:
         return model, ckpt, None
     cfg = dict(ckpt["data"])
@@ -189,11 +192,11 @@ def main(args):
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     if args.images:
-        model, ckpt, _ = load_run(args.checkpoint, device, with_data=False)
+        model, ckpt, _ = load_run(args.checkpoint, device, with_data=False, amp=args.amp)
         n = classify_folder(model, ckpt, args.images, device, os.path.join(out_dir, "predictions.csv"), args.batch_size)
         print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
         return
-    model, ckpt, data = load_run(args.checkpoint, device, args.data_dir, args.mnist_root)
+    model, ckpt, data = load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp)
     results, _ = evaluate_run(model, data, device, out_dir, args.split, args.batch_size)
     for name, r in results.items():
         print(summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))

@@ -198,6 +198,7 @@ def first_conv(model):
 # One format, plain types only, readable with torch.load(weights_only=True):
 #   model, model_args, state_dict, classes, in_channels, img_size, mean, std,
 #   data (what rebuilds the same split), args, epoch, best_val_acc
+# and from train.py also amp (the resolved --amp: "bf16", "fp16" or "off"),
 # and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping.
 
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "classes", "in_channels", "img_size",
@@ -250,9 +251,11 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, device="cpu", expect=None):
+def model_from_checkpoint(ckpt, device="cpu", expect=None, amp=None):
     """Build the checkpoint's model and load its weights. `expect` (a model name) turns a
-    checkpoint of another architecture into a clear error instead of a key mismatch."""
+    checkpoint of another architecture into a clear error instead of a key mismatch.
+    `model.amp` is the precision predict() runs it in: `amp` (an --amp choice) if given, else
+    the checkpoint's (what training evaluated with, so the numbers repeat), fp32 for older ones."""
     name = ckpt["model"]
     if expect is not None and name != expect:
         raise CheckpointError(f"checkpoint is a {name!r} model, not {expect!r}")
@@ -264,7 +267,12 @@ def model_from_checkpoint(ckpt, device="cpu", expect=None):
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit model {name!r}: "
                               f"{str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    device = torch.device(device)
+    model.amp = resolve_amp(amp or ckpt.get("amp") or "off", device)
+    model = model.to(device)
+    if use_channels_last(device, model.amp, ckpt["img_size"]):
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- devices
@@ -280,20 +288,59 @@ def get_device(name=None):
     return torch.device("cpu")
 
 
-def amp_dtype(device):
-    """Autocast dtype: bf16 on CUDA where supported, else fp16; fp16 on MPS; None (fp32) on CPU."""
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch detects it
+    (cpuinfo), not guessed from the model name. Without it CPU bf16 is emulated and slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(f() for f in checks if f is not None)
+
+
+def resolve_amp(amp, device):
+    """The one --amp policy every script calls: `auto` / `bf16` / `fp16` / `off` -> the concrete
+    choice ("bf16", "fp16" or "off") for `device`. auto: bf16 on a CPU with native bf16, else fp32;
+    bf16 on CUDA where supported, else fp16 (with a GradScaler); fp16 on MPS (with a GradScaler)."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"unknown --amp {amp!r}; choose from {', '.join(AMP_CHOICES)}")
+    if amp != "auto":
+        return amp
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "mps":
-        return torch.float16
-    return None
+        return "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "off"
 
 
-def autocast(device):
-    dtype = amp_dtype(device)
+def amp_dtype(device, amp="auto"):
+    """Autocast dtype of `amp` (see resolve_amp) on `device`; None means fp32."""
+    return AMP_DTYPES[resolve_amp(amp, device)]
+
+
+def needs_grad_scaler(device, amp="auto"):
+    """fp16 gradients underflow without loss scaling (bf16 has fp32's range)."""
+    return amp_dtype(device, amp) == torch.float16 and device.type in ("cuda", "mps")
+
+
+def autocast(device, amp="auto"):
+    dtype = amp_dtype(device, amp)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_channels_last(device, amp, img_size):
+    """Whether convs take channels_last inputs and weights on `device` for this precision and
+    input size: where it measured faster. CPU (Intel Xeon, AVX512-BF16 + AMX, oneDNN): faster for
+    resnet18 @64 and @128 and `net` @28, fp32 and bf16 alike (bench.py --only layout; README "Speed"),
+    so on; CUDA: on; MPS: off (slower there). An AMD CPU measured bf16 @64 faster without it
+    (issue 10): rerun the layout rows before adding a rule per CPU."""
+    return device.type in ("cpu", "cuda")
 
 
 # ----------------------------------------------------------------------------- processes (torchrun)
@@ -362,14 +409,18 @@ def from_main_process(obj):
 
 
 @torch.no_grad()
-def predict(model, loader, device, features=False):
-    """Run `model` over `loader` in eval mode. Returns a dict of CPU tensors:
+def predict(model, loader, device, features=False, amp=None):
+    """Run `model` over `loader` in eval mode, under autocast of `amp` (default: `model.amp`, which
+    model_from_checkpoint and train.py set, else fp32). Returns a dict of CPU tensors:
     logits [N, C], labels [N] and, with features=True, the penultimate features [N, D]."""
+    amp = amp or getattr(model, "amp", "off")
     model.eval()
     out = {"logits": [], "labels": [], "features": []}
     for images, labels, *_ in loader:
         images = images.to(device, non_blocking=True)
-        with autocast(device):
+        if use_channels_last(device, amp, images.shape[-1]):
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
             feats = model.forward_features(images)
             logits = model.forward_head(feats)
         out["logits"].append(logits.float().cpu())

@@ -319,6 +319,11 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
                f"{100 * max(h['val_acc'] for h in history):.2f}% at epoch "
                f"{int(max(history, key=lambda h: h['val_acc'])['epoch'])}; "
                f"{sum(h['seconds'] for h in history):.1f} s of training, median {np.median([h['images_per_s'] for h in history]):.0f} images/s.", ""]
+        est = next((h for h in history if "est_total_s" in h), None)
+        if est:  # train.py's estimate after the first steps (the rows of a resumed run may carry a newer one)
+            md += [f"Estimated after the first steps: {est['est_images_per_s']:.0f} images/s, "
+                   f"{est['est_epoch_s']:.0f} s per epoch, {est['est_total_s']:.0f} s for the whole run "
+                   f"(early stopping aside); precision: {ckpt.get('amp', 'off (fp32)')}.", ""]
     md += figures("curves.png", "curves_detail.png")
     if find("augmentations.png"):
         md += ["What the network is fed (augmented copies, mixup, synthetic composites):", ""]

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from model import (CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model, count_parameters,
-                   ddp, distributed, from_main_process, is_distributed, is_main_process, list_models, load_checkpoint,
-                   model_kwargs, predict, rank_and_world, save_checkpoint, summary_line)
+from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model,
+                   count_parameters, ddp, distributed, from_main_process, is_distributed, is_main_process, list_models,
+                   load_checkpoint, model_kwargs, needs_grad_scaler, predict, rank_and_world, resolve_amp,
+                   save_checkpoint, summary_line, use_channels_last)
 
 
 class TrainingError(Exception):
@@ -114,6 +115,13 @@ def get_args_parser(add_help=True):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="force cuda / mps / cpu (default: the best available)")
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads of the training process (default: auto, see resolve_defaults)")
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
+                        "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training model (default: off, see README \"Speed\")")
     g.add_argument("--device-data", action="store_true",
                    help="hold the training images on the device and augment whole batches there "
                         "(much faster, also on CPU; random streams differ from the torchvision presets)")
@@ -142,11 +150,30 @@ def resolve_defaults(args):
     if args.drop_rate is None and args.model == "resnet18":
         args.drop_rate = 0.2
     if args.workers is None:
-        # CPU: the model already uses every core, so loader processes only help with heavy
-        # augmentation; CUDA: decode/augment in parallel with the GPU.
+        # CPU: the model needs most of the cores (set_threads gives it those the workers leave),
+        # so loader processes only help with augmentation, half the cores at most;
+        # CUDA: decode/augment in parallel with the GPU.
         args.workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() else (
-            0 if args.augment == "none" else min(2, os.cpu_count() or 1))
+            0 if args.augment == "none" else max(1, cpu_cores() // 2))
     return args
+
+
+def cpu_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_threads(args, device):
+    """Intra-op threads of this process: --threads, else on a CPU the cores that the training
+    loader's workers leave free (at least 1), so that the two do not fight: an intra-op thread
+    that waits for a core stalls every op of the step (2 threads + 2 workers on 2 cores measured
+    5-8x slower than 1 + 1, README "Speed on a CPU"). Recorded resolved in args."""
+    if args.threads is None and device.type == "cpu":
+        args.threads = max(1, cpu_cores() - (0 if args.device_data else args.workers))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise TrainingError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -210,10 +237,16 @@ def mixup_loss(logits, labels, weights, perm, lam, label_smoothing):
     return weighted.sum() / weights.sum().clamp_min(1e-12), per_sample
 
 
+RATE_WARMUP_STEPS = 2  # left out of the measured rate: the first steps allocate, and compile under --compile
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
-                    max_steps=None, stop=None, resumed=None):
+                    max_steps=None, stop=None, resumed=None, on_rate=None):
     """One pass over `loader`. Returns loss and accuracy overall, per class and per source
     (0 real, 1 synthetic), over the samples of all processes; accuracy against the un-mixed labels.
+
+    `on_rate(images_per_s, steps_done)` is called once, after the first few steps: the steady rate
+    of this process (RATE_WARMUP_STEPS left out), measured over >= 5 steps and >= 5 s (or 50 steps).
 
     `resumed` is the `progress` of an epoch that Ctrl-C stopped (`loader` then yields the rest of
     its order). When `stop.requested` before the last step, it returns {"progress": ...} instead."""
@@ -231,11 +264,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
                disable=args.quiet or not is_main_process(), dynamic_ncols=True)
     for step, (images, labels, sources, weights) in enumerate(bar, first):
         images = images.to(device, non_blocking=True)
-        if device.type != "mps":
+        if use_channels_last(device, args.amp, images.shape[-1]):
             images = images.contiguous(memory_format=torch.channels_last)
         labels, weights = labels.to(device), weights.to(device, torch.float32)
         mixed, perm, lam = mixup(images, args)
-        with autocast(device):
+        with autocast(device, args.amp):
             logits = model(mixed)
             loss, per_sample = mixup_loss(logits, labels, weights, perm, lam, args.label_smoothing)
         if not all_finite(loss):  # under torchrun: on any process stops every process
@@ -256,6 +289,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         correct.index_add_(0, key, hit)
         count.index_add_(0, key, torch.ones_like(hit))
         seen += images.size(0)
+        if on_rate is not None:
+            done = step - first + 1
+            if done == RATE_WARMUP_STEPS:
+                sync(device)
+                t_rate, seen_rate = time.perf_counter(), seen
+            elif done > RATE_WARMUP_STEPS or step == last:
+                sync(device)
+                now = time.perf_counter()
+                if done <= RATE_WARMUP_STEPS:  # a very short epoch: all of it
+                    t_rate, seen_rate = t0, 0
+                measured = done - RATE_WARMUP_STEPS
+                if (measured >= 5 and now - t_rate >= 5) or measured >= 50 or step == last:
+                    on_rate((seen - seen_rate) / (now - t_rate), done)
+                    on_rate = None
         if step % 10 == 0 or step == last:
             bar.set_postfix(loss=f"{loss_sum.sum() / count.sum():.4f}", acc=f"{correct.sum() / count.sum():.4f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
@@ -276,6 +323,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         "acc_per_source": div(by_source(correct), by_source(count)), "count_per_source": by_source(count).tolist(),
         "seconds": seconds, "images_per_s": (count.sum().item() - counted_before) / seconds,
     }
+
+
+def sync(device):
+    """Wait for queued GPU work, so that a time measured on the host is the device's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
@@ -424,14 +477,19 @@ def main(args):
 def run(args, device, stop):
     rank, world = rank_and_world()
     main_process = rank == 0  # the one process that prints and writes files
+    t_start = time.perf_counter()
+    args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
+    set_threads(args, device)
     torch.manual_seed(args.seed)
     cfg = D.data_config(args)
     data = D.build_datasets(cfg, args.augment)
     num_classes = len(data.classes)
     kwargs = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head, width=args.width)
     model = build_model(args.model, num_classes, data.in_channels, **kwargs).to(device)
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)  # faster convs on CUDA and on CPU
+    model.amp = args.amp  # what predict() (validation, the final report) runs in
+    channels_last = use_channels_last(device, args.amp, data.img_size)  # where it measured faster
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
     eval_bs = max(256, args.batch_size)
     val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
@@ -439,7 +497,7 @@ def run(args, device, stop):
     share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
     steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, args.amp))
 
     try:
         os.makedirs(args.save_dir, exist_ok=True)
@@ -453,8 +511,10 @@ def run(args, device, stop):
         print(f"{args.model}: {count_parameters(model):,} parameters | {real} train{pool}, {len(data.val)} val"
               f"{f' ({groups} photo groups)' if groups else ''}"
               f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
-              f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}"
-              f"{f' | {world} processes' if world > 1 else ''}")
+              f" | amp {args.amp}{' (fp32)' if args.amp == 'off' else ''}"
+              f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
+              f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
+              f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
 
     start_epoch, history, progress = 1, [], None
     best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
@@ -468,7 +528,7 @@ def run(args, device, stop):
             raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
                                   f"--split-seed or --train-fraction differ)")
         changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n",
-                               "synthetic_ratio")
+                               "synthetic_ratio", "amp")
                    if ck["args"].get(k) != getattr(args, k)]
         if changed:
             D.warn(f"resuming with other settings than {args.resume} had: "
@@ -496,7 +556,7 @@ def run(args, device, stop):
         ck = {"model": args.model, "model_args": kwargs, "state_dict": model.state_dict(),
               "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
               "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
-              "command": command,
+              "command": command, "amp": args.amp,
               "epoch": epoch, "best_val_acc": best["acc"], "history": history}
         if with_state:
             ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -515,6 +575,25 @@ def run(args, device, stop):
     if main_process and not args.dry_run and not args.resume:
         plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
     net = ddp(model, device)  # what trains; `model` (the same parameters) is what is evaluated and saved
+    if args.compile:
+        net = torch.compile(net)  # compiles on the first step(s): the time estimate skips those
+    estimate = {}  # the time estimate, once measured: printed, and a column of history.csv
+    epochs_to_run = args.epochs - start_epoch + 1
+
+    def on_rate(images_per_s, steps_done):
+        """Print the estimate: the time spent so far (setup, data, compiling), the rest of this epoch
+        and the later ones at the measured rate, and evaluation (a forward pass only: about a third
+        of a training step's work per image) after each epoch and in the final report."""
+        epoch_s = steps_per_epoch * args.batch_size / images_per_s
+        eval_n = len(data.val) + (len(data.test) if test_loader else 0)
+        final_n = len(D.real_part(data.train)) + len(data.val) + (len(data.test) if data.test else 0)
+        first = (steps_per_epoch - steps_done - (resumed["step"] if resumed else 0)) * args.batch_size / images_per_s
+        total = (time.perf_counter() - t_start + first + (epochs_to_run - 1) * epoch_s
+                 + (epochs_to_run * eval_n + final_n) / (3 * images_per_s))
+        estimate.update(est_images_per_s=images_per_s, est_epoch_s=epoch_s, est_total_s=total)
+        if main_process:
+            print(f"estimate: {images_per_s:.0f} img/s, {epoch_s:.0f} s/epoch, {format_seconds(total)} in all for "
+                  f"{epochs_to_run} epoch{'s' * (epochs_to_run != 1)} (early stopping aside)", flush=True)
     stop.armed = True
     for epoch in range(start_epoch, args.epochs + 1):
         if best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
@@ -534,7 +613,8 @@ def run(args, device, stop):
                                    drop_last=share >= args.batch_size)
         try:
             train = train_one_epoch(net, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
-                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed)
+                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed,
+                                    on_rate=None if estimate or args.dry_run else on_rate)
         except torch.OutOfMemoryError:  # one line that says what to change, not an allocator traceback
             raise TrainingError(f"out of memory on {device} at --batch-size {args.batch_size}"
                                 f"{' per process' if world > 1 else ''}: lower --batch-size (or --img-size"
@@ -553,6 +633,7 @@ def run(args, device, stop):
             return {"train": train, "val": val}
         test = evaluate(model, test_loader, device, num_classes) if test_loader and main_process else None
         history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes, test))
+        history[-1].update(estimate)
         improved = val["acc"] > best["acc"]
         if improved:
             best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
@@ -588,6 +669,14 @@ def run(args, device, stop):
         results[name.lower()] = {k: r[k] for k in ("loss", "correct", "total", "acc")}
         print(summary_line(name, r["loss"], r["correct"], r["total"]))
     return results
+
+
+def format_seconds(s):
+    """1 h 05 min, 12 min 30 s, 45 s"""
+    s = round(s)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def command_line(args):

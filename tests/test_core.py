@@ -345,11 +345,15 @@ def _nested_equal(a, b, where=""):
         assert a == b, where
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, mnist_root, monkeypatch, capsys, no_test_split):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_resume_equals_uninterrupted_run(tmp_path, mnist_root, monkeypatch, capsys, no_test_split, amp):
     """Run A: 3 epochs straight. Run B: the same, interrupted at the start of epoch 2, then
-    resumed from its last.pt for epochs 2 and 3. Same weights, optimizer state and history."""
+    resumed from its last.pt for epochs 2 and 3. Same weights, optimizer state and history,
+    in fp32 and under bf16 autocast (the default on a CPU with native bf16)."""
+    if amp == "bf16" and not M.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX): --amp auto never picks bf16 here")
     common = ("--epochs", 3, "--warmup-epochs", 1, "--augment", "light", "--mix-prob", 0.5,
-              "--val-fraction", 0.02, "--patience", 10)
+              "--val-fraction", 0.02, "--patience", 10, "--amp", amp)
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     res_a = run_train(tiny_train_args(mnist_root, a_dir, *common))
 

@@ -1,0 +1,103 @@
+"""Mixed precision (--amp), the time estimate and the checkpoint's precision: the policy that
+`auto` follows per device, and a tiny bf16 CPU run that evaluate.py repeats line for line.
+
+Exact resume under bf16 is test_core.py::test_resume_equals_uninterrupted_run[bf16]."""
+import contextlib
+import csv
+import io
+import re
+
+import pytest
+import torch
+
+from conftest import tiny_train_args
+import evaluate as E
+import model as M
+import train
+
+needs_bf16 = pytest.mark.skipif(not M.cpu_has_native_bf16(),
+                                reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+
+
+def set_cpu_bf16(monkeypatch, native):
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: native, raising=False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_picks_bf16_on_cpu_only_where_detected(monkeypatch, native):
+    set_cpu_bf16(monkeypatch, native)
+    cpu = torch.device("cpu")
+    assert M.cpu_has_native_bf16() is native
+    assert M.resolve_amp("auto", cpu) == ("bf16" if native else "off")
+    assert M.amp_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    assert not M.needs_grad_scaler(cpu, "auto")
+    # an explicit choice is taken as given (bf16 is emulated without native support: slow, but works)
+    for amp in ("bf16", "fp16", "off"):
+        assert M.resolve_amp(amp, cpu) == amp
+
+
+def test_auto_on_cuda_and_mps(monkeypatch):
+    cuda, mps = torch.device("cuda"), torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert M.resolve_amp("auto", cuda) == "bf16" and not M.needs_grad_scaler(cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert M.resolve_amp("auto", cuda) == "fp16" and M.needs_grad_scaler(cuda)
+    assert M.resolve_amp("auto", mps) == "fp16" and M.needs_grad_scaler(mps)
+    assert M.needs_grad_scaler(mps, "bf16") is False
+    with pytest.raises(ValueError, match="--amp"):
+        M.resolve_amp("fp8", cuda)
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory, mnist_root):
+    """One epoch of convnet on 1% of MNIST with --amp bf16: (save dir, stdout, results)."""
+    d = tmp_path_factory.mktemp("bf16_run")
+    buf = io.StringIO()
+    argv = tiny_train_args(mnist_root, d, "--epochs", 1, "--warmup-epochs", 0, "--augment", "none",
+                           "--val-fraction", 0.05, "--amp", "bf16")
+    with contextlib.redirect_stdout(buf):
+        results = train.main(train.get_args_parser().parse_args(argv))
+    return d, buf.getvalue(), results
+
+
+def summary_lines(text):
+    return re.findall(r"^(?:Train|Val|Test) set: .*$", text, re.M)
+
+
+@needs_bf16
+def test_checkpoint_stores_amp_and_history_the_estimate(bf16_run):
+    d, out, _ = bf16_run
+    assert re.search(r"^convnet: .*\| amp bf16 \|", out, re.M), out
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(d / name, map_location="cpu", weights_only=True)
+        assert ck["amp"] == "bf16" and ck["args"]["amp"] == "bf16"
+        assert "--amp bf16" in ck["command"]
+    m = re.search(r"^estimate: (\d+) img/s, (\d+) s/epoch, .* in all for 1 epoch \(early stopping aside\)$", out, re.M)
+    assert m, out
+    with open(d / "history.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["est_images_per_s"]) == pytest.approx(float(m.group(1)), abs=0.5)
+    assert float(row["est_total_s"]) > 0
+
+
+@needs_bf16
+def test_evaluate_repeats_train_lines_under_bf16(bf16_run, tmp_path, capsys):
+    d, train_out, _ = bf16_run
+    model, ckpt, _ = E.load_run(str(d / "best.pt"), torch.device("cpu"), with_data=False)
+    assert model.amp == "bf16"  # the checkpoint's precision is the default
+    E.main(E.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path)]))
+    lines = summary_lines(capsys.readouterr().out)
+    assert len(lines) == 3 and lines == summary_lines(train_out)
+    # --amp overrides it, and fp32 scores the same weights differently (logits, so the loss)
+    model, _, _ = E.load_run(str(d / "best.pt"), torch.device("cpu"), with_data=False, amp="off")
+    assert model.amp == "off"
+    E.main(E.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path), "--amp", "off"]))
+    fp32 = summary_lines(capsys.readouterr().out)
+    assert len(fp32) == 3 and fp32 != lines
+
+
+def test_format_seconds():
+    assert train.format_seconds(45.2) == "45 s"
+    assert train.format_seconds(750) == "12 min 30 s"
+    assert train.format_seconds(3900) == "1 h 05 min"
