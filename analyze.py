@@ -21,7 +21,6 @@ Predictions and features come from evaluate.py, so both scripts see the same dat
 """
 import argparse
 import csv
-import json
 import math
 import os
 import re
@@ -195,19 +194,9 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
         folder = os.path.join(out_dir, "folds", f"fold{k}")
         settings = dict(base, fold=k, save_dir=folder)
-        done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
-        if os.path.isfile(done):
-            with open(done) as f:
-                before = json.load(f)["settings"]
-            print(f"== fold {k} of {args.folds}: finished before, skipped")
-            if before != settings:
-                D.warn(f"{folder} was trained with other settings; delete it to train it again")
-        else:
-            print(f"== fold {k} of {args.folds}{': resuming' if os.path.isfile(last) else ''}", flush=True)
-            results = train.main(argparse.Namespace(**dict(settings, resume=last if os.path.isfile(last) else None)))
-            with open(done + ".tmp", "w") as f:
-                json.dump({"settings": settings, "results": results}, f, indent=1)
-            os.replace(done + ".tmp", done)
+        D.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
+            argparse.Namespace(**dict(settings, resume=resume)))}, f"fold {k} of {args.folds}")
+        last = os.path.join(folder, "last.pt")
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
         net = model_from_checkpoint(load_checkpoint(last), device)
         probs[held] = E.collect(net, Subset(train_set, held.tolist()), device, args.batch_size)["probs"]

@@ -6,11 +6,15 @@ that every script calls to get the same train / val / test sets back from a chec
 `data` dict.
 """
 import argparse
+import contextlib
 import hashlib
+import json
 import math
 import os
 import re
+import stat
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,6 +41,71 @@ class DataError(Exception):
 
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", fsync=False):
+    """Open a temp file beside `path` and rename it over `path` when the block ends without an
+    error, so a crash, a full disk or a bad character never leaves a half-written file (and an
+    older `path` stays as it was). Text is UTF-8; file names that are not valid UTF-8 (surrogate
+    escapes) are written back as their original bytes. The file gets the usual mode (umask)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path, **kwargs):
+    """matplotlib's savefig through `atomic_write` (the format from the file extension); closes `fig`."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
+    finally:
+        if "matplotlib.pyplot" in sys.modules:  # synth.py draws without pyplot
+            sys.modules["matplotlib.pyplot"].close(fig)
+
+
+def write_json(path, obj):
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1)
+
+
+def run_in_folder(folder, key, record, run, label):
+    """The bookkeeping of one run folder of a sweep (experiments.py's cells, analyze.py --folds):
+    a finished run (FOLDER/result.json) is not run again and its stored result is returned (with a
+    warning when it was run with another `record`); an interrupted one (FOLDER/last.pt) resumes.
+    `run(resume)` (resume: the last.pt or None) trains and returns a dict, stored with
+    {key: record} in result.json, so running the same command again continues a sweep."""
+    done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
+    if os.path.isfile(done):
+        try:
+            with open(done) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
+        print(f"== {label}: finished before, skipped")
+        if stored.get(key) != record:
+            warn(f"{folder} was run with other settings; delete it to run it again")
+        return stored
+    resume = last if os.path.isfile(last) else None
+    print(f"== {label}{': resuming' if resume else ''}", flush=True)
+    result = {key: record, **run(resume)}
+    os.makedirs(folder, exist_ok=True)
+    write_json(done, result)
+    return result
 
 
 def run_main(main, parser, *errors):

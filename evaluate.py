@@ -13,10 +13,9 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data as D
-from model import CheckpointError, get_device, load_checkpoint, model_from_checkpoint, predict, summary_line
+from model import CheckpointError, get_device, load_checkpoint, metrics, model_from_checkpoint, predict, summary_line
 
 SPLITS = ("train", "val", "test")
 
@@ -64,24 +63,6 @@ def collect(model, dataset, device, batch_size=256, features=False):
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
     return out
-
-
-def metrics(out, classes):
-    """Loss, accuracy, confusion matrix and per-class precision / recall / F1."""
-    labels, preds, k = out["labels"], out["preds"], len(classes)
-    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
-    tp = cm.diag().double()
-    precision = tp / cm.sum(0).double().clamp_min(1)
-    recall = tp / cm.sum(1).double().clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    correct = int(tp.sum())
-    return {
-        "loss": F.cross_entropy(out["logits"], labels).item(), "accuracy": correct / len(labels),
-        "correct": correct, "total": len(labels),
-        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
-        "confusion": cm.tolist(),
-    }
 
 
 def show_image(ax, dataset, i):
@@ -154,7 +135,7 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
-        results[name] = metrics(outs[name], data.classes)
+        results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1)
     shown = shown_split(results)

@@ -11,7 +11,6 @@ to <out>/<experiment>.md (a markdown table, also printed), .csv (fractions, full
 """
 import argparse
 import csv
-import json
 import math
 import os
 import shlex
@@ -19,6 +18,7 @@ import statistics
 import sys
 from fractions import Fraction
 
+import data as D
 import train
 from report import md_table
 
@@ -82,29 +82,16 @@ def run_cell(args, name, overrides):
     for seed in range(args.seeds):
         folder = os.path.join(args.out, name, f"seed{seed}")
         argv = args.train_args + overrides + ["--seed", str(seed)]
-        done = os.path.join(folder, "result.json")
-        if os.path.isfile(done):
-            with open(done) as f:
-                run = json.load(f)
-            print(f"== {name} seed {seed}: finished before, skipped")
-            if run.get("argv") != argv:
-                print(f"warning: {folder} was run with other arguments ({shlex.join(run.get('argv', []))}); "
-                      f"delete it to run it again", file=sys.stderr)
-        else:
+
+        def run_one(resume):
             targs = train.get_args_parser().parse_args(argv + ["--save-dir", folder])
-            last = os.path.join(folder, "last.pt")
-            targs.resume = last if os.path.isfile(last) else None
-            print(f"== {name} seed {seed}{': resuming' if targs.resume else ''}", flush=True)
+            targs.resume = resume
             try:
-                run = {"argv": argv, "results": train.main(targs)}
+                return {"results": train.main(targs)}
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
                 print(f"error: {e}", file=sys.stderr)
-                run = {"argv": argv, "error": str(e)}
-            os.makedirs(folder, exist_ok=True)
-            tmp = done + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(run, f, indent=1)
-            os.replace(tmp, done)
+                return {"error": str(e)}
+        run = D.run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}")
         runs.append(run)
     return runs
 

@@ -385,6 +385,27 @@ def summary_line(split, loss, correct, total):
     return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
 
 
+def metrics(logits, labels, classes):
+    """Loss (plain cross-entropy), accuracy, confusion matrix and per-class precision / recall / F1
+    of logits [N, C] against labels [N]: the one place train.py, evaluate.py and analyze.py get
+    their numbers from. `classes`: the class names (keys of per_class)."""
+    k = len(classes)
+    preds = logits.argmax(1)
+    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    tp = cm.diag().double()
+    precision = tp / cm.sum(0).double().clamp_min(1)
+    recall = tp / cm.sum(1).double().clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    correct = int(tp.sum())
+    return {
+        "loss": F.cross_entropy(logits, labels).item(), "accuracy": correct / max(len(labels), 1),
+        "correct": correct, "total": len(labels),
+        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():

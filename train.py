@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import data as D
 from model import (CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model, count_parameters,
                    ddp, distributed, from_main_process, is_distributed, is_main_process, list_models, load_checkpoint,
-                   model_kwargs, predict, rank_and_world, save_checkpoint, summary_line)
+                   metrics, model_kwargs, predict, rank_and_world, save_checkpoint, summary_line)
 
 
 class TrainingError(Exception):
@@ -269,12 +269,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
 def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
     """Loss (plain cross-entropy), accuracy and per-class accuracy of `model` on `loader`."""
     out = predict(model, loader, device)
-    logits, labels = out["logits"], out["labels"]
-    hit = (logits.argmax(1) == labels).double()
-    per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hit)
-    n_class = torch.bincount(labels, minlength=num_classes).clamp_min(1)
-    return {"loss": F.cross_entropy(logits, labels).item(), "correct": int(hit.sum()), "total": len(labels),
-            "acc": hit.mean().item(), "acc_per_class": (per_class / n_class).tolist(), "logits": logits}
+    m = metrics(out["logits"], out["labels"], [str(c) for c in range(num_classes)])
+    return {"loss": m["loss"], "correct": m["correct"], "total": m["total"], "acc": m["accuracy"],
+            "acc_per_class": [r["recall"] for r in m["per_class"].values()], "logits": out["logits"]}
 
 
 # ----------------------------------------------------------------------------- history
