@@ -7,7 +7,9 @@ that every script calls to get the same train / val / test sets back from a chec
 """
 import argparse
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -31,12 +33,15 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 AUGMENT_PRESETS = ("none", "light", "strong")
-LABEL_RE = re.compile(r"_label([^_.]+)\.[^.]+$", re.IGNORECASE)
+# `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
+LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
+                      re.IGNORECASE)
+JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
 CACHE_VERSION = 1
 
 
 class DataError(Exception):
-    """Bad or missing data: reported as one line by the scripts."""
+    """Bad or missing data, or a bad option value: reported as one line by the scripts."""
 
 
 def warn(msg):
@@ -106,6 +111,54 @@ def run_in_folder(folder, key, record, run, label):
     os.makedirs(folder, exist_ok=True)
     write_json(done, result)
     return result
+
+
+def check_args(args, *rules):
+    """Bad option values: one line (DataError) before anything is loaded or trained. A rule is
+    (option dest, ok, what the value must be)."""
+    for name, ok, need in rules:
+        if not ok:
+            raise DataError(f"--{name.replace('_', '-')} must be {need}, got {getattr(args, name)}")
+
+
+def check_device(name):
+    """--device: a device torch knows and this machine has (else one line, not a CUDA traceback)."""
+    if name is None:
+        return
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DataError(f"--device {name}: MPS is not available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DataError(f"--device {name!r}: choose cpu, cuda, cuda:N or mps")
+
+
+def check_folder_arg(path, option):
+    """An output folder option (--out, --save-dir, --cache-dir) that names an existing file."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{option} {path} is a file, not a folder")
+
+
+def check_data_args(args):
+    """The shared data options (add_data_args), checked before any data is read."""
+    check_args(args,
+               ("val_fraction", 0.0 < args.val_fraction < 1.0, "in (0, 1)"),
+               ("train_fraction", 0.0 < args.train_fraction <= 1.0, "in (0, 1]"),
+               ("img_size", args.img_size is None or args.img_size >= 1, ">= 1"),
+               ("synthetic_n", args.synthetic_n >= 0, ">= 0"),
+               ("split_seed", args.split_seed >= 0, ">= 0"),
+               ("folds", args.folds == 0 or args.folds >= 2, "0 (off) or >= 2"),
+               ("fold", args.fold is None or (args.folds >= 2 and 0 <= args.fold < args.folds),
+                f"in 0..{args.folds - 1} (with --folds K >= 2)" if args.folds >= 2 else "used with --folds K >= 2"))
+    check_folder_arg(args.cache_dir, "--cache-dir")
+    if args.dataset == "folder" and not os.path.isdir(args.data_dir):
+        raise DataError(f"data folder not found: {args.data_dir}")
 
 
 def run_main(main, parser, *errors):
@@ -286,44 +339,119 @@ def load_mnist(root, train=True, download=True):
     return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
 
 
+def _skip_reason(path):
+    """None for a regular file (also behind a symlink), else why it is not read: a FIFO or device
+    would block or never end, a symlink loop or a dangling link cannot be opened."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        return "dangling link" if os.path.islink(path) else (e.strerror or type(e).__name__).lower()
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _warn_skipped_entries(root, skipped):
+    """One warning for the entries of `root` a scan left out: [(path, why)]."""
+    if skipped:
+        whys = ", ".join(f"{n} {why}" for why, n in sorted(
+            {w: sum(1 for _, x in skipped if x == w) for _, w in skipped}.items()))
+        names = ", ".join(os.path.basename(p) for p, _ in skipped[:3])
+        warn(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in {root} ({whys}): "
+             f"{names}{', ...' if len(skipped) > 3 else ''}")
+
+
+def _walk_images(top, skipped):
+    """Regular image files under `top`, recursively and sorted; hidden files and folders and
+    what `_skip_reason` refuses are added to `skipped` instead."""
+    files = []
+    for dp, dirs, fs in os.walk(top):
+        for d in sorted(dirs):
+            if d.startswith(".") or d in JUNK_DIRS:
+                skipped.append((os.path.join(dp, d), "hidden folder"))
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_DIRS))
+        for f in sorted(fs):
+            if not f.lower().endswith(IMG_EXTENSIONS):
+                continue
+            p = os.path.join(dp, f)
+            why = "hidden file" if f.startswith(".") else _skip_reason(p)
+            if why:
+                skipped.append((p, why))
+            else:
+                files.append(p)
+    return files
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def scan_folder(root):
     """(paths, label names) of a labelled image folder, in either layout:
-    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`."""
+    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`.
+    Only regular files are read; hidden files and folders, `__MACOSX/`, FIFOs, symlink loops and
+    dangling links are skipped with one warning."""
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {root}")
     entries = sorted(os.scandir(root), key=lambda e: e.name)
-    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    skipped = [(e.path, "hidden folder") for e in entries if _is_dir(e) and e.name in JUNK_DIRS]
+    subdirs = [e for e in entries if _is_dir(e) and not e.name.startswith(".") and e.name not in JUNK_DIRS]
+    flat = [e.path for e in entries if not _is_dir(e) and not e.name.startswith(".")
+            and e.name.lower().endswith(IMG_EXTENSIONS)]
+    labelled = [p for p in flat if LABEL_RE.search(os.path.basename(p))]
+    if subdirs and labelled:
+        with_images = [d.name for d in subdirs if _walk_images(d.path, [])]
+        if with_images:
+            raise DataError(f"{root} mixes both layouts: {len(labelled)} files named like x_label7.jpg and "
+                            f"class folders with images ({', '.join(with_images[:3])}); move one kind out")
+        skipped += [(d.path, "folder without images") for d in subdirs]
+        subdirs = []
     if subdirs:
         paths, names = [], []
         for d in subdirs:
-            files = [os.path.join(dp, f) for dp, _, fs in sorted(os.walk(d.path)) for f in sorted(fs)
-                     if f.lower().endswith(IMG_EXTENSIONS)]
+            files = _walk_images(d.path, skipped)
             if not files:
                 raise DataError(f"class folder {d.path} has no images ({'/'.join(IMG_EXTENSIONS)})")
             paths += files
             names += [d.name] * len(files)
+        skipped += [(p, "image outside the class folders") for p in flat]
+        _warn_skipped_entries(root, skipped)
         return paths, names
-    files = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
-    paths, names = [], []
-    for p in files:
+    paths, names, copies = [], [], []
+    for p in flat:
         m = LABEL_RE.search(os.path.basename(p))
-        if m:
-            paths.append(p)
-            names.append(m.group(1))
+        if not m:
+            continue
+        why = _skip_reason(p)
+        if why:
+            skipped.append((p, why))
+            continue
+        paths.append(p)
+        names.append(m.group(1))
+        if m.group(2):
+            copies.append(p)
     if not paths:
         raise DataError(f"no labelled images in {root} (expected class subfolders or files "
-                        f"named like x_label7.jpg; found {len(files)} image files)")
-    if len(paths) < len(files):
-        warn(f"{len(files) - len(paths)} images in {root} have no _label<name> in the file name; skipped")
+                        f"named like x_label7.jpg; found {len(flat)} image files)")
+    if len(labelled) < len(flat):
+        warn(f"{len(flat) - len(labelled)} images in {root} have no _label<name> in the file name; skipped")
+    if copies:
+        warn(f"{len(copies)} files in {root} are named like copies (e.g. {os.path.basename(copies[0])}): "
+             f"labelled as their originals; analyze.py lists near-duplicates")
+    _warn_skipped_entries(root, skipped)
     return paths, names
 
 
 def list_images(root):
-    """All image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
+    """All regular image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
     if not os.path.isdir(root):
         raise DataError(f"image folder not found: {root}")
-    paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
-                   if f.lower().endswith(IMG_EXTENSIONS))
+    skipped = []
+    paths = _walk_images(root, skipped)
+    _warn_skipped_entries(root, skipped)
     if not paths:
         raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}")
     return paths
@@ -412,7 +540,8 @@ def load_folder(root, img_size, cache_dir=None):
 
 def _natural_key(name):
     """Sort '2' before '10', names alphabetically."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+    # the name breaks ties ('3' and '03'), so the order never depends on the hash seed
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -510,6 +639,8 @@ def build_datasets(cfg, augment="none", check=True):
     train_tf = build_transform(augment, img_size, mean, std, train=True)
     eval_tf = build_transform(augment, img_size, mean, std, train=False)
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg.get("sample_weights") else None
+    if weights is not None and not weights[train_idx].any():
+        raise DataError(f"every training sample has weight 0 in {cfg['sample_weights']}: nothing to learn from")
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
@@ -551,25 +682,34 @@ def read_sample_weights(csv_path, paths, n):
     for k in ambiguous:
         del keys[k]
     unknown = []
-    with open(csv_path, newline="") as f:
-        for row in csv.reader(f):
-            if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
-            key = row[0].strip()
-            tail = key.replace(os.sep, "/").split("/")
-            i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
-            if i is None and paths is None and key.lstrip("#").isdigit():
-                i = int(key.lstrip("#"))
-            try:
-                w = float(row[1])
-            except ValueError:
-                raise DataError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
-            if i is None or i >= n:
-                unknown.append(key)
-            else:
-                weights[i] = w
+    try:  # Excel writes a BOM; older tools Latin-1
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        with open(csv_path, newline="", encoding="latin-1") as f:
+            text = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read --sample-weights {csv_path}: {e.strerror}") from None
+    for row in csv.reader(io.StringIO(text)):
+        if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
+            continue
+        if len(row) < 2:
+            raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
+        key = row[0].strip()
+        tail = key.replace(os.sep, "/").split("/")
+        i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
+        if i is None and paths is None and key.lstrip("#").isdigit():
+            i = int(key.lstrip("#"))
+        try:
+            w = float(row[1])
+        except ValueError:
+            raise DataError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
+        if not (math.isfinite(w) and w >= 0):
+            raise DataError(f"{csv_path}: weight {row[1]!r} of {key} must be a finite number >= 0")
+        if i is None or i >= n:
+            unknown.append(key)
+        else:
+            weights[i] = w
     if unknown:
         warn(f"{len(unknown)} path(s) in {csv_path} are not in the dataset, e.g. {unknown[0]}")
     return weights

@@ -8,7 +8,6 @@ Needs nothing but the checkpoint: the data config inside it rebuilds the same sp
 """
 import argparse
 import csv
-import json
 import os
 
 import numpy as np
@@ -48,7 +47,29 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True):
         cfg["mnist_root"] = os.path.abspath(mnist_root)
     cfg["download"] = False
     data = D.build_datasets(cfg, augment="none")
+    match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root"))
     return model, ckpt, data
+
+
+def match_classes(data, trained, where):
+    """The data's classes against the checkpoint's, by name: a class added or renamed since training
+    would be scored as another (0% and every image a "label error"), so it is refused with one line
+    that names the differences. Classes removed since (a subset) map by name, with a warning."""
+    if data.classes == list(trained):
+        return
+    added = [c for c in data.classes if c not in trained]
+    removed = [c for c in trained if c not in data.classes]
+    if added:
+        raise D.DataError(f"the classes in {where} differ from the checkpoint's: not in the checkpoint: "
+                          f"{', '.join(added)}; not in the data: {', '.join(removed) or 'none'} "
+                          f"(renamed or added after training?); refused")
+    if removed:
+        D.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)}: the others are "
+               f"scored by name")
+    index = torch.tensor([list(trained).index(c) for c in data.classes])
+    for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
+        ds.labels = index[ds.labels]
+    data.classes = list(trained)
 
 
 def eval_splits(data, which="all"):
@@ -96,8 +117,7 @@ def plot_confusion(cm, classes, path):
                             color="white" if m[i, j] > m.max() / 2 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def plot_mistakes(dataset, out, classes, path, n=9):
@@ -118,8 +138,7 @@ def plot_mistakes(dataset, out, classes, path, n=9):
                      f"confidence {conf[i]:.2f}", fontsize=9)
     fig.suptitle(f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def shown_split(names):
@@ -132,12 +151,14 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
     predicted. Returns (results, outs)."""
     outs, results = dict(outs or {}), {}
+    if not eval_splits(data, which):  # before metrics.json is touched
+        raise D.DataError(f"--split {which}: these data have no {which} split (they have "
+                          f"{', '.join(eval_splits(data))})")
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    D.write_json(os.path.join(out_dir, "metrics.json"), results)
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
@@ -148,13 +169,15 @@ def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
     """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
     paths = D.list_images(folder)
     images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]))
+    if not kept:
+        raise D.DataError(f"none of the {len(paths)} images in {folder} could be read")
     images = D.to_channels(images, ckpt["in_channels"])
     tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
     out = collect(model, D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf),
                   device, batch_size)
     classes = ckpt["classes"]
     top = out["probs"].topk(min(3, len(classes)), dim=1)
-    with open(out_csv, "w", newline="") as f:
+    with D.atomic_write(out_csv) as f:
         w = csv.writer(f)
         w.writerow(["path", "prediction", "confidence", "top3"])
         for row, i in enumerate(kept):
@@ -165,7 +188,20 @@ def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
 
 # ----------------------------------------------------------------------------- main
 
+def check_args(args):
+    """Bad option values and paths: one line before the checkpoint is loaded."""
+    D.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"))
+    D.check_device(args.device)
+    D.check_folder_arg(args.out, "--out")
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
+        if path and not os.path.isdir(path):
+            raise D.DataError(f"{option} folder not found: {path}")
+
+
 def main(args):
+    check_args(args)
     device = get_device(args.device)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)

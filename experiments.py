@@ -154,8 +154,7 @@ def learning_curve(args, base):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Learning curve", table, rows, plot
 
@@ -184,8 +183,7 @@ def ablation(args, base):
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Ablation", table, rows, plot
 
@@ -225,8 +223,7 @@ def grid(args, base):
         ax.set_title("val accuracy (%), best outlined")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Grid", table, rows, plot
 
@@ -240,19 +237,24 @@ def main(args):
             setattr(args, k, v)
     args.out = args.out or os.path.join("runs", args.experiment)
     if args.seeds < 1:
-        sys.exit("error: --seeds must be at least 1")
+        raise D.DataError("--seeds must be at least 1")
+    D.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
+    train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges
     if base.dry_run:
-        sys.exit("error: --dry-run makes no results to compare; run train.py --dry-run instead")
+        raise D.DataError("--dry-run makes no results to compare; run train.py --dry-run instead")
     if args.experiment == "grid":
         args.grid = args.grid or DEFAULT_GRID
         if len(args.grid) != 2 or args.grid[0][0] == args.grid[1][0]:
-            sys.exit("error: grid takes two different --grid NAME=V1,V2,...")
+            raise D.DataError("grid takes two different --grid NAME=V1,V2,...")
         for name, values in args.grid:
             if name in ("seed", "save_dir", "resume"):
-                sys.exit(f"error: --{name.replace('_', '-')} is set by experiments.py, not a grid axis")
+                raise D.DataError(f"--{name.replace('_', '-')} is set by experiments.py, not a grid axis")
             for v in values:  # a bad name or value fails here, before any training
-                train.get_args_parser().parse_args(args.train_args + [f"--{name.replace('_', '-')}", v])
+                if f"--{name.replace('_', '-')}" not in train.get_args_parser()._option_string_actions:
+                    raise D.DataError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
+                train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(
+                    args.train_args + [f"--{name.replace('_', '-')}", v])))
     os.makedirs(args.out, exist_ok=True)
 
     title, table, rows, plot = EXPERIMENTS[args.experiment](args, base)
@@ -260,9 +262,9 @@ def main(args):
     md = "\n".join([f"# {title}", "", f"`{args.command}`", "",
                     f"seeds: {args.seeds} (train --seed {'0' if args.seeds == 1 else f'0..{args.seeds - 1}'}); accuracy in %"
                     + (", mean ± std (sample std) over seeds" if args.seeds > 1 else ""), "", *table]) + "\n"
-    with open(stem + ".md", "w") as f:
+    with D.atomic_write(stem + ".md") as f:
         f.write(md)
-    with open(stem + ".csv", "w", newline="") as f:
+    with D.atomic_write(stem + ".csv") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -272,4 +274,11 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except train.Interrupted as e:
+        print(f"interrupted: run the same command again to go on ({e.last_pt} resumes)", file=sys.stderr)
+        sys.exit(130)
+    except (D.DataError, train.CheckpointError, train.TrainingError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

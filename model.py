@@ -10,11 +10,12 @@ analyze.py for t-SNE and neighbours) and `forward_head(features)` (the classifie
 """
 import argparse
 import contextlib
+import functools
 import inspect
 import os
 import pickle
 import re
-import tempfile
+import warnings
 import zipfile
 
 import torch
@@ -184,6 +185,31 @@ def build_model(name, num_classes, in_channels, **kwargs):
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_kwargs(name, **kwargs))
 
 
+@functools.lru_cache(maxsize=None)
+def _fits(name, img_size, in_channels=1):
+    """Whether model `name` takes img_size x img_size inputs: a forward pass on the meta device
+    (shapes only, no memory, no arithmetic)."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = build_model(name, 2, in_channels, img_size=img_size).eval()
+        try:
+            model(torch.zeros(2, in_channels, img_size, img_size))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+
+def img_size_error(name, img_size):
+    """None when model `name` works at `img_size`, else a line that names the sizes it takes
+    (found by trying: convnet >= 10, net >= 8, mnist_example 28 or 29, resnet18 any)."""
+    if img_size >= 1 and _fits(name, img_size):
+        return None
+    ok = [s for s in range(1, 65) if _fits(name, s)]
+    need = (f">= {ok[0]}" if ok and ok == list(range(ok[0], 65)) else
+            " or ".join(map(str, ok)) if ok else "none up to 64")
+    return f"--img-size {img_size} does not fit model {name!r} (it takes --img-size {need})"
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -210,23 +236,13 @@ def save_checkpoint(ckpt, path):
     fails (full disk, unwritable folder) is a one-line CheckpointError; `path` is untouched."""
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     assert not missing, f"checkpoint lacks {missing}"
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    import data  # atomic_write: temp file, fsync, rename; the usual file mode (umask), not mkstemp's 0600
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        with data.atomic_write(path, "wb", fsync=True) as f:
             torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; any previous "
-                                  f"{os.path.basename(path)} there is unchanged") from None
-        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; any previous "
+                              f"{os.path.basename(path)} there is unchanged") from None
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -418,6 +434,10 @@ def get_args_parser():
 
 
 def main(args):
+    import data  # its DataError: a bad value is one line (data.run_main)
+    data.check_args(args, ("in_channels", args.in_channels >= 1, ">= 1"), ("num_classes", args.num_classes >= 1, ">= 1"))
+    if img_size_error(args.model, args.img_size):
+        raise data.DataError(img_size_error(args.model, args.img_size))
     model = build_model(args.model, args.num_classes, args.in_channels, img_size=args.img_size)
     print(model)
     print(f"\n{'module':<20}{'parameters':>14}")
@@ -427,4 +447,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    import data
+    data.run_main(main, get_args_parser())
