@@ -451,9 +451,10 @@ def list_images(root):
         raise DataError(f"image folder not found: {root}")
     skipped = []
     paths = _walk_images(root, skipped)
-    _warn_skipped_entries(root, skipped)
     if not paths:
-        raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}")
+        raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}"
+                        + (f" ({len(skipped)} skipped: {_names([p for p, _ in skipped])})" if skipped else ""))
+    _warn_skipped_entries(root, skipped)
     return paths
 
 
@@ -486,7 +487,7 @@ def cache_size(img_size):
     return img_size + img_size // 8
 
 
-def decode_folder(paths, size, cache_dir=None, workers=None):
+def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
     """Decode `paths` once into (uint8 [N, 3, size, size], kept index list), skipping unreadable
     files with one warning. With `cache_dir`, the result is stored on disk keyed by the file
     list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
@@ -498,7 +499,8 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
         if os.path.isfile(cache_file):
             try:
                 c = torch.load(cache_file, weights_only=True)
-                _warn_skipped([paths[i] for i in c["skipped"]])
+                if warn_skipped:
+                    _warn_skipped([paths[i] for i in c["skipped"]])
                 return c["images"], c["kept"]
             except Exception as e:  # a broken cache is rebuilt, never fatal
                 warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
@@ -507,7 +509,8 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
         decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
     kept = [i for i, t in enumerate(decoded) if t is not None]
     skipped = [i for i, t in enumerate(decoded) if t is None]
-    _warn_skipped([paths[i] for i in skipped])
+    if warn_skipped:
+        _warn_skipped([paths[i] for i in skipped])
     images = torch.stack([decoded[i] for i in kept]) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)
     if key:
         os.makedirs(cache_dir, exist_ok=True)
@@ -519,21 +522,26 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
 
 def _warn_skipped(bad):
     if bad:
-        names = ", ".join(os.path.basename(p) for p in bad[:3])
-        warn(f"skipped {len(bad)} unreadable image file(s): {names}{', ...' if len(bad) > 3 else ''}")
+        warn(f"skipped {len(bad)} unreadable image file(s): {_names(bad)}")
+
+
+def _names(paths):
+    return ", ".join(os.path.basename(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def load_folder(root, img_size, cache_dir=None):
     """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
-    paths, all_names = scan_folder(root)
-    images, kept = decode_folder(paths, cache_size(img_size), cache_dir)
-    paths, names = [paths[i] for i in kept], [all_names[i] for i in kept]
+    all_paths, all_names = scan_folder(root)
+    images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False)
+    paths, names = [all_paths[i] for i in kept], [all_names[i] for i in kept]
     classes = sorted(set(names), key=_natural_key)
+    bad = [p for i, p in enumerate(all_paths) if i not in set(kept)]
     if not paths:
-        raise DataError(f"none of the images in {root} could be read")
+        raise DataError(f"none of the images in {root} could be read ({_names(bad)})")
     lost = sorted(set(all_names) - set(classes))
     if lost:
-        raise DataError(f"class {lost[0]!r} in {root} has no readable images")
+        raise DataError(f"class {lost[0]!r} in {root} has no readable images ({_names(bad)})")
+    _warn_skipped(bad)
     index = {c: i for i, c in enumerate(classes)}
     return images, torch.tensor([index[n] for n in names]), classes, paths
 
@@ -690,7 +698,11 @@ def read_sample_weights(csv_path, paths, n):
             text = f.read()
     except OSError as e:
         raise DataError(f"cannot read --sample-weights {csv_path}: {e.strerror}") from None
-    for row in csv.reader(io.StringIO(text)):
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:  # e.g. a NUL byte: not a text CSV
+        raise DataError(f"--sample-weights {csv_path} is not a CSV file ({e})") from None
+    for row in rows:
         if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
             continue
         if len(row) < 2:

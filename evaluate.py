@@ -46,17 +46,21 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True):
     if mnist_root:
         cfg["mnist_root"] = os.path.abspath(mnist_root)
     cfg["download"] = False
-    data = D.build_datasets(cfg, augment="none")
-    match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root"))
+    data = D.build_datasets(dict(cfg, split_hash=None), augment="none")  # the split is checked below
+    if match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root")) and \
+            cfg.get("split_hash") and cfg["split_hash"] != data.config["split_hash"]:
+        D.warn(f"the data differ from those the checkpoint was trained on ({data.config['num_samples']} samples "
+               f"now, {cfg.get('num_samples')} then): train/val are not the same split")
     return model, ckpt, data
 
 
 def match_classes(data, trained, where):
     """The data's classes against the checkpoint's, by name: a class added or renamed since training
     would be scored as another (0% and every image a "label error"), so it is refused with one line
-    that names the differences. Classes removed since (a subset) map by name, with a warning."""
+    that names the differences. Classes removed since (a subset) map by name, with a warning.
+    Returns whether the classes are the same (else the warning already says the data changed)."""
     if data.classes == list(trained):
-        return
+        return True
     added = [c for c in data.classes if c not in trained]
     removed = [c for c in trained if c not in data.classes]
     if added:
@@ -64,12 +68,13 @@ def match_classes(data, trained, where):
                           f"{', '.join(added)}; not in the data: {', '.join(removed) or 'none'} "
                           f"(renamed or added after training?); refused")
     if removed:
-        D.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)}: the others are "
-               f"scored by name")
+        D.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)} (so not the split it "
+               f"was trained on): the other classes are scored by name")
     index = torch.tensor([list(trained).index(c) for c in data.classes])
     for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
         ds.labels = index[ds.labels]
     data.classes = list(trained)
+    return not removed
 
 
 def eval_splits(data, which="all"):
@@ -168,9 +173,10 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
 def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
     """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
     paths = D.list_images(folder)
-    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]))
+    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]), warn_skipped=False)
     if not kept:
-        raise D.DataError(f"none of the {len(paths)} images in {folder} could be read")
+        raise D.DataError(f"none of the {len(paths)} images in {folder} could be read ({D._names(paths)})")
+    D._warn_skipped([p for i, p in enumerate(paths) if i not in set(kept)])
     images = D.to_channels(images, ckpt["in_channels"])
     tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
     out = collect(model, D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf),

@@ -251,9 +251,12 @@ def read_history(path, ckpt):
     if path:
         try:
             with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                columns = set(reader.fieldnames or ())
                 rows = [{k: float(v) for k, v in row.items() if k is not None and v not in ("", None)}
-                        for row in csv.DictReader(f)]
-            if all({"epoch", "val_acc", "seconds", "images_per_s"} <= row.keys() for row in rows):
+                        for row in reader]
+            if {"epoch", "val_acc", "seconds", "images_per_s"} <= columns and all(
+                    {"epoch", "val_acc", "seconds", "images_per_s"} <= row.keys() for row in rows):
                 return rows
             D.warn(f"{path} lacks columns of train.py's history; using the checkpoint's copy")
         except (OSError, ValueError, csv.Error) as e:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,23 +111,58 @@ def cli_subprocess(script, argv, cwd, timeout=60):
     return p.returncode, p.stdout, p.stderr
 
 
-def check(case_dir, run, script, argv, code, text, outputs=(), warning=False, subprocess=False):
-    """Run the case and assert the four properties (see the module docstring). `text`: a
-    lower-case fragment the one error / warning line must contain. `outputs`: glob patterns
-    (relative to case_dir) of files the run may create or change."""
+def check(case_dir, script, argv, code, text, outputs=(), warning=False, subprocess=False, stdout=None):
+    """Run the case and assert the four properties (see the module docstring). `text`: a fragment
+    (any case) the one error / warning line must contain; None: no error or warning line at all.
+    `outputs`: glob patterns (relative to case_dir) of files the run may create, change or remove.
+    `stdout`: a fragment stdout must contain."""
     before = snapshot(case_dir)
     got, out, err = (cli_subprocess if subprocess else cli)(script, argv, case_dir)
     assert "Traceback" not in err, err[-3000:]
     assert got == code, f"exit {got}, expected {code}\nstdout: {out[-1500:]}\nstderr: {err[-1500:]}"
-    kind = "warning:" if warning else "error:"
-    lines = [line for line in err.splitlines() if kind in line]
-    assert len(lines) == 1, f"expected one {kind} line, got:\n{err[-3000:]}"
-    if not warning:  # an error stands alone (argparse adds its usage line before it)
-        assert not [x for x in err.splitlines() if x.startswith("warning:")], err
-    assert text.lower() in lines[0].lower(), f"{text!r} not in {lines[0]!r}"
+    flagged = [line for line in err.splitlines() if "error:" in line or line.startswith("warning:")]
+    if text is None:
+        assert not flagged, err[-3000:]
+    else:
+        kind = "warning:" if warning else "error:"
+        lines = [line for line in flagged if kind in line]
+        assert len(lines) == 1 and len(flagged) == 1, f"expected one {kind} line, got:\n{err[-3000:]}"
+        assert text.lower() in lines[0].lower(), f"{text!r} not in {lines[0]!r}"
+    if stdout is not None:
+        assert stdout in out, out[-3000:]
     after = snapshot(case_dir)
     for path, digest in before.items():
         if any(fnmatch.fnmatch(path, pat) for pat in outputs):
             continue
         assert after.get(path) == digest, f"{path} was {'changed' if path in after else 'removed'}"
     return out, err
+
+
+# ----------------------------------------------------------------------------- the shared world
+
+TRAIN = ["--data-dir", "data", "--model", "convnet", "--img-size", 12, "--epochs", 1, "--batch-size", 4,
+         "--workers", 0, "--quiet", "--save-dir", "out", "--augment", "none"]
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """data/ (3 classes x 5 PNGs) and run/ (1 epoch of convnet on it: best.pt, last.pt, history.csv)."""
+    import train
+    w = tmp_path_factory.mktemp("world")
+    make_folder(w / "data")
+    args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(w / "run")])
+    args.data_dir = str(w / "data")
+    train.main(args)
+    (w / "notes.txt").write_text("a text file\n")
+    (w / "table.csv").write_text("a,b\n1,2\n")
+    (w / "config.json").write_text('{"model": "convnet"}\n')
+    (w / "empty.pt").write_bytes(b"")
+    (w / "noise.pt").write_bytes(bytes(range(256)) * 8)
+    return w
+
+
+@pytest.fixture
+def case_dir(world, tmp_path):
+    d = tmp_path / "w"
+    shutil.copytree(world, d, symlinks=True)
+    return d

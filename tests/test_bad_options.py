@@ -4,15 +4,11 @@ One case per line: (script, arguments added to the script's base command line, l
 fragment of the one `error:` line). Each runs in a fresh copy of a tiny world (a 3-class photo
 folder `data/` and a trained convnet run `run/`), exits 2 with one line before any data is read
 or model trained, and changes no file. See tests/adversarial.py for how a case is judged."""
-import shutil
-
 import pytest
 import torch
 
-from adversarial import check, make_folder
+from adversarial import TRAIN, case_dir, check, world  # noqa: F401 (fixtures)
 
-TRAIN = ["--data-dir", "data", "--model", "convnet", "--img-size", 12, "--epochs", 1, "--batch-size", 4,
-         "--workers", 0, "--quiet", "--save-dir", "out", "--augment", "none"]
 BASE = {
     "train.py": TRAIN,
     "evaluate.py": ["run/best.pt", "--data-dir", "data", "--out", "ev"],
@@ -23,30 +19,6 @@ BASE = {
     "bench.py": ["--data-dir", "data", "--img-size", 12, "--only", "cache", "--out", "bench.json"],
     "model.py": ["convnet"],
 }
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """data/ (3 classes x 5 PNGs) and run/ (1 epoch of convnet on it: best.pt, last.pt, history.csv)."""
-    import train
-    w = tmp_path_factory.mktemp("world")
-    make_folder(w / "data")
-    args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(w / "run")])
-    args.data_dir = str(w / "data")
-    train.main(args)
-    (w / "notes.txt").write_text("a text file\n")
-    (w / "table.csv").write_text("a,b\n1,2\n")
-    (w / "config.json").write_text('{"model": "convnet"}\n')
-    (w / "empty.pt").write_bytes(b"")
-    (w / "noise.pt").write_bytes(bytes(range(256)) * 8)
-    return w
-
-
-@pytest.fixture
-def case_dir(world, tmp_path):
-    d = tmp_path / "w"
-    shutil.copytree(world, d, symlinks=True)
-    return d
 
 
 def cases(script, *rows):
@@ -187,4 +159,4 @@ def command_line(script, args):
 
 @pytest.mark.parametrize("script,args,text", ALL)
 def test_bad_option(case_dir, script, args, text):
-    check(case_dir, None, script, command_line(script, args), 2, text)
+    check(case_dir, script, command_line(script, args), 2, text)
