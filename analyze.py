@@ -161,7 +161,7 @@ def plot_tsne(xy, labels, classes, path, title):
 def nearest(query_feats, pool_feats, k):
     """Indices [Q, k] of the k nearest pool samples by cosine similarity."""
     sim = F.normalize(query_feats, dim=1) @ F.normalize(pool_feats, dim=1).T
-    return sim.topk(k, dim=1).indices
+    return sim.topk(min(k, len(pool_feats)), dim=1).indices  # a tiny training split has fewer than k
 
 
 def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labels, classes, path):

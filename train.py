@@ -406,7 +406,8 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
     fig.tight_layout()
     D.save_figure(fig, os.path.join(folder, "augmentations.png"), dpi=80)
 
-    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], idx[4:8])]
+    others = idx[4:8] if len(idx) >= 8 else idx[1:] + idx[:1]  # a tiny dataset: pair neighbours
+    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], others)]
     lams = torch.distributions.Beta(0.2, 0.2).sample((len(pairs),)).tolist()
     fig, axes = plt.subplots(len(pairs), 3, figsize=(5, 1.7 * len(pairs)), squeeze=False)
     for r, ((a, b), lam) in enumerate(zip(pairs, lams)):

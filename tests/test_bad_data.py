@@ -93,6 +93,15 @@ def history(content):
     return text("run/history.csv", content)
 
 
+def tiny_run(w):
+    """tr/: a 1-epoch run on t/, 2 classes x 2 images (1 train and 1 val image each)."""
+    import train
+    make_folder(w / "t", ("0", "1"), 2)
+    args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(w / "tr")])
+    args.data_dir = str(w / "t")
+    train.main(args)
+
+
 def C(id, setup, script, args, code, line, outputs=(), warning=None, subprocess=False, stdout=None):
     warning = code == 0 if warning is None else warning
     return pytest.param(setup, script, list(args), code, line, outputs, warning, subprocess, stdout, id=id)
@@ -207,6 +216,13 @@ CASES = [
     C("analyze keeps user files in mistakes/", then(text("an/mistakes/notes.txt", "mine"), png("an/mistakes/0/mine.png")),
       "analyze.py", ANALYZE, 0, None, ("an/*.*", "an/mistakes/.analyze-files")),
     C("analyze mistakes/ is a file", text("an/mistakes", "mine"), "analyze.py", ANALYZE, 2, "is a file"),
+    # --- datasets smaller than a figure, a batch or a k-NN needs: the figures degrade
+    C("tiny dataset: train", lambda w: make_folder(w / "t", ("0", "1"), 2), "train.py", ["--data-dir", "t", *TRAIN[2:]],
+      0, None, TRAIN_OUT, stdout="2 train, 2 val"),
+    C("tiny dataset: analyze --folds", tiny_run, "analyze.py", ["tr/best.pt", "--out", "an", "--folds", 2,
+                                                                "--fold-epochs", 1, "--dashboard-points", 3], 0, None,
+      ("an/*",), stdout="wrote metrics.json"),
+    C("tiny dataset: evaluate", tiny_run, "evaluate.py", ["tr/best.pt", "--out", "ev"], 0, None, ("ev/*",)),
     # --- damaged outputs that report.py reads
     C("report: history truncated", history("epoch,val_acc,seconds\n1,0.5"), "report.py", ["run"], 0, "lacks columns",
       ("run/report.*",)),
