@@ -164,6 +164,7 @@ def check_data_args(args):
 def run_main(main, parser, *errors):
     """A script's entry point: main(parsed args), with bad input (DataError and `errors`)
     reported as one line `error: ...` on stderr and exit code 2, never a traceback."""
+    sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 is printed, not fatal
     try:
         return main(parser.parse_args())
     except (DataError, *errors) as e:

@@ -274,6 +274,7 @@ def main(args):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names
     try:
         main(parse_args())
     except train.Interrupted as e:
