@@ -161,10 +161,16 @@ def check_data_args(args):
         raise DataError(f"data folder not found: {args.data_dir}")
 
 
+def printable_stdout():
+    """A file name that is not valid UTF-8 is printed escaped, not a UnicodeEncodeError."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def run_main(main, parser, *errors):
     """A script's entry point: main(parsed args), with bad input (DataError and `errors`)
     reported as one line `error: ...` on stderr and exit code 2, never a traceback."""
-    sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 is printed, not fatal
+    printable_stdout()
     try:
         return main(parser.parse_args())
     except (DataError, *errors) as e:

@@ -274,7 +274,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names
+    D.printable_stdout()
     try:
         main(parse_args())
     except train.Interrupted as e:

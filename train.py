@@ -661,7 +661,7 @@ def resume_command(argv, last_pt):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names
+    D.printable_stdout()
     try:
         main(get_args_parser().parse_args())
     except Interrupted as e:
