@@ -65,6 +65,9 @@ TRAIN_CASES = cases("train.py",
 )
 if not torch.cuda.is_available():
     TRAIN_CASES += cases("train.py", (("--device", "cuda"), "no cuda gpu"))
+    TRAIN_CASES += cases("evaluate.py", (("--device", "cuda"), "no cuda gpu"))
+    TRAIN_CASES += cases("analyze.py", (("--device", "cuda"), "no cuda gpu"))
+    TRAIN_CASES += cases("bench.py", (("--device", "cuda"), "no cuda gpu"))
 
 EVALUATE_CASES = cases("evaluate.py",
     *bad("--batch-size", [0, -1]), (("--device", "bogus"), "not a device"), (("--out", "notes.txt"), "is a file"),
