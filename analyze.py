@@ -20,12 +20,11 @@ and then, via report.py: evaluate.py's metrics.json, confusion.png and mistakes.
 Predictions and features come from evaluate.py, so both scripts see the same data and model.
 """
 import argparse
+import contextlib
 import csv
-import json
 import math
 import os
 import re
-import shutil
 
 import numpy as np
 import torch
@@ -74,9 +73,22 @@ def check_args(args):
                            ("knn", args.knn >= 1, ">= 1"),
                            ("dashboard_points", args.dashboard_points >= 3, ">= 3"),
                            ("duplicate_threshold", 0 < args.duplicate_threshold <= 1, "in (0, 1]"),
-                           ("max_mistakes", args.max_mistakes is None or args.max_mistakes >= 0, ">= 0")):
-        if not ok:
-            raise D.DataError(f"--{name.replace('_', '-')} must be {need}, got {getattr(args, name)}")
+                           ("max_mistakes", args.max_mistakes is None or args.max_mistakes >= 0, ">= 0"),
+                           ("tsne_samples", args.tsne_samples >= 2, ">= 2"),
+                           ("queries", args.queries >= 1, ">= 1"),
+                           ("neighbors", args.neighbors >= 1, ">= 1"),
+                           ("seed", args.seed >= 0, ">= 0"),
+                           ("batch_size", args.batch_size >= 1, ">= 1")):
+        D.check_args(args, (name, ok, need))
+    D.check_device(args.device)
+    D.check_folder_arg(args.out, "--out")
+    D.check_folder_arg(os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "mistakes"),
+                       "mistakes/ in --out")
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    for option, path in (("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
+        if path and not os.path.isdir(path):
+            raise D.DataError(f"{option} folder not found: {path}")
 
 
 def _plt():
@@ -119,8 +131,7 @@ def plot_kernels(model, path):
         for ax, t in zip(axes, tiles):
             ax.imshow(t, cmap="gray" if t.ndim == 2 else None, interpolation="nearest")
         sf.suptitle(f"{title}: {tuple(conv.weight.shape)} ({len(tiles)} kernels)")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def tsne_2d(features, seed=0):
@@ -146,14 +157,13 @@ def plot_tsne(xy, labels, classes, path, title):
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def nearest(query_feats, pool_feats, k):
     """Indices [Q, k] of the k nearest pool samples by cosine similarity."""
     sim = F.normalize(query_feats, dim=1) @ F.normalize(pool_feats, dim=1).T
-    return sim.topk(k, dim=1).indices
+    return sim.topk(min(k, len(pool_feats)), dim=1).indices  # a tiny training split has fewer than k
 
 
 def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labels, classes, path):
@@ -171,8 +181,7 @@ def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labe
             axes[r, c + 1].set_title(classes[pool_labels[j]], fontsize=8, color="black" if same else "red")
     fig.suptitle("nearest training images in feature space (red: other class)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- data quality
@@ -197,19 +206,9 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
         folder = os.path.join(out_dir, "folds", f"fold{k}")
         settings = dict(base, fold=k, save_dir=folder)
-        done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
-        if os.path.isfile(done):
-            with open(done) as f:
-                before = json.load(f)["settings"]
-            print(f"== fold {k} of {args.folds}: finished before, skipped")
-            if before != settings:
-                D.warn(f"{folder} was trained with other settings; delete it to train it again")
-        else:
-            print(f"== fold {k} of {args.folds}{': resuming' if os.path.isfile(last) else ''}", flush=True)
-            results = train.main(argparse.Namespace(**dict(settings, resume=last if os.path.isfile(last) else None)))
-            with open(done + ".tmp", "w") as f:
-                json.dump({"settings": settings, "results": results}, f, indent=1)
-            os.replace(done + ".tmp", done)
+        D.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
+            argparse.Namespace(**dict(settings, resume=resume)))}, f"fold {k} of {args.folds}")
+        last = os.path.join(folder, "last.pt")
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
         net = model_from_checkpoint(load_checkpoint(last), device, amp=args.amp)
         probs[held] = E.collect(net, Subset(train_set, held.tolist()), device, args.batch_size)["probs"]
@@ -311,7 +310,7 @@ def write_quality(table, pairs, sims, classes, out_dir):
     """samples.csv, suspects.csv and duplicates.csv."""
     name = lambda c: classes[c] if c >= 0 else ""  # noqa: E731
     cols = {k: v.tolist() for k, v in table.items() if k not in ("probs", "features")}
-    with open(os.path.join(out_dir, "samples.csv"), "w", newline="") as f:
+    with D.atomic_write(os.path.join(out_dir, "samples.csv")) as f:
         w = csv.writer(f)
         w.writerow(["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
                      "knn_agreement", "out_of_sample", "suggested", "flag"])
@@ -322,13 +321,13 @@ def write_quality(table, pairs, sims, classes, out_dir):
                         int(cols["out_of_sample"][r]), name(cols["suggested"][r]), cols["flag"][r]])
     # path,weight first: read_sample_weights takes this file as it is, other columns ignored
     # (the weights act on training samples; a val suspect needs its label fixed instead)
-    with open(os.path.join(out_dir, "suspects.csv"), "w", newline="") as f:
+    with D.atomic_write(os.path.join(out_dir, "suspects.csv")) as f:
         w = csv.writer(f)
         w.writerow(["path", "weight", "split", "label", "suggested", "confidence", "margin"])
         for r in ranked_suspects(table).tolist():
             w.writerow([cols["path"][r], 1, cols["split"][r], name(cols["label"][r]), name(cols["suggested"][r]),
                         f"{cols['confidence'][r]:.4f}", f"{cols['margin'][r]:.4f}"])
-    with open(os.path.join(out_dir, "duplicates.csv"), "w", newline="") as f:
+    with D.atomic_write(os.path.join(out_dir, "duplicates.csv")) as f:
         w = csv.writer(f)
         w.writerow(["similarity", "cross_split", "split_a", "path_a", "label_a", "split_b", "path_b", "label_b"])
         for (a, b), s in zip(pairs.tolist(), sims.tolist()):
@@ -353,15 +352,29 @@ def plot_suspects(table, splits, classes, path, n=24, cols=6):
     fig.suptitle(f"top {len(show)} of {len(ranked)} suspected label errors: given -> suggested label, "
                  f"confidence in the given one" if show else "no suspected label errors", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
+
+
+MISTAKES_MANIFEST = ".analyze-files"  # the files save_mistakes wrote: the only ones it may remove
 
 
 def save_mistakes(table, splits, classes, folder, limit=None, min_side=112):
     """Every misclassified val / test image (at most `limit` per split, the most confident) as
     <folder>/<true class>/<split>_<index>_pred-<p>_<conf>.png, enlarged to `min_side` px and titled
     with the true class, the prediction and its confidence. Returns how many were saved."""
-    shutil.rmtree(folder, ignore_errors=True)  # a previous run's mistakes would mix with these
+    # a previous run's mistakes would mix with these: remove the files it listed in its manifest,
+    # never anything else (a user's own files in the folder stay)
+    manifest = os.path.join(folder, MISTAKES_MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8", errors="surrogateescape") as f:
+            old = [rel for rel in f.read().splitlines() if rel and ".." not in rel.split("/") and not os.path.isabs(rel)]
+        for rel in old:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, rel))
+        for d in sorted({rel.split("/")[0] for rel in old if "/" in rel}):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(folder, d))  # only when empty
+    written = []
     wrong = np.flatnonzero((table["pred"] != table["label"]).numpy())
     conf, rows = table["probs"].max(1).values.numpy(), []
     for split in ("val", "test"):
@@ -378,7 +391,13 @@ def save_mistakes(table, splits, classes, folder, limit=None, min_side=112):
         page.paste(img, ((page.width - img.width) // 2, 30))
         ImageDraw.Draw(page).text((4, 2), f"true {true}  pred {pred}\nconfidence {p:.2f}", fill="black")
         os.makedirs(os.path.join(folder, _safe(true)), exist_ok=True)
-        page.save(os.path.join(folder, _safe(true), f"{split}_{i}_pred-{_safe(pred)}_{p:.2f}.png"))
+        rel = f"{_safe(true)}/{split}_{i}_pred-{_safe(pred)}_{p:.2f}.png"
+        with D.atomic_write(os.path.join(folder, rel), "wb") as f:
+            page.save(f, "PNG")
+        written.append(rel)
+    os.makedirs(folder, exist_ok=True)
+    with D.atomic_write(manifest) as f:
+        f.write("".join(rel + "\n" for rel in written))
     return sum(map(len, rows))
 
 

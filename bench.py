@@ -26,7 +26,6 @@ Measured in one process, side by side, so ratios are comparable on a noisy machi
     python bench.py --only tta,folder10k --out bench_tta.json     # the slow ones (~15 min)
 """
 import argparse
-import json
 import os
 import platform
 import re
@@ -214,12 +213,29 @@ def compare_presets(images, img_size, mean, std, n, path, copies=3, shown=5):
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=80)
     return stats
 
 
+BENCHMARKS = ("cache", "pipeline", "model", "synth", "augcompare", "tta", "folder10k")
+
+
+def check_args(args):
+    """Bad option values: one line before any measurement."""
+    D.check_args(args, ("img_size", args.img_size >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
+                 ("workers", args.workers >= 0, ">= 0"), ("seconds", 0 < args.seconds < 3600, "in (0, 3600)"),
+                 ("target", 0 < args.target <= 1, "in (0, 1]"), ("peer_epochs", args.peer_epochs >= 1, ">= 1"),
+                 ("folder_n", args.folder_n >= 1, ">= 1"),
+                 ("only", set(args.only.split(",")) <= set(BENCHMARKS), f"a comma-separated subset of {','.join(BENCHMARKS)}"))
+    D.check_device(args.device)
+    if os.path.isdir(args.out):
+        raise D.DataError(f"--out {args.out} is a folder; it names the JSON file")
+    if not os.path.isdir(args.data_dir):
+        raise D.DataError(f"data folder not found: {args.data_dir}")
+
+
 def main(args):
+    check_args(args)
     device = get_device(args.device)
     only = set(args.only.split(","))
     rows, result = [], {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
@@ -390,9 +406,8 @@ def main(args):
     for kind, what, value, unit in rows:
         print(f"| {kind} | {what} | {value if isinstance(value, str) else f'{value:,.1f}'} {unit} |")
         result["figures"][f"{kind}: {what}"] = {"value": value, "unit": unit}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    D.write_json(args.out, result)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    D.run_main(main, get_args_parser())

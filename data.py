@@ -6,11 +6,17 @@ that every script calls to get the same train / val / test sets back from a chec
 `data` dict.
 """
 import argparse
+import contextlib
+import errno
 import hashlib
+import io
+import json
 import math
 import os
 import re
+import stat
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,7 +33,10 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 AUGMENT_PRESETS = ("none", "light", "strong")
-LABEL_RE = re.compile(r"_label([^_.]+)\.[^.]+$", re.IGNORECASE)
+# `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
+LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
+                      re.IGNORECASE)
+JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
 CACHE_VERSION = 1
 # photos this correlated are frames of one scene (see photo_groups): measured on meter_digits, pairs
 # above 0.98 are repeated shots of one digit; below ~0.97 other digits of the same meter appear
@@ -35,16 +44,136 @@ GROUP_THRESHOLD = 0.98
 
 
 class DataError(Exception):
-    """Bad or missing data: reported as one line by the scripts."""
+    """Bad or missing data, or a bad option value: reported as one line by the scripts."""
 
 
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def atomic_write(path, mode="w", fsync=False):
+    """Open a temp file beside `path` and rename it over `path` when the block ends without an
+    error, so a crash, a full disk or a bad character never leaves a half-written file (and an
+    older `path` stays as it was). Text is UTF-8; file names that are not valid UTF-8 (surrogate
+    escapes) are written back as their original bytes. The file gets the usual mode (umask)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path, **kwargs):
+    """matplotlib's savefig through `atomic_write` (the format from the file extension); closes `fig`."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
+    finally:
+        if "matplotlib.pyplot" in sys.modules:  # synth.py draws without pyplot
+            sys.modules["matplotlib.pyplot"].close(fig)
+
+
+def write_json(path, obj):
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1)
+
+
+def run_in_folder(folder, key, record, run, label):
+    """The bookkeeping of one run folder of a sweep (experiments.py's cells, analyze.py --folds):
+    a finished run (FOLDER/result.json) is not run again and its stored result is returned (with a
+    warning when it was run with another `record`); an interrupted one (FOLDER/last.pt) resumes.
+    `run(resume)` (resume: the last.pt or None) trains and returns a dict, stored with
+    {key: record} in result.json, so running the same command again continues a sweep."""
+    done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
+    if os.path.isfile(done):
+        try:
+            with open(done) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
+        print(f"== {label}: finished before, skipped")
+        if stored.get(key) != record:
+            warn(f"{folder} was run with other settings; delete it to run it again")
+        return stored
+    resume = last if os.path.isfile(last) else None
+    print(f"== {label}{': resuming' if resume else ''}", flush=True)
+    result = {key: record, **run(resume)}
+    os.makedirs(folder, exist_ok=True)
+    write_json(done, result)
+    return result
+
+
+def check_args(args, *rules):
+    """Bad option values: one line (DataError) before anything is loaded or trained. A rule is
+    (option dest, ok, what the value must be)."""
+    for name, ok, need in rules:
+        if not ok:
+            raise DataError(f"--{name.replace('_', '-')} must be {need}, got {getattr(args, name)}")
+
+
+def check_device(name):
+    """--device: a device torch knows and this machine has (else one line, not a CUDA traceback)."""
+    if name is None:
+        return
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DataError(f"--device {name}: MPS is not available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DataError(f"--device {name!r}: choose cpu, cuda, cuda:N or mps")
+
+
+def check_folder_arg(path, option):
+    """An output folder option (--out, --save-dir, --cache-dir) that names an existing file."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{option} {path} is a file, not a folder")
+
+
+def check_data_args(args):
+    """The shared data options (add_data_args), checked before any data is read."""
+    check_args(args,
+               ("val_fraction", 0.0 < args.val_fraction < 1.0, "in (0, 1)"),
+               ("train_fraction", 0.0 < args.train_fraction <= 1.0, "in (0, 1]"),
+               ("img_size", args.img_size is None or args.img_size >= 1, ">= 1"),
+               ("synthetic_n", args.synthetic_n >= 0, ">= 0"),
+               ("split_seed", args.split_seed >= 0, ">= 0"),
+               ("folds", args.folds == 0 or args.folds >= 2, "0 (off) or >= 2"),
+               ("fold", args.fold is None or (args.folds >= 2 and 0 <= args.fold < args.folds),
+                f"in 0..{args.folds - 1} (with --folds K >= 2)" if args.folds >= 2 else "used with --folds K >= 2"))
+    check_folder_arg(args.cache_dir, "--cache-dir")
+    if args.dataset == "folder" and not os.path.isdir(args.data_dir):
+        raise DataError(f"data folder not found: {args.data_dir}")
+
+
+def printable_stdout():
+    """A file name that is not valid UTF-8 is printed escaped, not a UnicodeEncodeError."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def run_main(main, parser, *errors):
     """A script's entry point: main(parsed args), with bad input (DataError and `errors`)
     reported as one line `error: ...` on stderr and exit code 2, never a traceback."""
+    printable_stdout()
     try:
         return main(parser.parse_args())
     except (DataError, *errors) as e:
@@ -329,46 +458,122 @@ def load_mnist(root, train=True, download=True):
     return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
 
 
+def _skip_reason(path):
+    """None for a regular file (also behind a symlink), else why it is not read: a FIFO or device
+    would block or never end, a symlink loop or a dangling link cannot be opened."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        return "dangling link" if os.path.islink(path) else (e.strerror or type(e).__name__).lower()
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _warn_skipped_entries(root, skipped):
+    """One warning for the entries of `root` a scan left out: [(path, why)]."""
+    if skipped:
+        whys = ", ".join(f"{n} {why}" for why, n in sorted(
+            {w: sum(1 for _, x in skipped if x == w) for _, w in skipped}.items()))
+        names = ", ".join(os.path.basename(p) for p, _ in skipped[:3])
+        warn(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in {root} ({whys}): "
+             f"{names}{', ...' if len(skipped) > 3 else ''}")
+
+
+def _walk_images(top, skipped):
+    """Regular image files under `top`, recursively and sorted; hidden files and folders and
+    what `_skip_reason` refuses are added to `skipped` instead."""
+    files = []
+    for dp, dirs, fs in os.walk(top):
+        for d in sorted(dirs):
+            if d.startswith(".") or d in JUNK_DIRS:
+                skipped.append((os.path.join(dp, d), "hidden folder"))
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_DIRS))
+        for f in sorted(fs):
+            if not f.lower().endswith(IMG_EXTENSIONS):
+                continue
+            p = os.path.join(dp, f)
+            why = "hidden file" if f.startswith(".") else _skip_reason(p)
+            if why:
+                skipped.append((p, why))
+            else:
+                files.append(p)
+    return files
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def scan_folder(root):
     """(paths, label names) of a labelled image folder, in either layout:
-    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`."""
+    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`.
+    Only regular files are read; hidden files and folders, `__MACOSX/`, FIFOs, symlink loops and
+    dangling links are skipped with one warning."""
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {root}")
     entries = sorted(os.scandir(root), key=lambda e: e.name)
-    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    skipped = [(e.path, "hidden folder") for e in entries if _is_dir(e) and e.name in JUNK_DIRS]
+    subdirs = [e for e in entries if _is_dir(e) and not e.name.startswith(".") and e.name not in JUNK_DIRS]
+    flat = [e.path for e in entries if not _is_dir(e) and not e.name.startswith(".")
+            and e.name.lower().endswith(IMG_EXTENSIONS)]
+    labelled = [p for p in flat if LABEL_RE.search(os.path.basename(p))]
+    if subdirs and labelled:
+        with_images = [d.name for d in subdirs if _walk_images(d.path, [])]
+        if with_images:
+            raise DataError(f"{root} mixes both layouts: {len(labelled)} files named like x_label7.jpg and "
+                            f"class folders with images ({', '.join(with_images[:3])}); move one kind out")
+        skipped += [(d.path, "folder without images") for d in subdirs]
+        subdirs = []
     if subdirs:
         paths, names = [], []
         for d in subdirs:
-            files = [os.path.join(dp, f) for dp, _, fs in sorted(os.walk(d.path)) for f in sorted(fs)
-                     if f.lower().endswith(IMG_EXTENSIONS)]
+            files = _walk_images(d.path, skipped)
             if not files:
                 raise DataError(f"class folder {d.path} has no images ({'/'.join(IMG_EXTENSIONS)})")
             paths += files
             names += [d.name] * len(files)
+        skipped += [(p, "image outside the class folders") for p in flat]
+        _warn_skipped_entries(root, skipped)
         return paths, names
-    files = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
-    paths, names = [], []
-    for p in files:
+    paths, names, copies = [], [], []
+    for p in flat:
         m = LABEL_RE.search(os.path.basename(p))
-        if m:
-            paths.append(p)
-            names.append(m.group(1))
+        if not m:
+            continue
+        why = _skip_reason(p)
+        if why:
+            skipped.append((p, why))
+            continue
+        paths.append(p)
+        names.append(m.group(1))
+        if m.group(2):
+            copies.append(p)
     if not paths:
         raise DataError(f"no labelled images in {root} (expected class subfolders or files "
-                        f"named like x_label7.jpg; found {len(files)} image files)")
-    if len(paths) < len(files):
-        warn(f"{len(files) - len(paths)} images in {root} have no _label<name> in the file name; skipped")
+                        f"named like x_label7.jpg; found {len(flat)} image files)")
+    if len(labelled) < len(flat):
+        warn(f"{len(flat) - len(labelled)} images in {root} have no _label<name> in the file name; skipped")
+    if copies:
+        warn(f"{len(copies)} files in {root} are named like copies (e.g. {os.path.basename(copies[0])}): "
+             f"labelled as their originals; analyze.py lists near-duplicates")
+    _warn_skipped_entries(root, skipped)
     return paths, names
 
 
 def list_images(root):
-    """All image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
+    """All regular image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
     if not os.path.isdir(root):
         raise DataError(f"image folder not found: {root}")
-    paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
-                   if f.lower().endswith(IMG_EXTENSIONS))
+    skipped = []
+    paths = _walk_images(root, skipped)
     if not paths:
-        raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}")
+        raise DataError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}"
+                        + (f" ({len(skipped)} skipped: {_names([p for p, _ in skipped])})" if skipped else ""))
+    _warn_skipped_entries(root, skipped)
     return paths
 
 
@@ -401,7 +606,7 @@ def cache_size(img_size):
     return img_size + img_size // 8
 
 
-def decode_folder(paths, size, cache_dir=None, workers=None):
+def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
     """Decode `paths` once into (uint8 [N, 3, size, size], kept index list), skipping unreadable
     files with one warning. With `cache_dir`, the result is stored on disk keyed by the file
     list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
@@ -413,7 +618,8 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
         if os.path.isfile(cache_file):
             try:
                 c = torch.load(cache_file, weights_only=True)
-                _warn_skipped([paths[i] for i in c["skipped"]])
+                if warn_skipped:
+                    _warn_skipped([paths[i] for i in c["skipped"]])
                 return c["images"], c["kept"]
             except Exception as e:  # a broken cache is rebuilt, never fatal
                 warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
@@ -422,7 +628,8 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
         decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
     kept = [i for i, t in enumerate(decoded) if t is not None]
     skipped = [i for i, t in enumerate(decoded) if t is None]
-    _warn_skipped([paths[i] for i in skipped])
+    if warn_skipped:
+        _warn_skipped([paths[i] for i in skipped])
     images = torch.stack([decoded[i] for i in kept]) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)
     if key:
         os.makedirs(cache_dir, exist_ok=True)
@@ -434,28 +641,34 @@ def decode_folder(paths, size, cache_dir=None, workers=None):
 
 def _warn_skipped(bad):
     if bad:
-        names = ", ".join(os.path.basename(p) for p in bad[:3])
-        warn(f"skipped {len(bad)} unreadable image file(s): {names}{', ...' if len(bad) > 3 else ''}")
+        warn(f"skipped {len(bad)} unreadable image file(s): {_names(bad)}")
+
+
+def _names(paths):
+    return ", ".join(os.path.basename(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def load_folder(root, img_size, cache_dir=None):
     """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
-    paths, all_names = scan_folder(root)
-    images, kept = decode_folder(paths, cache_size(img_size), cache_dir)
-    paths, names = [paths[i] for i in kept], [all_names[i] for i in kept]
+    all_paths, all_names = scan_folder(root)
+    images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False)
+    paths, names = [all_paths[i] for i in kept], [all_names[i] for i in kept]
     classes = sorted(set(names), key=_natural_key)
+    bad = [p for i, p in enumerate(all_paths) if i not in set(kept)]
     if not paths:
-        raise DataError(f"none of the images in {root} could be read")
+        raise DataError(f"none of the images in {root} could be read ({_names(bad)})")
     lost = sorted(set(all_names) - set(classes))
     if lost:
-        raise DataError(f"class {lost[0]!r} in {root} has no readable images")
+        raise DataError(f"class {lost[0]!r} in {root} has no readable images ({_names(bad)})")
+    _warn_skipped(bad)
     index = {c: i for i, c in enumerate(classes)}
     return images, torch.tensor([index[n] for n in names]), classes, paths
 
 
 def _natural_key(name):
     """Sort '2' before '10', names alphabetically."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+    # the name breaks ties ('3' and '03'), so the order never depends on the hash seed
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -573,6 +786,8 @@ def build_datasets(cfg, augment="none", check=True):
     train_tf = build_transform(augment, img_size, mean, std, train=True)
     eval_tf = build_transform(augment, img_size, mean, std, train=False)
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg.get("sample_weights") else None
+    if weights is not None and not weights[train_idx].any():
+        raise DataError(f"every training sample has weight 0 in {cfg['sample_weights']}: nothing to learn from")
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
@@ -632,25 +847,38 @@ def read_sample_weights(csv_path, paths, n):
     for k in ambiguous:
         del keys[k]
     unknown = []
-    with open(csv_path, newline="") as f:
-        for row in csv.reader(f):
-            if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
-            key = row[0].strip()
-            tail = key.replace(os.sep, "/").split("/")
-            i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
-            if i is None and paths is None and key.lstrip("#").isdigit():
-                i = int(key.lstrip("#"))
-            try:
-                w = float(row[1])
-            except ValueError:
-                raise DataError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
-            if i is None or i >= n:
-                unknown.append(key)
-            else:
-                weights[i] = w
+    try:  # Excel writes a BOM; older tools Latin-1
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        with open(csv_path, newline="", encoding="latin-1") as f:
+            text = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read --sample-weights {csv_path}: {e.strerror}") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:  # e.g. a NUL byte: not a text CSV
+        raise DataError(f"--sample-weights {csv_path} is not a CSV file ({e})") from None
+    for row in rows:
+        if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
+            continue
+        if len(row) < 2:
+            raise DataError(f"{csv_path}: rows must be path,weight; got {row}")
+        key = row[0].strip()
+        tail = key.replace(os.sep, "/").split("/")
+        i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
+        if i is None and paths is None and key.lstrip("#").isdigit():
+            i = int(key.lstrip("#"))
+        try:
+            w = float(row[1])
+        except ValueError:
+            raise DataError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
+        if not (math.isfinite(w) and w >= 0):
+            raise DataError(f"{csv_path}: weight {row[1]!r} of {key} must be a finite number >= 0")
+        if i is None or i >= n:
+            unknown.append(key)
+        else:
+            weights[i] = w
     if unknown:
         warn(f"{len(unknown)} path(s) in {csv_path} are not in the dataset, e.g. {unknown[0]}")
     return weights

@@ -8,15 +8,14 @@ Needs nothing but the checkpoint: the data config inside it rebuilds the same sp
 """
 import argparse
 import csv
-import json
 import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data as D
-from model import AMP_CHOICES, CheckpointError, get_device, load_checkpoint, model_from_checkpoint, predict, summary_line
+from model import (AMP_CHOICES, CheckpointError, get_device, load_checkpoint, metrics, model_from_checkpoint, predict,
+                   summary_line)
 
 SPLITS = ("train", "val", "test")
 
@@ -51,8 +50,35 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=N
     if mnist_root:
         cfg["mnist_root"] = os.path.abspath(mnist_root)
     cfg["download"] = False
-    data = D.build_datasets(cfg, augment="none")
+    data = D.build_datasets(dict(cfg, split_hash=None), augment="none")  # the split is checked below
+    if match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root")) and \
+            cfg.get("split_hash") and cfg["split_hash"] != data.config["split_hash"]:
+        D.warn(f"the data differ from those the checkpoint was trained on ({data.config['num_samples']} samples "
+               f"now, {cfg.get('num_samples')} then): train/val are not the same split")
     return model, ckpt, data
+
+
+def match_classes(data, trained, where):
+    """The data's classes against the checkpoint's, by name: a class added or renamed since training
+    would be scored as another (0% and every image a "label error"), so it is refused with one line
+    that names the differences. Classes removed since (a subset) map by name, with a warning.
+    Returns whether the classes are the same (else the warning already says the data changed)."""
+    if data.classes == list(trained):
+        return True
+    added = [c for c in data.classes if c not in trained]
+    removed = [c for c in trained if c not in data.classes]
+    if added:
+        raise D.DataError(f"the classes in {where} differ from the checkpoint's: not in the checkpoint: "
+                          f"{', '.join(added)}; not in the data: {', '.join(removed) or 'none'} "
+                          f"(renamed or added after training?); refused")
+    if removed:
+        D.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)} (so not the split it "
+               f"was trained on): the other classes are scored by name")
+    index = torch.tensor([list(trained).index(c) for c in data.classes])
+    for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
+        ds.labels = index[ds.labels]
+    data.classes = list(trained)
+    return not removed
 
 
 def eval_splits(data, which="all"):
@@ -67,24 +93,6 @@ def collect(model, dataset, device, batch_size=256, features=False):
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
     return out
-
-
-def metrics(out, classes):
-    """Loss, accuracy, confusion matrix and per-class precision / recall / F1."""
-    labels, preds, k = out["labels"], out["preds"], len(classes)
-    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
-    tp = cm.diag().double()
-    precision = tp / cm.sum(0).double().clamp_min(1)
-    recall = tp / cm.sum(1).double().clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    correct = int(tp.sum())
-    return {
-        "loss": F.cross_entropy(out["logits"], labels).item(), "accuracy": correct / len(labels),
-        "correct": correct, "total": len(labels),
-        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
-        "confusion": cm.tolist(),
-    }
 
 
 def show_image(ax, dataset, i):
@@ -118,8 +126,7 @@ def plot_confusion(cm, classes, path):
                             color="white" if m[i, j] > m.max() / 2 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def plot_mistakes(dataset, out, classes, path, n=9):
@@ -140,8 +147,7 @@ def plot_mistakes(dataset, out, classes, path, n=9):
                      f"confidence {conf[i]:.2f}", fontsize=9)
     fig.suptitle(f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, path, dpi=90)
 
 
 def shown_split(names):
@@ -154,12 +160,14 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
     predicted. Returns (results, outs)."""
     outs, results = dict(outs or {}), {}
+    if not eval_splits(data, which):  # before metrics.json is touched
+        raise D.DataError(f"--split {which}: these data have no {which} split (they have "
+                          f"{', '.join(eval_splits(data))})")
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
-        results[name] = metrics(outs[name], data.classes)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
+    D.write_json(os.path.join(out_dir, "metrics.json"), results)
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
@@ -169,14 +177,17 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
 def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
     """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
     paths = D.list_images(folder)
-    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]))
+    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]), warn_skipped=False)
+    if not kept:
+        raise D.DataError(f"none of the {len(paths)} images in {folder} could be read ({D._names(paths)})")
+    D._warn_skipped([p for i, p in enumerate(paths) if i not in set(kept)])
     images = D.to_channels(images, ckpt["in_channels"])
     tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
     out = collect(model, D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf),
                   device, batch_size)
     classes = ckpt["classes"]
     top = out["probs"].topk(min(3, len(classes)), dim=1)
-    with open(out_csv, "w", newline="") as f:
+    with D.atomic_write(out_csv) as f:
         w = csv.writer(f)
         w.writerow(["path", "prediction", "confidence", "top3"])
         for row, i in enumerate(kept):
@@ -187,7 +198,20 @@ def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
 
 # ----------------------------------------------------------------------------- main
 
+def check_args(args):
+    """Bad option values and paths: one line before the checkpoint is loaded."""
+    D.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"))
+    D.check_device(args.device)
+    D.check_folder_arg(args.out, "--out")
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
+        if path and not os.path.isdir(path):
+            raise D.DataError(f"{option} folder not found: {path}")
+
+
 def main(args):
+    check_args(args)
     device = get_device(args.device)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)

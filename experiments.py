@@ -11,7 +11,6 @@ to <out>/<experiment>.md (a markdown table, also printed), .csv (fractions, full
 """
 import argparse
 import csv
-import json
 import math
 import os
 import shlex
@@ -19,6 +18,7 @@ import statistics
 import sys
 from fractions import Fraction
 
+import data as D
 import train
 from report import md_table
 
@@ -82,29 +82,16 @@ def run_cell(args, name, overrides):
     for seed in range(args.seeds):
         folder = os.path.join(args.out, name, f"seed{seed}")
         argv = args.train_args + overrides + ["--seed", str(seed)]
-        done = os.path.join(folder, "result.json")
-        if os.path.isfile(done):
-            with open(done) as f:
-                run = json.load(f)
-            print(f"== {name} seed {seed}: finished before, skipped")
-            if run.get("argv") != argv:
-                print(f"warning: {folder} was run with other arguments ({shlex.join(run.get('argv', []))}); "
-                      f"delete it to run it again", file=sys.stderr)
-        else:
+
+        def run_one(resume):
             targs = train.get_args_parser().parse_args(argv + ["--save-dir", folder])
-            last = os.path.join(folder, "last.pt")
-            targs.resume = last if os.path.isfile(last) else None
-            print(f"== {name} seed {seed}{': resuming' if targs.resume else ''}", flush=True)
+            targs.resume = resume
             try:
-                run = {"argv": argv, "results": train.main(targs)}
+                return {"results": train.main(targs)}
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
                 print(f"error: {e}", file=sys.stderr)
-                run = {"argv": argv, "error": str(e)}
-            os.makedirs(folder, exist_ok=True)
-            tmp = done + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(run, f, indent=1)
-            os.replace(tmp, done)
+                return {"error": str(e)}
+        run = D.run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}")
         runs.append(run)
     return runs
 
@@ -167,8 +154,7 @@ def learning_curve(args, base):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Learning curve", table, rows, plot
 
@@ -197,8 +183,7 @@ def ablation(args, base):
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Ablation", table, rows, plot
 
@@ -238,8 +223,7 @@ def grid(args, base):
         ax.set_title("val accuracy (%), best outlined")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        D.save_figure(fig, path, dpi=90)
 
     return "Grid", table, rows, plot
 
@@ -253,19 +237,24 @@ def main(args):
             setattr(args, k, v)
     args.out = args.out or os.path.join("runs", args.experiment)
     if args.seeds < 1:
-        sys.exit("error: --seeds must be at least 1")
+        raise D.DataError("--seeds must be at least 1")
+    D.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
+    train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges
     if base.dry_run:
-        sys.exit("error: --dry-run makes no results to compare; run train.py --dry-run instead")
+        raise D.DataError("--dry-run makes no results to compare; run train.py --dry-run instead")
     if args.experiment == "grid":
         args.grid = args.grid or DEFAULT_GRID
         if len(args.grid) != 2 or args.grid[0][0] == args.grid[1][0]:
-            sys.exit("error: grid takes two different --grid NAME=V1,V2,...")
+            raise D.DataError("grid takes two different --grid NAME=V1,V2,...")
         for name, values in args.grid:
             if name in ("seed", "save_dir", "resume"):
-                sys.exit(f"error: --{name.replace('_', '-')} is set by experiments.py, not a grid axis")
+                raise D.DataError(f"--{name.replace('_', '-')} is set by experiments.py, not a grid axis")
             for v in values:  # a bad name or value fails here, before any training
-                train.get_args_parser().parse_args(args.train_args + [f"--{name.replace('_', '-')}", v])
+                if f"--{name.replace('_', '-')}" not in train.get_args_parser()._option_string_actions:
+                    raise D.DataError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
+                train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(
+                    args.train_args + [f"--{name.replace('_', '-')}", v])))
     os.makedirs(args.out, exist_ok=True)
 
     title, table, rows, plot = EXPERIMENTS[args.experiment](args, base)
@@ -273,9 +262,9 @@ def main(args):
     md = "\n".join([f"# {title}", "", f"`{args.command}`", "",
                     f"seeds: {args.seeds} (train --seed {'0' if args.seeds == 1 else f'0..{args.seeds - 1}'}); accuracy in %"
                     + (", mean ± std (sample std) over seeds" if args.seeds > 1 else ""), "", *table]) + "\n"
-    with open(stem + ".md", "w") as f:
+    with D.atomic_write(stem + ".md") as f:
         f.write(md)
-    with open(stem + ".csv", "w", newline="") as f:
+    with D.atomic_write(stem + ".csv") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -285,4 +274,12 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    D.printable_stdout()
+    try:
+        main(parse_args())
+    except train.Interrupted as e:
+        print(f"interrupted: run the same command again to go on ({e.last_pt} resumes)", file=sys.stderr)
+        sys.exit(130)
+    except (D.DataError, train.CheckpointError, train.TrainingError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -10,12 +10,12 @@ analyze.py for t-SNE and neighbours) and `forward_head(features)` (the classifie
 """
 import argparse
 import contextlib
+import functools
 import inspect
 import os
 import pickle
 import re
-import tempfile
-import zipfile
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -184,6 +184,31 @@ def build_model(name, num_classes, in_channels, **kwargs):
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_kwargs(name, **kwargs))
 
 
+@functools.lru_cache(maxsize=None)
+def _fits(name, img_size, in_channels=1):
+    """Whether model `name` takes img_size x img_size inputs: a forward pass on the meta device
+    (shapes only, no memory, no arithmetic)."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = build_model(name, 2, in_channels, img_size=img_size).eval()
+        try:
+            model(torch.zeros(2, in_channels, img_size, img_size))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+
+def img_size_error(name, img_size):
+    """None when model `name` works at `img_size`, else a line that names the sizes it takes
+    (found by trying: convnet >= 10, net >= 8, mnist_example 28 or 29, resnet18 any)."""
+    if img_size >= 1 and _fits(name, img_size):
+        return None
+    ok = [s for s in range(1, 65) if _fits(name, s)]
+    need = (f">= {ok[0]}" if ok and ok == list(range(ok[0], 65)) else
+            " or ".join(map(str, ok)) if ok else "none up to 64")
+    return f"--img-size {img_size} does not fit model {name!r} (it takes --img-size {need})"
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -211,23 +236,13 @@ def save_checkpoint(ckpt, path):
     fails (full disk, unwritable folder) is a one-line CheckpointError; `path` is untouched."""
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     assert not missing, f"checkpoint lacks {missing}"
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    import data  # atomic_write: temp file, fsync, rename; the usual file mode (umask), not mkstemp's 0600
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        with data.atomic_write(path, "wb", fsync=True) as f:
             torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; any previous "
-                                  f"{os.path.basename(path)} there is unchanged") from None
-        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; any previous "
+                              f"{os.path.basename(path)} there is unchanged") from None
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -243,7 +258,7 @@ def load_checkpoint(path, map_location="cpu"):
             raise CheckpointError(f"{path} needs pickled objects to load ({refused.group(1)}); refused: "
                                   f"checkpoints are loaded with weights_only=True") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not a torch file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # a text file, a CSV, a JSON: the unpickler fails in many ways (IndexError...)
         raise CheckpointError(f"{path} is not a readable checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
@@ -436,6 +451,27 @@ def summary_line(split, loss, correct, total):
     return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
 
 
+def metrics(logits, labels, classes):
+    """Loss (plain cross-entropy), accuracy, confusion matrix and per-class precision / recall / F1
+    of logits [N, C] against labels [N]: the one place train.py, evaluate.py and analyze.py get
+    their numbers from. `classes`: the class names (keys of per_class)."""
+    k = len(classes)
+    preds = logits.argmax(1)
+    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    tp = cm.diag().double()
+    precision = tp / cm.sum(0).double().clamp_min(1)
+    recall = tp / cm.sum(1).double().clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    correct = int(tp.sum())
+    return {
+        "loss": F.cross_entropy(logits, labels).item(), "accuracy": correct / max(len(labels), 1),
+        "correct": correct, "total": len(labels),
+        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():
@@ -448,6 +484,10 @@ def get_args_parser():
 
 
 def main(args):
+    import data  # its DataError: a bad value is one line (data.run_main)
+    data.check_args(args, ("in_channels", args.in_channels >= 1, ">= 1"), ("num_classes", args.num_classes >= 1, ">= 1"))
+    if img_size_error(args.model, args.img_size):
+        raise data.DataError(img_size_error(args.model, args.img_size))
     model = build_model(args.model, args.num_classes, args.in_channels, img_size=args.img_size)
     print(model)
     print(f"\n{'module':<20}{'parameters':>14}")
@@ -457,4 +497,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    import data
+    data.run_main(main, get_args_parser())

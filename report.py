@@ -79,7 +79,7 @@ def write_dashboard(path, points, maps, classes, title="", note=""):
     # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
     page = DASHBOARD.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
-    with open(path, "w", encoding="utf-8") as f:
+    with D.atomic_write(path) as f:
         f.write(page)
     return path
 
@@ -220,8 +220,12 @@ def cell(value):
 
 def csv_head(path, n=10):
     """A CSV's first n rows as a markdown table, and its row count."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = list(csv.reader(f))
+    except csv.Error as e:
+        D.warn(f"{path} is damaged ({e}); left out")
+        return [], 0
     if not rows:
         return [], 0
     header, body = rows[0], rows[1:]
@@ -245,9 +249,34 @@ def sweep_tables(run_dir, extra_dirs=()):
 def read_history(path, ckpt):
     """history.csv as a list of {column: float}, else the checkpoint's copy (best.pt's ends at its epoch)."""
     if path:
-        with open(path, newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        try:
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                columns = set(reader.fieldnames or ())
+                rows = [{k: float(v) for k, v in row.items() if k is not None and v not in ("", None)}
+                        for row in reader]
+            if {"epoch", "val_acc", "seconds", "images_per_s"} <= columns and all(
+                    {"epoch", "val_acc", "seconds", "images_per_s"} <= row.keys() for row in rows):
+                return rows
+            D.warn(f"{path} lacks columns of train.py's history; using the checkpoint's copy")
+        except (OSError, ValueError, csv.Error) as e:
+            D.warn(f"{path} is damaged ({type(e).__name__}); using the checkpoint's copy of the history")
     return ckpt.get("history") or []
+
+
+def read_metrics(path, classes):
+    """metrics.json as evaluate.py wrote it, or {} (with a warning) when it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        if isinstance(results, dict) and all(
+                isinstance(r, dict) and {"loss", "correct", "total", "per_class", "confusion"} <= r.keys()
+                and set(r["per_class"]) == set(classes) for r in results.values()):
+            return results
+        D.warn(f"{path} is not evaluate.py's metrics of this checkpoint's classes; left out")
+    except (OSError, ValueError) as e:
+        D.warn(f"{path} is damaged ({type(e).__name__}); left out")
+    return {}
 
 
 # ----------------------------------------------------------------------------- report
@@ -274,8 +303,7 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     args, cfg, classes = ckpt["args"], ckpt["data"], ckpt["classes"]
     results = {}
     if find("metrics.json"):
-        with open(find("metrics.json")) as f:
-            results = json.load(f)
+        results = read_metrics(find("metrics.json"), classes)
     history = read_history(find("history.csv"), ckpt)
     name = os.path.basename(os.path.dirname(checkpoint))
     source = f"MNIST from `{cfg['mnist_root']}`" if cfg["dataset"] == "mnist" else f"photo folder `{cfg['data_dir']}`"
@@ -343,7 +371,7 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
 
     md += ["## Mistakes", ""] + (figures("mistakes.png") or ["_No mistakes.png: `python evaluate.py` writes it._", ""])
     if find("mistakes") and os.path.isdir(find("mistakes")):
-        n = sum(len(files) for _, _, files in os.walk(find("mistakes")))
+        n = sum(len([f for f in files if not f.startswith(".")]) for _, _, files in os.walk(find("mistakes")))
         md += [f"Every mistake as an image file: [mistakes/]({link(find('mistakes'))}/) ({n} files).", ""]
 
     md += ["## What the network learned", ""] + figures("kernels.png") + figures("tsne.png") + figures("neighbors.png")
@@ -367,7 +395,7 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     if sweep_files:
         md += ["## Sweeps", ""]
         for p in sweep_files:
-            with open(p) as f:  # demoted two levels, below this report's headings
+            with open(p, encoding="utf-8", errors="replace") as f:  # demoted two levels, below this report's headings
                 md += [re.sub(r"^(#+) ", r"##\1 ", line) for line in f.read().rstrip("\n").split("\n")] + [""]
             png = p[:-3] + ".png"
             if os.path.isfile(png):
@@ -375,9 +403,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
             md += [f"From [{os.path.relpath(p, out_dir)}]({link(p)}).", ""]
 
     text = "\n".join(md).rstrip("\n") + "\n"
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with D.atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(text)
-    with open(os.path.join(out_dir, "report.html"), "w", encoding="utf-8") as f:
+    with D.atomic_write(os.path.join(out_dir, "report.html")) as f:
         f.write(markdown_to_html(text, f"Run report: {name}"))
     return os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
 
@@ -470,6 +498,9 @@ def get_args_parser():
 def main(args):
     if not os.path.isdir(args.run_dir):
         raise CheckpointError(f"run folder not found: {args.run_dir}")
+    for d in args.sweeps:
+        if not os.path.isdir(d):
+            raise CheckpointError(f"--sweeps folder not found: {d}")
     md, page = write_report(args.run_dir, args.checkpoint, args.sweeps)
     print(f"wrote {md} and {page}")
 

@@ -145,16 +145,18 @@ def preview_grid(images, labels, path, ncol=8):
                 ax.set_title(str(int(labels[k])), fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    import data  # here, not at the top: data.py imports synth
+    data.save_figure(fig, path, dpi=100)
 
 
 def export(images, labels, out_dir, start=0):
     """Write images as out_dir/synth{i:06d}_label{d}.png (the naming data.scan_folder reads)."""
     from PIL import Image
+    import data
     os.makedirs(out_dir, exist_ok=True)
     for k, (img, d) in enumerate(zip(images, labels.tolist())):
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(
-            os.path.join(out_dir, f"synth{start + k:06d}_label{d}.png"), compress_level=1)
+        with data.atomic_write(os.path.join(out_dir, f"synth{start + k:06d}_label{d}.png"), "wb") as f:
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(f, "PNG", compress_level=1)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -188,14 +190,20 @@ def fail(msg):
 def main(args):
     if args.n < 1 or args.img_size < 1 or args.seed < 0 or args.batch_size < 1:
         fail("--n, --img-size and --batch-size must be >= 1, --seed >= 0")
+    if not 0.0 < args.val_fraction < 1.0 or args.split_seed < 0:
+        fail(f"--val-fraction must be in (0, 1) and --split-seed >= 0, got {args.val_fraction}, {args.split_seed}")
+    if args.out and os.path.isdir(args.out):
+        fail(f"--out {args.out} is a folder; it names the preview PNG file")
+    if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
+        fail(f"--export {args.export} is a file, not a folder")
+    if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        fail(f"--cache-dir {args.cache_dir} is a file, not a folder")
     if args.benchmark:  # a few batches, so that per-call overheads do not dominate
         rate = benchmark(n=max(args.n, 8 * args.batch_size), img_size=args.img_size, batch_size=args.batch_size)
         print(f"{rate:.0f} composites/s at img_size {args.img_size} ({torch.get_num_threads()} threads)")
         return
     import data  # here, not at the top: data.py imports synth for its synthetic dataset
     try:
-        if not 0.0 < args.val_fraction < 1.0:
-            raise data.DataError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
         photos, photo_labels, _, _ = data.load_folder(args.data_dir, args.img_size, args.cache_dir)
         train_idx, _ = data.stratified_split(photo_labels, args.val_fraction, args.split_seed)
         if len(train_idx) == 0:

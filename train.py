@@ -13,6 +13,7 @@ writes last.pt with the position in the epoch and exits 130; `--resume` goes on 
 GPU (or N CPU processes over gloo), each on its share of every epoch; rank 0 writes the files.
 """
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -27,9 +28,9 @@ import torch.nn.functional as F
 
 import data as D
 from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model,
-                   count_parameters, ddp, distributed, from_main_process, is_distributed, is_main_process, list_models,
-                   load_checkpoint, model_kwargs, needs_grad_scaler, predict, rank_and_world, resolve_amp,
-                   save_checkpoint, summary_line, use_channels_last)
+                   count_parameters, ddp, distributed, from_main_process, img_size_error, is_distributed,
+                   is_main_process, list_models, load_checkpoint, metrics, model_kwargs, needs_grad_scaler, predict,
+                   rank_and_world, resolve_amp, save_checkpoint, summary_line, use_channels_last)
 
 
 class TrainingError(Exception):
@@ -112,6 +113,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--patience", type=int, default=50, help="early stopping: epochs without a better val accuracy")
     g.add_argument("--save-dir", default="checkpoints")
     g.add_argument("--resume", default=None, help="continue from a last.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --save-dir (its checkpoints, history and figures); without it, "
+                        "a --save-dir that holds a run is refused")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="force cuda / mps / cpu (default: the best available)")
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
@@ -145,10 +149,11 @@ def resolve_defaults(args):
         args.augment = "light" if args.dataset == "mnist" else "strong"
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
-    if args.lr <= 0 or args.min_lr < 0:
+    if not (args.lr > 0 and math.isfinite(args.lr)) or not args.min_lr >= 0:
         raise TrainingError(f"--lr must be > 0 and --min-lr >= 0 (got {args.lr}, {args.min_lr})")
     if args.drop_rate is None and args.model == "resnet18":
         args.drop_rate = 0.2
+    check_args(args)
     if args.workers is None:
         # CPU: the model needs most of the cores (set_threads gives it those the workers leave),
         # so loader processes only help with augmentation, half the cores at most;
@@ -174,6 +179,39 @@ def set_threads(args, device):
             raise TrainingError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
+
+
+def check_args(args):
+    """Every option's range, checked before any data is read (a harmful value is one line, never
+    a silent wrong run, a hang or a traceback later)."""
+    D.check_data_args(args)
+    D.check_args(
+        args,
+        ("min_lr", args.min_lr <= args.lr, f"<= --lr ({args.lr})"),
+        ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
+        ("weight_decay", 0 <= args.weight_decay < math.inf, ">= 0"),
+        ("label_smoothing", 0 <= args.label_smoothing < 1, "in [0, 1)"),
+        ("mixup_alpha", 0 <= args.mixup_alpha < math.inf, ">= 0"),
+        ("mix_prob", 0 <= args.mix_prob <= 1, "in [0, 1]"),
+        ("clip_grad", args.clip_grad is None or args.clip_grad > 0, "> 0 (leave it out for no clipping)"),
+        ("warmup_epochs", 0 <= args.warmup_epochs < math.inf, ">= 0"),
+        ("step_size", args.step_size >= 1, ">= 1"),
+        ("gamma", 0 < args.gamma <= 1, "in (0, 1]"),
+        ("t0", args.t0 >= 1, ">= 1"),  # 0 would make lr_factor loop forever
+        ("t_mult", args.t_mult >= 1, ">= 1"),
+        ("patience", args.patience >= 1, ">= 1"),
+        ("seed", args.seed >= 0, ">= 0"),
+        ("workers", args.workers is None or args.workers >= 0, ">= 0"),
+        ("drop_rate", args.drop_rate is None or 0 <= args.drop_rate < 1, "in [0, 1)"),
+        ("width", args.width is None or args.width >= 1, ">= 1"))
+    D.check_device(args.device)
+    too_small = img_size_error(args.model, args.img_size or (28 if args.dataset == "mnist" else 128))
+    if too_small:
+        raise D.DataError(too_small)
+    if args.sample_weights and not os.path.isfile(args.sample_weights):
+        raise D.DataError(f"--sample-weights file not found: {args.sample_weights}")
+    if args.resume and not os.path.isfile(args.resume):
+        raise CheckpointError(f"checkpoint not found: {args.resume}")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -334,24 +372,19 @@ def sync(device):
 def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
     """Loss (plain cross-entropy), accuracy and per-class accuracy of `model` on `loader`."""
     out = predict(model, loader, device)
-    logits, labels = out["logits"], out["labels"]
-    hit = (logits.argmax(1) == labels).double()
-    per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hit)
-    n_class = torch.bincount(labels, minlength=num_classes).clamp_min(1)
-    return {"loss": F.cross_entropy(logits, labels).item(), "correct": int(hit.sum()), "total": len(labels),
-            "acc": hit.mean().item(), "acc_per_class": (per_class / n_class).tolist(), "logits": logits}
+    m = metrics(out["logits"], out["labels"], [str(c) for c in range(num_classes)])
+    return {"loss": m["loss"], "correct": m["correct"], "total": m["total"], "acc": m["accuracy"],
+            "acc_per_class": [r["recall"] for r in m["per_class"].values()], "logits": out["logits"]}
 
 
 # ----------------------------------------------------------------------------- history
 
 def write_history(history, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with D.atomic_write(path) as f:
         # the union of the rows' keys: a resume may add columns (--eval-test)
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
 
 
 def plot_history(history, classes, folder):
@@ -374,8 +407,7 @@ def plot_history(history, classes, folder):
     ax[0].legend()
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "curves.png"), dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, os.path.join(folder, "curves.png"), dpi=90)
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -392,8 +424,7 @@ def plot_history(history, classes, folder):
         a.grid(alpha=0.3)
         a.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "curves_detail.png"), dpi=90)
-    plt.close(fig)
+    D.save_figure(fig, os.path.join(folder, "curves_detail.png"), dpi=90)
 
 
 def history_row(epoch, train, val, lr, classes, test=None):
@@ -438,10 +469,10 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "augmentations.png"), dpi=80)
-    plt.close(fig)
+    D.save_figure(fig, os.path.join(folder, "augmentations.png"), dpi=80)
 
-    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], idx[4:8])]
+    others = idx[4:8] if len(idx) >= 8 else idx[1:] + idx[:1]  # a tiny dataset: pair neighbours
+    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], others)]
     lams = torch.distributions.Beta(0.2, 0.2).sample((len(pairs),)).tolist()
     fig, axes = plt.subplots(len(pairs), 3, figsize=(5, 1.7 * len(pairs)), squeeze=False)
     for r, ((a, b), lam) in enumerate(zip(pairs, lams)):
@@ -450,8 +481,7 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
             ax.set_title(t, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "mixup.png"), dpi=80)
-    plt.close(fig)
+    D.save_figure(fig, os.path.join(folder, "mixup.png"), dpi=80)
 
     if isinstance(data.train, torch.utils.data.ConcatDataset):
         import synth
@@ -467,9 +497,35 @@ def epoch_seed(args, epoch):
     return args.seed * 100_003 + epoch
 
 
+RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "curves_detail.png", "augmentations.png",
+             "mixup.png", "synthetic.png")  # what a run writes to --save-dir
+
+
+def check_save_dir(args):
+    """A second run into the folder of an earlier one would replace its checkpoints and mix its files
+    with the new ones: refused, unless it continues that run (--resume one of its checkpoints) or
+    --overwrite says to replace it (train.py's own files are removed first)."""
+    folder = args.save_dir
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise TrainingError(f"cannot create --save-dir {folder}: File exists")
+    if args.dry_run:  # writes nothing
+        return
+    if args.resume and os.path.realpath(os.path.dirname(os.path.abspath(args.resume))) == os.path.realpath(folder):
+        return
+    found = [f for f in RUN_FILES[:3] if os.path.isfile(os.path.join(folder, f))]
+    if found and not getattr(args, "overwrite", False):
+        raise TrainingError(f"--save-dir {folder} holds a run ({', '.join(found)}): continue it with --resume "
+                            f"{os.path.join(folder, 'last.pt')}, replace it with --overwrite, or choose another --save-dir")
+    if found and is_main_process():
+        for f in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, f))
+
+
 def main(args):
     """Train and report; returns the final report's results (None on processes other than rank 0)."""
     args = resolve_defaults(args)
+    check_save_dir(args)
     with distributed(args.device) as device, SigintStop(enabled=not is_distributed()) as stop:
         return run(args, device, stop)
 
@@ -524,6 +580,10 @@ def run(args, device, stop):
             raise CheckpointError(f"{args.resume} has no training state to resume (use last.pt)")
         if ck["model"] != args.model:
             raise CheckpointError(f"{args.resume} is a {ck['model']!r} run, not {args.model!r}")
+        if ck["model_args"] != kwargs or ck["args"].get("optimizer", args.optimizer) != args.optimizer:
+            raise CheckpointError(f"{args.resume} was trained with --optimizer {ck['args'].get('optimizer')} and model "
+                                  f"settings {ck['model_args']}, not --optimizer {args.optimizer} and {kwargs}: "
+                                  f"resume with the run's own --width / --drop-rate / --head / --optimizer")
         if ck["data"].get("split_hash") != data.config["split_hash"]:
             raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
                                   f"--split-seed or --train-fraction differ)")
@@ -707,6 +767,7 @@ def resume_command(argv, last_pt):
 
 
 if __name__ == "__main__":
+    D.printable_stdout()
     try:
         main(get_args_parser().parse_args())
     except Interrupted as e:

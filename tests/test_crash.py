@@ -180,7 +180,7 @@ def full_disk(monkeypatch):
         os.dup2(full, fd)
         os.close(full)
         return fd, path
-    monkeypatch.setattr(M.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # data.atomic_write, which save_checkpoint uses
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

@@ -170,7 +170,7 @@ def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
 
 def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digit_folder):
     forbid_training(monkeypatch)
-    with pytest.raises(SystemExit):
+    with pytest.raises(D.DataError, match="no option --no-such-option"):
         run("grid", "--grid", "lr=1e-3", "--grid", "no_such_option=1", "--out", tmp_path, *folder_args(digit_folder))
 
 
