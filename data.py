@@ -27,6 +27,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 AUGMENT_PRESETS = ("none", "light", "strong")
+SYNTHETIC_SOURCES = ("mnist", "fonts", "both")      # synth.SOURCES
+BACKGROUND_CHOICES = ("field", "shuffle", "photo-crops")  # or a folder of digit-free photos
 LABEL_RE = re.compile(r"_label([^_.]+)\.[^.]+$", re.IGNORECASE)
 CACHE_VERSION = 1
 
@@ -376,7 +378,15 @@ def add_data_args(parser):
     g.add_argument("--img-size", type=int, default=None, help="default: 28 for MNIST, 128 for folders")
     g.add_argument("--cache-dir", default=None, help="keep the decoded photo cache on disk here")
     g.add_argument("--synthetic-n", type=int, default=0,
-                   help="add N MNIST digits composited onto real training photos (training only)")
+                   help="add N synthetic digits composited onto backgrounds made from the training "
+                        "photos (training only; see synth.py)")
+    g.add_argument("--synthetic-source", default="both", choices=SYNTHETIC_SOURCES,
+                   help="the synthetic digits: printed (fonts), handwritten (mnist) or half each (default: both)")
+    g.add_argument("--backgrounds", default="field", metavar="{" + ",".join(BACKGROUND_CHOICES) + "} or DIR",
+                   help="synthetic backgrounds: field (the training photos' colours and texture, no digit), "
+                        "shuffle (their patches shuffled), photo-crops (crops of the photos as they are: "
+                        "each shows the photo's own digit too; the reference recipe), or a folder of "
+                        "digit-free photos of any size, randomly cropped (default: field)")
     g.add_argument("--folds", type=int, default=0,
                    help="cut the training split into K stratified folds (cross-validation, with --fold)")
     g.add_argument("--fold", type=int, default=None,
@@ -399,6 +409,9 @@ def data_config(args):
         "cache_dir": args.cache_dir,
         "synthetic_n": args.synthetic_n,
         "synthetic_seed": getattr(args, "seed", 0),
+        "synthetic_source": args.synthetic_source,
+        "backgrounds": (args.backgrounds if args.backgrounds in BACKGROUND_CHOICES
+                        else os.path.abspath(args.backgrounds)),
         "sample_weights": os.path.abspath(args.sample_weights) if getattr(args, "sample_weights", None) else None,
         "folds": args.folds,
         "fold": args.fold,
@@ -411,6 +424,9 @@ def build_datasets(cfg, augment="none", check=True):
     `cfg` may carry "num_samples" / "split_hash" from a checkpoint: the split is then checked
     to be the one the model was trained with (a changed folder is a warning, not silence)."""
     img_size = cfg["img_size"]
+    if cfg["dataset"] == "mnist" and cfg.get("synthetic_n", 0) > 0:
+        raise DataError("--synthetic-n composites digits onto photos of a folder (--dataset folder "
+                        "--data-dir D); MNIST is handwritten digits already")
     if cfg["dataset"] == "mnist":
         images, labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
         test_images, test_labels = load_mnist(cfg["mnist_root"], train=False, download=False)
@@ -506,14 +522,27 @@ def read_sample_weights(csv_path, paths, n):
     return weights
 
 
-def _synthetic(cfg, backgrounds, classes, transform):
-    """Training-only synthetic digits on crops of the training photos (never val)."""
+def _synthetic(cfg, photos, classes, transform):
+    """Training-only synthetic digits (synth.py) on backgrounds made from the training photos
+    (never val), or from a folder of digit-free photos (--backgrounds DIR)."""
     import synth
     if sorted(classes) != [str(d) for d in range(10)]:
         raise DataError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
-    digits, digit_labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
-    images, labels = synth.make_synthetic(backgrounds, digits[:, 0], digit_labels, cfg["synthetic_n"],
-                                          cfg["img_size"], seed=cfg.get("synthetic_seed", 0))
+    source, backgrounds = cfg.get("synthetic_source", "mnist"), cfg.get("backgrounds", "photo-crops")
+    if source not in SYNTHETIC_SOURCES:
+        raise DataError(f"--synthetic-source must be one of {', '.join(SYNTHETIC_SOURCES)}, got {source!r}")
+    mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True)) if source != "fonts" else None
+    mode = {"photo-crops": "crops"}.get(backgrounds, backgrounds)
+    if backgrounds not in BACKGROUND_CHOICES:  # a folder: decoded at twice the size, crops of a quarter
+        if not os.path.isdir(backgrounds):
+            raise DataError(f"--backgrounds must be one of {', '.join(BACKGROUND_CHOICES)} or a folder, "
+                            f"got {backgrounds} (no such folder)")
+        photos, _ = decode_folder(list_images(backgrounds), 2 * cfg["img_size"], cfg.get("cache_dir"))
+        if len(photos) == 0:
+            raise DataError(f"none of the images in --backgrounds {backgrounds} could be read")
+        mode = "crops"
+    images, labels = synth.make_synthetic(photos, synth.digit_bank(source, mnist), cfg["synthetic_n"],
+                                          cfg["img_size"], seed=cfg.get("synthetic_seed", 0), background=mode)
     labels = torch.tensor([classes.index(str(int(d))) for d in labels])
     return TensorImageDataset(images, labels, None, transform, source=1)
 
