@@ -37,6 +37,8 @@ AUGMENT_PRESETS = ("none", "light", "strong")
 LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
                       re.IGNORECASE)
 JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
+SYNTHETIC_SOURCES = ("mnist", "fonts", "both")      # synth.SOURCES
+BACKGROUND_CHOICES = ("field", "shuffle", "photo-crops")  # or a folder of digit-free photos
 CACHE_VERSION = 1
 # photos this correlated are frames of one scene (see photo_groups): measured on meter_digits, pairs
 # above 0.98 are repeated shots of one digit; below ~0.97 other digits of the same meter appear
@@ -703,6 +705,13 @@ def add_data_args(parser):
     g.add_argument("--synthetic-n", type=int, default=0,
                    help="a pool of N synthetic digits composited onto backgrounds from the training "
                         "photos (training only; val and test stay real)")
+    g.add_argument("--synthetic-source", default="both", choices=SYNTHETIC_SOURCES,
+                   help="the synthetic digits: printed (fonts), handwritten (mnist) or half each (default: both)")
+    g.add_argument("--backgrounds", default="field", metavar="{" + ",".join(BACKGROUND_CHOICES) + "} or DIR",
+                   help="synthetic backgrounds: field (the training photos' colours and texture, no digit), "
+                        "shuffle (their patches shuffled), photo-crops (crops of the photos as they are: "
+                        "each shows the photo's own digit too; the reference recipe), or a folder of "
+                        "digit-free photos of any size, randomly cropped (default: field)")
     g.add_argument("--synthetic-ratio", type=float, default=0.5, metavar="R",
                    help="with --synthetic-n: the share of synthetic images in every training batch "
                         "(an epoch is one pass over the real training images; 1 = synthetic only)")
@@ -737,6 +746,9 @@ def data_config(args):
         "synthetic_n": args.synthetic_n,
         "synthetic_ratio": args.synthetic_ratio,
         "synthetic_seed": getattr(args, "seed", 0),
+        "synthetic_source": args.synthetic_source,
+        "backgrounds": (args.backgrounds if args.backgrounds in BACKGROUND_CHOICES
+                        else os.path.abspath(args.backgrounds)),
         "group_split": args.group_split and args.dataset == "folder",
         "group_threshold": args.group_threshold,
         "group_regex": args.group_regex,
@@ -752,6 +764,9 @@ def build_datasets(cfg, augment="none", check=True):
     `cfg` may carry "num_samples" / "split_hash" from a checkpoint: the split is then checked
     to be the one the model was trained with (a changed folder is a warning, not silence)."""
     img_size = cfg["img_size"]
+    if cfg["dataset"] == "mnist" and cfg.get("synthetic_n", 0) > 0:
+        raise DataError("--synthetic-n composites digits onto photos of a folder (--dataset folder "
+                        "--data-dir D); MNIST is handwritten digits already")
     if cfg["dataset"] == "mnist":
         images, labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
         test_images, test_labels = load_mnist(cfg["mnist_root"], train=False, download=False)
@@ -884,14 +899,27 @@ def read_sample_weights(csv_path, paths, n):
     return weights
 
 
-def _synthetic(cfg, backgrounds, classes, transform):
-    """Training-only synthetic digits on crops of the training photos (never val)."""
+def _synthetic(cfg, photos, classes, transform):
+    """Training-only synthetic digits (synth.py) on backgrounds made from the training photos
+    (never val), or from a folder of digit-free photos (--backgrounds DIR)."""
     import synth
     if sorted(classes) != [str(d) for d in range(10)]:
         raise DataError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
-    digits, digit_labels = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True))
-    images, labels = synth.make_synthetic(backgrounds, digits[:, 0], digit_labels, cfg["synthetic_n"],
-                                          cfg["img_size"], seed=cfg.get("synthetic_seed", 0))
+    source, backgrounds = cfg.get("synthetic_source", "mnist"), cfg.get("backgrounds", "photo-crops")
+    if source not in SYNTHETIC_SOURCES:
+        raise DataError(f"--synthetic-source must be one of {', '.join(SYNTHETIC_SOURCES)}, got {source!r}")
+    mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg.get("download", True)) if source != "fonts" else None
+    mode = {"photo-crops": "crops"}.get(backgrounds, backgrounds)
+    if backgrounds not in BACKGROUND_CHOICES:  # a folder: decoded at twice the size, crops of a quarter
+        if not os.path.isdir(backgrounds):
+            raise DataError(f"--backgrounds must be one of {', '.join(BACKGROUND_CHOICES)} or a folder, "
+                            f"got {backgrounds} (no such folder)")
+        photos, _ = decode_folder(list_images(backgrounds), 2 * cfg["img_size"], cfg.get("cache_dir"))
+        if len(photos) == 0:
+            raise DataError(f"none of the images in --backgrounds {backgrounds} could be read")
+        mode = "crops"
+    images, labels = synth.make_synthetic(photos, synth.digit_bank(source, mnist), cfg["synthetic_n"],
+                                          cfg["img_size"], seed=cfg.get("synthetic_seed", 0), background=mode)
     labels = torch.tensor([classes.index(str(int(d))) for d in labels])
     return TensorImageDataset(images, labels, None, transform, source=1)
 

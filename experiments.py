@@ -3,6 +3,7 @@
     python experiments.py learning-curve --dataset mnist --mnist-root ../shared/data --model net --epochs 10
     python experiments.py ablation --model resnet18 --epochs 100 --seeds 3
     python experiments.py grid --grid lr=1e-4,3e-4,1e-3 --grid batch_size=32,64,128 --epochs 20
+    python experiments.py synth-to-real --data-dir ../shared/data/meter_digits --model net --img-size 32 --epochs 15
 
 Options this script does not know go to train.py. Every run of a sweep is an ordinary train.py run
 folder <out>/<cell>/seed<k>/: a finished one (it has result.json) is skipped, an interrupted one
@@ -43,6 +44,18 @@ def grid_axis(text):
     return name.lstrip("-").replace("-", "_"), values.split(",")
 
 
+def choice_list(dest):
+    """A comma-separated list of values of train.py's --<dest> (each checked by train.py's parser)."""
+    def parse(text):
+        values = [v for v in text.split(",") if v]
+        option = next(a for a in train.get_args_parser()._actions if a.dest == dest)
+        bad = [v for v in values if option.choices and v not in option.choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected a list of {', '.join(option.choices or ['values'])}, got {text!r}")
+        return values
+    return parse
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="experiment", required=True)
@@ -59,6 +72,15 @@ def get_args_parser():
     q.add_argument("--aug-on", default=None, choices=["light", "strong"],
                    help="the 'on' preset (default: the run's --augment, else strong for folders, light for MNIST)")
     q.add_argument("--synthetic-on", type=int, default=9000, metavar="N", help="the 'on' --synthetic-n")
+    q = add("synth-to-real", "Train on synthetic digits only, score on the real val photos, per digit "
+            "source x background: how much a synthetic source resembles the photos.")
+    q.add_argument("--sources", type=choice_list("synthetic_source"), default="mnist,fonts,both",
+                   help="--synthetic-source values (default: %(default)s)")
+    q.add_argument("--backgrounds-list", type=choice_list("backgrounds"), default="field,shuffle,photo-crops",
+                   metavar="B1,B2,...", help="--backgrounds values, names or folders (default: %(default)s)")
+    q.add_argument("--synthetic-on", type=int, default=2000, metavar="N", help="the pool size --synthetic-n")
+    q.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on the real photos only, the same budget (default: yes)")
     add("grid", "Two train.py hyper-parameters over lists, for a fixed budget of epochs.").add_argument(
         "--grid", action="append", type=grid_axis, metavar="NAME=V1,V2,...",
         help="twice; default: lr=1e-4,3e-4,1e-3 and batch_size=32,64,128")
@@ -228,7 +250,50 @@ def grid(args, base):
     return "Grid", table, rows, plot
 
 
-EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": grid}
+def synth_to_real(args, base):
+    """Every source x background cell trains on `--synthetic-on` composites only (--synthetic-ratio
+    1: no photo in any batch) and is scored on the real val photos, which no composite is made from."""
+    if base.dataset != "folder":
+        sys.exit("error: synth-to-real scores synthetic digits on a folder of real digit photos (--data-dir)")
+    tag = lambda b: os.path.basename(os.path.normpath(b)).replace(os.sep, "_")  # noqa: E731 (a DIR by its name)
+    rows = [dict(source=s, backgrounds=b, **summarize(run_cell(
+                args, f"{s}_{tag(b)}", ["--synthetic-n", str(args.synthetic_on), "--synthetic-ratio", "1",
+                                        "--synthetic-source", s, "--backgrounds", b])))
+            for s in args.sources for b in args.backgrounds_list]
+    if args.reference:
+        rows.append(dict(source="real photos", backgrounds="-", **summarize(run_cell(args, "real", ["--synthetic-n", "0"]))))
+    cell = {(r["source"], r["backgrounds"]): r for r in rows}
+    table = md_table(["source \\ backgrounds"] + [tag(b) for b in args.backgrounds_list],
+                     [[s] + [pct(cell[s, b], "val", args.seeds) for b in args.backgrounds_list] for s in args.sources])
+    table += ["", f"real val accuracy (%) of a model trained on {args.synthetic_on} synthetic images only"]
+    if args.reference:
+        table[-1] += (f"; the same budget on the {cell['real photos', '-']['n_train']} real training photos: "
+                      f"{pct(cell['real photos', '-'], 'val', args.seeds)}")
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(1.6 * len(args.backgrounds_list) * len(args.sources) / 2 + 3, 4))
+        width = 0.8 / len(args.sources)
+        for k, s in enumerate(args.sources):
+            ax.bar([i + (k - (len(args.sources) - 1) / 2) * width for i in range(len(args.backgrounds_list))],
+                   [100 * (cell[s, b]["val_acc"] or 0) for b in args.backgrounds_list], width,
+                   yerr=[100 * (cell[s, b]["val_acc_std"] or 0) for b in args.backgrounds_list], capsize=3,
+                   label=s, color=f"C{k}")
+        if args.reference and cell["real photos", "-"]["val_acc"] is not None:
+            ax.axhline(100 * cell["real photos", "-"]["val_acc"], color="k", ls="--", label="real photos")
+        ax.set_xticks(range(len(args.backgrounds_list)), [tag(b) for b in args.backgrounds_list])
+        ax.set_ylabel("real val accuracy (%)")
+        ax.set_title("trained on synthetic digits only, scored on real photos")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+    return "Synthetic to real", table, rows, plot
+
+
+EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": grid, "synth-to-real": synth_to_real}
 
 
 def main(args):

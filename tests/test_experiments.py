@@ -206,3 +206,27 @@ def test_ablation_on_mnist_is_the_augmentation_axis_only(tmp_path, monkeypatch):
     assert [(r["augment"], r["synthetic_n"]) for r in rows] == [("none", 0), ("light", 0)]
     md = (tmp_path / "ablation.md").read_text()
     assert "| light | 95.50 ± 0.71 | 95.50 ± 0.71 |" in md and "synthetic 9000" not in md
+
+
+# ----------------------------------------------------------------------------- synth-to-real
+
+def test_synth_to_real_cells_train_on_synthetic_only(digit_folder, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_main(args):  # records each cell's data options; the accuracy names the cell
+        seen.append((args.synthetic_source, args.backgrounds, args.synthetic_n, args.synthetic_ratio))
+        acc = 0.5 if args.synthetic_n == 0 else {"fonts": 0.2, "both": 0.3}[args.synthetic_source] + (
+            0.01 if args.backgrounds == "field" else 0.0)
+        return {"train": {"acc": 0.9, "total": 40}, "val": {"acc": acc, "total": 20}}
+
+    monkeypatch.setattr(train, "main", fake_main)
+    rows = run("synth-to-real", "--sources", "fonts,both", "--backgrounds-list", "field,photo-crops",
+               "--synthetic-on", 30, "--out", tmp_path, *folder_args(digit_folder))
+    assert seen == [("fonts", "field", 30, 1.0), ("fonts", "photo-crops", 30, 1.0), ("both", "field", 30, 1.0),
+                    ("both", "photo-crops", 30, 1.0), ("both", "field", 0, 0.5)]  # last: the real-photo reference
+    md, _ = outputs_exist(tmp_path, "synth_to_real")
+    assert "| source \\ backgrounds | field | photo-crops |" in md
+    assert "| fonts | 21.00 | 20.00 |" in md and "| both | 31.00 | 30.00 |" in md
+    assert "40 real training photos: 50.00" in md and len(rows) == 5
+    with pytest.raises(SystemExit):
+        run("synth-to-real", "--sources", "fonts,handwriting", "--out", tmp_path, *folder_args(digit_folder))

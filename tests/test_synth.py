@@ -1,4 +1,4 @@
-"""Tests of synth.py: MNIST digits composited onto crops of real photos."""
+"""Tests of synth.py: printed (font) and MNIST digits composited onto digit-free backgrounds."""
 import re
 import subprocess
 import sys
@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +18,7 @@ MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNIST_RAW = MNIST_ROOT / "MNIST" / "raw"
 needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "train-images-idx3-ubyte").is_file(),
                                  reason=f"MNIST not in {MNIST_RAW}")
+MODES = synth.BACKGROUNDS
 
 
 @pytest.fixture(scope="module")
@@ -32,126 +32,218 @@ def mnist():
     return torch.from_numpy(images.reshape(n, 28, 28).copy()), torch.from_numpy(labels.astype(np.int64))
 
 
+@pytest.fixture(scope="module")
+def fonts():
+    return synth.font_digits()
+
+
 def photos(n=6, h=72, w=80, seed=0):
     return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def blank_like(digits):
-    """Digits that paint nothing: the composite is then exactly the background crop."""
-    return torch.zeros_like(digits)
+def flat_photos(colours, h=40, w=48):
+    return torch.tensor(colours, dtype=torch.uint8)[:, :, None, None].expand(-1, 3, h, w).contiguous()
 
 
-def painted_mask(images, crops):
-    return (images != crops).any(-3)  # over RGB, for one image or a batch
+def blank(bank):
+    """The same bank with nothing to paint: a composite is then its degraded background."""
+    return [(torch.zeros_like(g), y) for g, y in bank]
 
 
-def test_shapes_and_dtypes(mnist):
-    digits, labels = mnist
-    x, y = synth.make_synthetic(photos(), digits, labels, 5, 64)
-    assert x.shape == (5, 3, 64, 64) and x.dtype == torch.uint8
-    assert y.shape == (5,) and y.dtype == torch.int64
-    x, y = synth.make_synthetic(photos(), digits[:, None], labels, 0, 64)  # [M,1,28,28] is accepted
+def luminance(x):
+    return 0.299 * x[..., 0, :, :] + 0.587 * x[..., 1, :, :] + 0.114 * x[..., 2, :, :]
+
+
+def test_shapes_and_dtypes(mnist, fonts):
+    for source in synth.SOURCES:
+        bank = synth.digit_bank(source, mnist)
+        for mode in MODES:
+            x, y = synth.make_synthetic(photos(), bank, 5, 48, background=mode)
+            assert x.shape == (5, 3, 48, 48) and x.dtype == torch.uint8
+            assert y.shape == (5,) and y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) <= 9
+    x, y = synth.make_synthetic(photos(), (mnist[0][:, None], mnist[1]), 0, 64)  # [M,1,28,28] is accepted
     assert x.shape == (0, 3, 64, 64) and y.shape == (0,)
+    with pytest.raises(ValueError):
+        synth.make_synthetic(photos(), fonts, 4, 32, background="photo-crops")  # data.py maps the names
+    with pytest.raises(ValueError):
+        synth.digit_bank("mnist")  # needs the digits
 
 
-def test_deterministic_per_index(mnist):
-    digits, labels = mnist
-    args = (photos(), digits, labels)
-    x10, y10 = synth.make_synthetic(*args, n=10, img_size=64, seed=3, start=0, batch_size=3)
-    x4, y4 = synth.make_synthetic(*args, n=4, img_size=64, seed=3, start=3)
+@pytest.mark.parametrize("mode", MODES)
+def test_deterministic_per_index(mnist, mode):
+    args = (photos(), synth.digit_bank("both", mnist))
+    x10, y10 = synth.make_synthetic(*args, n=10, img_size=40, seed=3, start=0, batch_size=3, background=mode)
+    x4, y4 = synth.make_synthetic(*args, n=4, img_size=40, seed=3, start=3, background=mode)
     assert torch.equal(x10[3:7], x4) and torch.equal(y10[3:7], y4)
     for bs in (1, 4, 512):
-        xb, yb = synth.make_synthetic(*args, n=10, img_size=64, seed=3, batch_size=bs)
+        xb, yb = synth.make_synthetic(*args, n=10, img_size=40, seed=3, batch_size=bs, background=mode)
         assert torch.equal(xb, x10) and torch.equal(yb, y10)
-    xs, _ = synth.make_synthetic(*args, n=10, img_size=64, seed=4)
+    xs, _ = synth.make_synthetic(*args, n=10, img_size=40, seed=4, background=mode)
     assert not torch.equal(xs, x10)
     assert len({x10[i].float().mean().item() for i in range(10)}) == 10  # samples differ from each other
 
 
-def test_background_is_a_crop_of_a_photo():
-    bgs = photos(n=3, h=36, w=40)
-    digits = torch.zeros(4, 28, 28, dtype=torch.uint8)  # paints nothing
-    x, _ = synth.make_synthetic(bgs, digits, torch.arange(4), 20, 32, seed=1)
-    found = set()
-    for img in x:
-        hits = [(b, i, j) for b in range(3) for i in range(36 - 32 + 1) for j in range(40 - 32 + 1)
-                if torch.equal(img, bgs[b, :, i:i + 32, j:j + 32])]
-        assert len(hits) == 1
-        found.add(hits[0])
-    assert len({b for b, _, _ in found}) == 3 and len(found) > 10  # random photos and positions
+def test_fonts_render_every_digit_of_every_font_the_same_way(fonts):
+    glyphs, labels = fonts
+    per_font = 10 * len(synth.STROKES)
+    assert glyphs.shape == (len(synth.FONT_FILES) * per_font, synth.GLYPH_SIZE, synth.GLYPH_SIZE)
+    assert labels.tolist() == list(range(10)) * (len(synth.FONT_FILES) * len(synth.STROKES))
+    g = glyphs.float()
+    for k in range(0, len(g), 10):  # one face at one stroke width: 10 inked, distinct digits
+        face = g[k:k + 10]
+        assert (face.amax((1, 2)) > 200).all(), synth.FONT_FILES[k // per_font]
+        ink = (face > 127).float()
+        rows = torch.nonzero(ink.sum(2) > 0)
+        diff = (ink[:, None] - ink[None]).abs().mean((2, 3)) + torch.eye(10)
+        assert diff.min() > 0.01, f"{synth.FONT_FILES[k // per_font]}: two digits render alike (.notdef?)"
+        for d in range(10):  # the digit's ink is GLYPH_HEIGHT of the canvas high
+            r = rows[rows[:, 0] == d, 1]
+            assert abs((r.max() - r.min() + 1) / synth.GLYPH_SIZE - synth.GLYPH_HEIGHT) < 0.06
+    # deterministic: a fresh render (cache cleared) gives the same bytes
+    synth._CACHE.pop(("fonts", synth.GLYPH_SIZE))
+    again, _ = synth.font_digits()
+    assert torch.equal(again, glyphs)
 
 
-def test_digit_painted_in_one_colour(mnist):
-    digits, labels = mnist
-    bgs = photos()
-    x, _ = synth.make_synthetic(bgs, digits, labels, 16, 128, seed=0)
-    crops, _ = synth.make_synthetic(bgs, blank_like(digits), labels, 16, 128, seed=0)
-    for img, crop in zip(x, crops):
-        mask = painted_mask(img, crop)
-        assert 0.01 < mask.float().mean() < 0.4  # an MNIST stroke, not nothing, not the whole tile
-        assert len(torch.unique(img[:, mask], dim=1).T) == 1  # every painted pixel has one colour
+def test_soft_alpha_has_intermediate_values(fonts, mnist):
+    for bank in (synth.digit_bank("fonts"), synth.digit_bank("mnist", mnist)):
+        u = synth._params(0, range(64))
+        alpha, _ = synth._alpha(bank, u, 64)
+        inked = alpha[alpha > 0.02]
+        soft = ((inked > 0.1) & (inked < 0.9)).float().mean()
+        assert 0.05 < soft < 0.7  # an antialiased edge, not a 0/1 mask, nor a haze
+        assert (alpha.amax((1, 2, 3)) > 0.9).all()  # and every digit has a solid core
+    # in the composite: on a flat background, pixels between the background and the digit colour
+    bgs = flat_photos([[128, 128, 128]])
+    x, _ = synth.make_synthetic(bgs, fonts, 32, 64, seed=1, background="crops")
+    grey = luminance(x.float())
+    assert ((grey - 128).abs() > 60).float().mean() > 0.05  # the digits, in contrast
+    assert (((grey - 128).abs() > 15) & ((grey - 128).abs() < 45)).float().mean() > 0.01  # and their soft edges
 
 
-def test_digit_geometry_and_proportional_padding():
-    """A solid 28x28 'digit' paints the whole (S - 2p) square: centred, p in the spec's range,
-    and the same fraction of the tile at every img_size (p scales with it)."""
-    digits = torch.full((2, 28, 28), 255, dtype=torch.uint8)
-    fracs = {}
-    for size in (64, 128):
-        bgs = photos(h=size + 8, w=size + 8)
-        x, _ = synth.make_synthetic(bgs, digits, torch.arange(2), 24, size, seed=5)
-        crops, _ = synth.make_synthetic(bgs, blank_like(digits), torch.arange(2), 24, size, seed=5)
-        mask = painted_mask(x, crops).float()
-        fracs[size] = mask.mean((1, 2))
-        ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        cy = (mask * ys).sum((1, 2)) / mask.sum((1, 2))
-        cx = (mask * xs).sum((1, 2)) / mask.sum((1, 2))
-        assert torch.allclose(cy, torch.full_like(cy, (size - 1) / 2), atol=1.0)
-        assert torch.allclose(cx, torch.full_like(cx, (size - 1) / 2), atol=1.0)
-    # side of the painted square (rotation keeps its area): 128 - 2p for p in 10..30, plus the
-    # bilinear fringe above ALPHA_MIN outside the digit's edge (under one source pixel, ~4 px)
-    side = fracs[128].sqrt() * 128
-    assert side.min() > 128 - 2 * 30 - 1 and side.max() < 128 - 2 * 10 + 4
-    assert side.max() - side.min() > 10  # the padding varies
-    assert torch.allclose(fracs[64], fracs[128], atol=0.03)
+def test_contrast_is_guaranteed():
+    u = torch.rand(5000, synth.N_DRAWS, generator=torch.Generator().manual_seed(0))
+    bg_lum = torch.rand(5000, generator=torch.Generator().manual_seed(1)) * 255
+    bg_lum[:100] = 0
+    bg_lum[100:200] = 255
+    colour = synth.digit_colour(u, bg_lum)
+    assert colour.min() >= 0 and colour.max() <= 255
+    contrast = (luminance(colour[:, :, None, None])[:, 0, 0] - bg_lum).abs()
+    assert contrast.min() >= synth.MIN_CONTRAST * 255 - 1e-3
+    assert contrast.max() > 0.7 * 255 and colour.std(1).mean() > 10  # the whole range, in colour
+
+
+def test_contrast_in_composites(fonts):
+    """On any flat background, the core of the digit (where alpha is 1) differs in luminance from
+    the background by MIN_CONTRAST (less only by the noise and JPEG loss on top)."""
+    colours = [[0, 0, 0], [255, 255, 255], [128, 128, 128], [200, 40, 40], [30, 90, 200]]
+    bgs = flat_photos(colours)
+    u = synth._params(5, range(40))
+    alpha, _ = synth._alpha([fonts], u, 64)
+    x, _ = synth.make_synthetic(bgs, fonts, 40, 64, seed=5, background="crops")
+    bg_lum = luminance(bgs.float())[:, 0, 0]
+    checked = 0
+    for i in range(40):
+        core = alpha[i, 0] > 0.95  # (a digit drawn blurred may have no solid core: skipped)
+        if core.sum() < 5:
+            continue
+        lum = luminance(x[i].float())
+        k = int(np.argmin([abs(float(lum[~(alpha[i, 0] > 0)].median()) - float(b)) for b in bg_lum]))
+        assert abs(float(lum[core].median()) - float(bg_lum[k])) > 0.95 * synth.MIN_CONTRAST * 255 - 12
+        checked += 1
+    assert checked > 20
+
+
+def conflict_photo(digit, size=36):
+    """A tightly framed photo of one big printed digit, white on a dark background."""
+    glyph = synth.font_digits()[0][digit]  # DejaVu Sans, no extra stroke
+    g = torch.nn.functional.interpolate(glyph[None, None].float(), size=(size, size), mode="bilinear")[0, 0]
+    return (40 + g * (200 / 255)).round().to(torch.uint8).expand(3, size, size)
+
+
+@pytest.mark.parametrize("mode", ["field", "shuffle"])
+def test_backgrounds_carry_no_digit_strokes(fonts, mode):
+    """A composite's background made from a photo that is one clear digit must not correlate with
+    that digit's strokes more than with another digit's; a crop of the photo does (the old recipe)."""
+    ph = torch.stack([conflict_photo(d) for d in (0, 1, 4, 7)])  # four very different shapes
+    strokes = luminance(ph[:, :, 2:34, 2:34].float()).flatten(1)
+    strokes = strokes - strokes.mean(1, keepdim=True)
+
+    def own_vs_other(background):
+        x, _ = synth.make_synthetic(ph, blank([fonts]), 200, 32, seed=0, background=background)
+        u = synth._params(0, range(200))
+        photo = synth._pick(u, "photo", len(ph))
+        g = luminance(x.float()).flatten(1)
+        g = g - g.mean(1, keepdim=True)
+        r = (g @ strokes.T) / (g.norm(dim=1, keepdim=True) * strokes.norm(dim=1) + 1e-6)  # [200, 4]
+        own = r[torch.arange(200), photo]
+        other = (r.sum(1) - own) / 3
+        return float(own.mean()), float(other.mean())
+
+    own, other = own_vs_other(mode)
+    assert own - other < 0.1 and own < 0.2, (own, other)
+    own, other = own_vs_other("crops")  # the test can fail: a crop of the photo shows its digit
+    assert own > 0.5 and own - other > 0.3, (own, other)
 
 
 def test_labels_follow_the_pasted_digit():
-    # digit k is solid when k is even, empty when odd: a sample is painted iff its label is even
+    # digit k is solid when k is even, empty when odd: a sample differs from its blank twin iff even
     m = 10
     digits = torch.zeros(m, 28, 28, dtype=torch.uint8)
-    digits[::2] = 255
+    digits[::2, 4:24, 8:20] = 255
     bgs = photos()
-    x, idx = synth.make_synthetic(bgs, digits, torch.arange(m), 40, 32, seed=2)
-    crops, _ = synth.make_synthetic(bgs, blank_like(digits), torch.arange(m), 40, 32, seed=2)
-    painted = painted_mask(x, crops).any(-1).any(-1)
-    assert torch.equal(painted, idx % 2 == 0)
+    x, idx = synth.make_synthetic(bgs, (digits, torch.arange(m)), 40, 32, seed=2)
+    twin, _ = synth.make_synthetic(bgs, (torch.zeros_like(digits), torch.arange(m)), 40, 32, seed=2)
+    painted = (x != twin).flatten(1).any(1)
+    assert torch.equal(painted, idx % 2 == 0) and len(idx.unique()) > 5
     relabel = (torch.arange(m) * 7 + 3) % m
-    _, y = synth.make_synthetic(bgs, digits, relabel, 40, 32, seed=2)
-    assert torch.equal(y, relabel[idx]) and len(idx.unique()) > 5
+    _, y = synth.make_synthetic(bgs, (digits, relabel), 40, 32, seed=2)
+    assert torch.equal(y, relabel[idx])
 
 
-def test_small_background_is_upsampled(mnist):
-    digits, labels = mnist
-    colours = torch.tensor([[200, 10, 10], [10, 200, 10]], dtype=torch.uint8)
-    bgs = colours[:, :, None, None].expand(2, 3, 20, 30).contiguous()  # smaller than img_size
-    x, _ = synth.make_synthetic(bgs, blank_like(digits), labels, 8, 64)
-    assert x.shape == (8, 3, 64, 64)
-    for img in x:  # a crop of an upsampled flat photo is that flat colour
-        assert any(torch.equal(img, c[:, None, None].expand(3, 64, 64)) for c in colours)
-    x, _ = synth.make_synthetic(photos(h=20, w=90), digits, labels, 8, 64)  # one side too small
-    assert x.shape == (8, 3, 64, 64)
+def test_digit_geometry_scales_with_the_tile():
+    """A solid square glyph paints about the same centred fraction of the tile at every size."""
+    digits = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    digits[:, 4:24, 4:24] = 255
+    fracs = {}
+    for size in (32, 64, 128):
+        bgs = flat_photos([[128, 128, 128]], size + 8, size + 8)
+        u = synth._params(7, range(40))
+        alpha, _ = synth._alpha([(digits, torch.zeros(1, dtype=torch.long))], u, size)
+        a = alpha[:, 0]
+        fracs[size] = a.mean((1, 2))
+        ys = torch.arange(size).float()
+        cy = (a.sum(2) * ys).sum(1) / a.sum((1, 2))
+        cx = (a.sum(1) * ys).sum(1) / a.sum((1, 2))
+        off = synth.SHIFT_MAX * size + 1.5
+        assert ((cy - (size - 1) / 2).abs() < off).all() and ((cx - (size - 1) / 2).abs() < off).all()
+        x, _ = synth.make_synthetic(bgs, (digits, torch.zeros(1, dtype=torch.long)), 40, size, seed=7)
+        assert x.shape == (40, 3, size, size)
+    # (the blur levels soften a small tile's digit a little more)
+    assert torch.allclose(fracs[32], fracs[128], atol=0.06) and torch.allclose(fracs[64], fracs[128], atol=0.04)
+    lo, hi = synth.SCALE_RANGE  # the square is 20/28 of the glyph canvas, which is scale x the tile
+    side = fracs[128].sqrt() / (20 / 28)
+    assert side.min() > lo * synth.ASPECT_RANGE[0] ** 0.5 - 0.05 and side.max() < hi * synth.ASPECT_RANGE[1] ** 0.5 + 0.05
+    assert side.max() - side.min() > 0.15  # sizes vary
 
 
-def test_sampling_grid_is_affine_grid():
-    digits = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    pad, angle = torch.tensor([10.0, 17, 25, 30]), torch.tensor([-10.0, -3, 0, 9.5])
-    zoom = synth.REF_SIZE / (synth.REF_SIZE - 2 * pad)
-    a = torch.deg2rad(angle)
-    theta = torch.stack([torch.stack([a.cos(), -a.sin(), 0 * a], 1), torch.stack([a.sin(), a.cos(), 0 * a], 1)], 1)
-    grid = F.affine_grid(theta * zoom[:, None, None], (4, 1, 48, 48), align_corners=False)
-    expected = F.grid_sample(digits[:, None].float(), grid, align_corners=False)[:, 0]
-    assert torch.allclose(synth._digit_alpha(digits, pad, angle, 48), expected, atol=1e-3)
+def test_small_photos_are_upsampled(fonts):
+    colours = [[200, 10, 10], [10, 200, 10]]
+    for mode in MODES:
+        x, _ = synth.make_synthetic(flat_photos(colours, 20, 30), blank([fonts]), 8, 64, background=mode)
+        assert x.shape == (8, 3, 64, 64)
+        for img in x:  # the background of a flat photo is that flat colour (+ noise and JPEG loss)
+            med = img.flatten(1).median(1).values.float()
+            assert min((med - torch.tensor(c).float()).abs().max() for c in colours) < 12
+
+
+def test_jpeg_like_loses_more_at_low_quality():
+    g = torch.Generator().manual_seed(0)  # grey (no chroma to subsample): the DCT quantisation alone
+    x = torch.nn.functional.interpolate(torch.rand(4, 1, 8, 8, generator=g) * 200, size=(40, 40), mode="bicubic")
+    x = (x + 20 * torch.rand(4, 1, 40, 40, generator=g)).clamp(0, 255).expand(4, 3, 40, 40).contiguous()
+    err = {q: (synth.jpeg_like(x.clone(), torch.full((4,), float(q))) - x).abs().mean().item() for q in (10, 50, 95)}
+    assert err[95] < err[50] < err[10] and err[95] < 6 and err[10] > 5
+    assert synth.jpeg_like(x.clone(), torch.full((4,), 50.0)).shape == x.shape
 
 
 def test_preview_grid_writes_png(tmp_path):
@@ -163,6 +255,59 @@ def test_preview_grid_writes_png(tmp_path):
             assert im.format == "PNG" and im.size[0] > 64
 
 
+def test_library_does_not_import_data():
+    r = subprocess.run([sys.executable, "-c", "import sys, synth; assert 'data' not in sys.modules"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+# ----------------------------------------------------------------------------- through data.py
+
+def flat_folder(folder, colours, labels=None, size=(40, 48)):
+    folder.mkdir()
+    for i, c in enumerate(colours):
+        name = f"x{i:02d}_label{labels[i]}.png" if labels else f"bg{i}.png"
+        Image.new("RGB", size if labels else (size[0] + 13 * i, size[1] + 7 * i), tuple(c)).save(folder / name)
+    return folder
+
+
+def cfg(*extra):
+    import data
+    import train
+    return data.data_config(train.get_args_parser().parse_args(["--mnist-root", str(MNIST_ROOT), "--no-download", *map(str, extra)]))
+
+
+def test_backgrounds_dir_crops_come_from_that_folder(tmp_path):
+    import data
+    photos_dir = flat_folder(tmp_path / "photos", [[4 + 8 * i] * 3 for i in range(20)], [i % 10 for i in range(20)])
+    bg_colours = [[250, 20, 20], [20, 250, 20], [20, 20, 250]]
+    bg_dir = flat_folder(tmp_path / "clean", bg_colours)
+    c = cfg("--data-dir", photos_dir, "--img-size", 32, "--val-fraction", 0.5, "--no-group-split",
+            "--synthetic-n", 30, "--synthetic-source", "fonts", "--backgrounds", bg_dir)
+    assert c["backgrounds"] == str(bg_dir) and c["synthetic_source"] == "fonts"
+    d = data.build_datasets(c)
+    syn = d.train.datasets[-1]
+    used = set()
+    for img in syn.images:  # the median of the tile's border (the digit is rarely there)
+        ring = torch.cat([img[:, :3].flatten(1), img[:, -3:].flatten(1), img[:, :, :3].flatten(1), img[:, :, -3:].flatten(1)], 1)
+        med = ring.median(1).values.float()
+        dist = [float((med - torch.tensor(b).float()).abs().max()) for b in bg_colours]
+        assert min(dist) < 30, med  # every background is one of the folder's photos, never a training photo
+        used.add(int(np.argmin(dist)))
+    assert used == {0, 1, 2}
+    with pytest.raises(data.DataError):
+        data.build_datasets(cfg("--data-dir", photos_dir, "--img-size", 32, "--synthetic-n", 5,
+                                "--synthetic-source", "fonts", "--backgrounds", tmp_path / "missing"))
+
+
+def test_mnist_with_synthetic_is_one_error_line(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--mnist-root", str(MNIST_ROOT),
+                        "--no-download", "--synthetic-n", "10", "--epochs", "1", "--save-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "--synthetic-n" in r.stderr and "Traceback" not in r.stderr
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def run_cli(*args):
@@ -172,15 +317,12 @@ def run_cli(*args):
 
 @needs_mnist
 def test_cli_preview_and_export_use_only_training_photos(tmp_path):
-    # 30 flat grey photos, grey level 4 + 8i for file i: a tile's median colour names its photo
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    labels = [i % 10 for i in range(30)]
-    for i, d in enumerate(labels):
-        Image.new("RGB", (40, 48), (4 + 8 * i,) * 3).save(folder / f"x{i:02d}_label{d}.jpg", quality=95)
+    # 20 flat grey photos, grey level 4 + 12i for file i: the median of a tile's border names its photo
+    labels = [i % 10 for i in range(20)]
+    folder = flat_folder(tmp_path / "photos", [[4 + 12 * i] * 3 for i in range(20)], labels)
     out, export_dir = tmp_path / "out" / "synthetic.png", tmp_path / "export"
-    r = run_cli("--data-dir", folder, "--mnist-root", MNIST_ROOT, "--no-download", "--img-size", 32,
-                "--n", 40, "--val-fraction", 0.34, "--split-seed", 0, "--out", out, "--export", export_dir)
+    r = run_cli("--data-dir", folder, "--mnist-root", MNIST_ROOT, "--no-download", "--img-size", 32, "--no-group-split",
+                "--n", 40, "--val-fraction", 0.5, "--split-seed", 0, "--out", out, "--export", export_dir)
     assert r.returncode == 0, r.stderr
     with Image.open(out) as im:
         assert im.format == "PNG"
@@ -189,14 +331,21 @@ def test_cli_preview_and_export_use_only_training_photos(tmp_path):
     assert files[0].startswith("synth000000_") and files[-1].startswith("synth000039_")
 
     import data  # the split the CLI must respect (the same call data.py makes)
-    _, val = data.stratified_split(torch.tensor(labels), 0.34, 0)
+    _, val = data.stratified_split(torch.tensor(labels), 0.5, 0)
     assert len(val) == 10
     used = set()
     for f in files:
-        img = np.asarray(Image.open(export_dir / f))
+        img = np.asarray(Image.open(export_dir / f)).astype(float)
         assert img.shape == (32, 32, 3)
-        used.add(int(round((np.median(img) - 4) / 8)))
+        border = np.concatenate([img[:3].ravel(), img[-3:].ravel(), img[:, :3].ravel(), img[:, -3:].ravel()])
+        used.add(int(round((np.median(border) - 4) / 12)))
     assert used and not used & set(val.tolist())
+
+    r = run_cli("--data-dir", folder, "--mnist-root", MNIST_ROOT, "--no-download", "--img-size", 32,
+                "--n", 8, "--all", "--out", tmp_path / "all" / "s.png")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert names == sorted(f"s_{s}_{b}.png" for s in synth.SOURCES for b in ("field", "shuffle", "photo-crops"))
 
 
 def test_cli_data_error_is_one_line(tmp_path, capsys):
