@@ -303,6 +303,8 @@ def main(args):
     args.out = args.out or os.path.join("runs", args.experiment)
     if args.seeds < 1:
         raise D.DataError("--seeds must be at least 1")
+    if args.experiment == "ablation" and args.synthetic_on < 1:
+        raise D.DataError(f"--synthetic-on must be >= 1, got {args.synthetic_on}")
     D.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
     train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges

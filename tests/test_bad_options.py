@@ -116,6 +116,11 @@ EXPERIMENT_CASES += [pytest.param("experiments.py", ["--grid-as", *args], text, 
     (["--grid", "batch_size=0,4", "--grid", "lr=1e-3"], "--batch-size"),
     (["--grid", "t0=0", "--grid", "lr=1e-3"], "--t0"),
 ]]
+EXPERIMENT_CASES += [pytest.param("experiments.py", ["--run-as", "ablation", "--out", "sweep", *TRAIN[:-4], *args], text,
+                                  id=f"experiments:ablation {' '.join(map(str, args))}") for args, text in [
+    (["--synthetic-on", 0], "--synthetic-on must be >= 1"), (["--synthetic-on", -5], "--synthetic-on"),
+    (["--aug-on", "none"], "invalid choice"), (["--seeds", 0], "--seeds"),
+]]
 
 SYNTH_CASES = cases("synth.py",
     *bad("--n", [0, -1], "--n"), *bad("--img-size", [0, -1], "--img-size"), *bad("--batch-size", [0], "--batch-size"),
