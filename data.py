@@ -43,6 +43,7 @@ CACHE_VERSION = 1
 # photos this correlated are frames of one scene (see photo_groups): measured on meter_digits, pairs
 # above 0.98 are repeated shots of one digit; below ~0.97 other digits of the same meter appear
 GROUP_THRESHOLD = 0.98
+GROUP_SIDE = 32  # photos are grouped on a decode at this size, the same for every --img-size
 
 
 class DataError(Exception):
@@ -785,7 +786,7 @@ def build_datasets(cfg, augment="none", check=True):
     if counts.min() < 2:
         raise DataError(f"class {classes[int(counts.argmin())]!r} has fewer than 2 images; "
                         f"cannot split it into train and val")
-    groups = _groups(cfg, images, paths) if cfg.get("group_split") else None  # (older checkpoints: no key)
+    groups = _groups(cfg, paths) if cfg.get("group_split") else None  # (older checkpoints: no key)
     if groups is None:
         train_idx, val_idx = stratified_split(labels, cfg["val_fraction"], cfg["split_seed"])
     else:
@@ -816,8 +817,10 @@ def build_datasets(cfg, augment="none", check=True):
     return Data(train, val, test, classes, in_channels, img_size, mean, std, config)
 
 
-def _groups(cfg, images, paths):
-    """photo_groups for a folder config, with its arguments checked."""
+def _groups(cfg, paths):
+    """photo_groups for a folder config, with its arguments checked. The photos are compared at
+    GROUP_SIDE px whatever --img-size (a decode of their own, cached like the training images),
+    so the split is the same at every image size."""
     threshold = cfg.get("group_threshold", GROUP_THRESHOLD)
     if not 0.0 < threshold <= 1.0:
         raise DataError(f"--group-threshold must be in (0, 1], got {threshold}")
@@ -827,6 +830,9 @@ def _groups(cfg, images, paths):
             regex = re.compile(cfg["group_regex"])
         except re.error as e:
             raise DataError(f"--group-regex {cfg['group_regex']!r} is not a regular expression: {e}") from None
+    images, kept = decode_folder(paths, GROUP_SIDE, cfg.get("cache_dir"))
+    if len(kept) != len(paths):
+        raise DataError(f"{len(paths) - len(kept)} photo(s) of {cfg['data_dir']} became unreadable while loading")
     return photo_groups(images, paths, threshold, regex)
 
 
