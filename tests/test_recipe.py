@@ -108,8 +108,8 @@ def test_folder_split_is_grouped_by_default_and_recorded(tmp_path):
     for k in range(10):
         assert (f"a{k}_label{k % 2}.png" in val) == (f"b{k}_label{k % 2}.png" in val)
     args.img_size = 40  # the photos are grouped at one size: the split is the same at every --img-size
-    assert {data.val.path(i) for i in range(len(data.val))} == {
-        (d := D.build_datasets(D.data_config(args))).val.path(i) for i in range(len(d.val))}
+    other = D.build_datasets(D.data_config(args))
+    assert {data.val.path(i) for i in range(len(data.val))} == {other.val.path(i) for i in range(len(other.val))}
     args.group_split = False
     assert D.build_datasets(D.data_config(args)).config["num_groups"] is None
     args.group_split, args.group_regex = True, "("
