@@ -223,7 +223,7 @@ def main(args):
 
     if "synth" in only:
         digits, digit_labels = D.load_mnist(args.mnist_root, train=True, download=False)
-        bank = synth.digit_bank("both", (digits, digit_labels))  # the defaults: both sources on `field`
+        bank = synth.digit_bank("both", (digits, digit_labels))  # fonts and MNIST, on the default `field`
         r = rate(lambda: synth.make_synthetic(images, bank, 1024, args.img_size), 1024, args.seconds)
         rows.append(("synth", f"composites @{args.img_size} (fonts + MNIST on field)", r, "/s"))
 
