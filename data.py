@@ -706,13 +706,15 @@ def add_data_args(parser):
     g.add_argument("--synthetic-n", type=int, default=0,
                    help="a pool of N synthetic digits composited onto backgrounds from the training "
                         "photos (training only; val and test stay real)")
-    g.add_argument("--synthetic-source", default="both", choices=SYNTHETIC_SOURCES,
-                   help="the synthetic digits: printed (fonts), handwritten (mnist) or half each (default: both)")
+    g.add_argument("--synthetic-source", default="fonts", choices=SYNTHETIC_SOURCES,
+                   help="the synthetic digits: printed (fonts, no MNIST needed), handwritten (mnist) or half "
+                        "each (both); default fonts, the best synthetic-to-real score (README)")
     g.add_argument("--backgrounds", default="field", metavar="{" + ",".join(BACKGROUND_CHOICES) + "} or DIR",
                    help="synthetic backgrounds: field (the training photos' colours and texture, no digit), "
                         "shuffle (their patches shuffled), photo-crops (crops of the photos as they are: "
                         "each shows the photo's own digit too; the reference recipe), or a folder of "
-                        "digit-free photos of any size, randomly cropped (default: field)")
+                        "digit-free photos of any size, randomly cropped (default: field, the best "
+                        "synthetic-to-real score in README)")
     g.add_argument("--synthetic-ratio", type=float, default=0.5, metavar="R",
                    help="with --synthetic-n: the share of synthetic images in every training batch "
                         "(an epoch is one pass over the real training images; 1 = synthetic only)")

@@ -223,7 +223,7 @@ def test_synth_to_real_cells_train_on_synthetic_only(digit_folder, tmp_path, mon
     rows = run("synth-to-real", "--sources", "fonts,both", "--backgrounds-list", "field,photo-crops",
                "--synthetic-on", 30, "--out", tmp_path, *folder_args(digit_folder))
     assert seen == [("fonts", "field", 30, 1.0), ("fonts", "photo-crops", 30, 1.0), ("both", "field", 30, 1.0),
-                    ("both", "photo-crops", 30, 1.0), ("both", "field", 0, 0.5)]  # last: the real-photo reference
+                    ("both", "photo-crops", 30, 1.0), ("fonts", "field", 0, 0.5)]  # last: the real-photo reference (defaults)
     md, _ = outputs_exist(tmp_path, "synth_to_real")
     assert "| source \\ backgrounds | field | photo-crops |" in md
     assert "| fonts | 21.00 | 20.00 |" in md and "| both | 31.00 | 30.00 |" in md
