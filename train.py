@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model,
+from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, build_model,
                    count_parameters, ddp, distributed, from_main_process, img_size_error, is_distributed,
                    is_main_process, list_models, load_checkpoint, metrics, model_kwargs, needs_grad_scaler, predict,
                    rank_and_world, resolve_amp, save_checkpoint, summary_line, use_channels_last)
@@ -531,203 +531,240 @@ def main(args):
 
 
 def run(args, device, stop):
+    """A run in three parts: build everything (or take it back from --resume), the epochs, the
+    final report. Returns the report's results (None on processes other than rank 0)."""
+    r = setup(args, device)
+    dry = train_epochs(r, stop)
+    if dry is not None or not r.main_process:
+        return dry
+    return final_report(r)
+
+
+class Run:
+    """What the parts of a run share: the data, the model and its optimisation state, where the
+    epochs start (1, or after a resumed checkpoint's) and the history so far."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+        self.main_process = self.rank == 0  # the one process that prints and writes files
+        self.last_pt = os.path.join(self.args.save_dir, "last.pt")
+        self.start_epoch, self.history, self.progress = 1, [], None
+        self.best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
+        self.command = command_line(vars(self.args))
+
+    def checkpoint(self, epoch, with_state, progress=None):
+        """The checkpoint dict (model.py's format): best.pt without, last.pt with the training state."""
+        args = self.args
+        ck = {"model": args.model, "model_args": self.model_args, "state_dict": self.model.state_dict(),
+              "classes": self.data.classes, "in_channels": self.data.in_channels, "img_size": self.data.img_size,
+              "mean": list(self.data.mean), "std": list(self.data.std), "data": self.data.config, "args": vars(args),
+              "command": self.command, "amp": args.amp,
+              "epoch": epoch, "best_val_acc": self.best["acc"], "history": self.history}
+        if with_state:
+            ck.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                      scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()},
+                      early_stopping=dict(self.best), world_size=self.world)
+        if progress:
+            ck["progress"] = progress
+        return ck
+
+
+def setup(args, device):
+    """Data, model, optimizer and schedule; the run header; the state of --resume."""
     rank, world = rank_and_world()
-    main_process = rank == 0  # the one process that prints and writes files
     t_start = time.perf_counter()
     args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
     set_threads(args, device)
     torch.manual_seed(args.seed)
-    cfg = D.data_config(args)
-    data = D.build_datasets(cfg, args.augment)
-    num_classes = len(data.classes)
+    data = D.build_datasets(D.data_config(args), args.augment)
     kwargs = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head, width=args.width)
-    model = build_model(args.model, num_classes, data.in_channels, **kwargs).to(device)
+    model = build_model(args.model, len(data.classes), data.in_channels, **kwargs).to(device)
     model.amp = args.amp  # what predict() (validation, the final report) runs in
     channels_last = use_channels_last(device, args.amp, data.img_size)  # where it measured faster
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
     eval_bs = max(256, args.batch_size)
-    val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
-    test_loader = D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None
     share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
     steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, args.amp))
-
+    r = Run(args=args, device=device, rank=rank, world=world, t_start=t_start, data=data, model=model,
+            model_args=kwargs, optimizer=optimizer, scheduler=scheduler,
+            scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, args.amp)),
+            eval_bs=eval_bs, share=share, steps_per_epoch=steps_per_epoch,
+            val_loader=D.make_loader(data.val, eval_bs, workers=args.workers),
+            test_loader=D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None)
     try:
         os.makedirs(args.save_dir, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"cannot create --save-dir {args.save_dir}: {e.strerror}") from None
-    last_pt = os.path.join(args.save_dir, "last.pt")
-    if main_process:
+    if r.main_process:
         real = len(D.real_part(data.train))
         pool = f" + {len(data.train) - real} synthetic (ratio {args.synthetic_ratio})" if real < len(data.train) else ""
         groups = data.config.get("num_groups")
         print(f"{args.model}: {count_parameters(model):,} parameters | {real} train{pool}, {len(data.val)} val"
               f"{f' ({groups} photo groups)' if groups else ''}"
-              f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
+              f"{f', {len(data.test)} test' if data.test else ''} | {len(data.classes)} classes | device {device}"
               f" | amp {args.amp}{' (fp32)' if args.amp == 'off' else ''}"
               f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
               f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
               f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
-
-    start_epoch, history, progress = 1, [], None
-    best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
     if args.resume:
-        ck = load_checkpoint(args.resume)
-        if "optimizer" not in ck:
-            raise CheckpointError(f"{args.resume} has no training state to resume (use last.pt)")
-        if ck["model"] != args.model:
-            raise CheckpointError(f"{args.resume} is a {ck['model']!r} run, not {args.model!r}")
-        if ck["model_args"] != kwargs or ck["args"].get("optimizer", args.optimizer) != args.optimizer:
-            raise CheckpointError(f"{args.resume} was trained with --optimizer {ck['args'].get('optimizer')} and model "
-                                  f"settings {ck['model_args']}, not --optimizer {args.optimizer} and {kwargs}: "
-                                  f"resume with the run's own --width / --drop-rate / --head / --optimizer")
-        if ck["data"].get("split_hash") != data.config["split_hash"]:
-            raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
-                                  f"--split-seed or --train-fraction differ)")
-        changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n",
-                               "synthetic_ratio", "amp")
-                   if ck["args"].get(k) != getattr(args, k)]
-        if changed:
-            D.warn(f"resuming with other settings than {args.resume} had: "
-                   + ", ".join(f"--{k.replace('_', '-')} {ck['args'].get(k)} -> {getattr(args, k)}" for k in changed))
-        model.load_state_dict(ck["state_dict"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["early_stopping"]
-        progress = ck.get("progress")  # where Ctrl-C stopped an epoch part-way
-        if progress and world > 1:
-            raise CheckpointError(f"{args.resume} stopped part-way through epoch {progress['epoch']}: "
-                                  f"resume it in one process (without torchrun)")
-        if ck.get("world_size", 1) != world:
-            D.warn(f"{args.resume} was written by a run of {ck.get('world_size', 1)} process(es), this one has "
-                   f"{world}: steps per epoch (so the lr schedule) and the sample order change")
-        if main_process:
-            at_step = f", step {progress['step']}" if progress else ""
-            print(f"resumed from {args.resume} at epoch {start_epoch}{at_step}")
+        resume(r)
+    return r
 
-    command = command_line(vars(args))
 
-    def checkpoint(epoch, with_state, progress=None):
-        ck = {"model": args.model, "model_args": kwargs, "state_dict": model.state_dict(),
-              "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
-              "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
-              "command": command, "amp": args.amp,
-              "epoch": epoch, "best_val_acc": best["acc"], "history": history}
-        if with_state:
-            ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      scaler=scaler.state_dict(), rng={"torch": torch.get_rng_state()}, early_stopping=dict(best),
-                      world_size=world)
-        if progress:
-            ck["progress"] = progress
-        return ck
+def resume(r):
+    """Take the training state of --resume (a last.pt of the same run) into `r`."""
+    args, data = r.args, r.data
+    ck = load_checkpoint(args.resume)
+    if "optimizer" not in ck:
+        raise CheckpointError(f"{args.resume} has no training state to resume (use last.pt)")
+    if ck["model"] != args.model:
+        raise CheckpointError(f"{args.resume} is a {ck['model']!r} run, not {args.model!r}")
+    if ck["model_args"] != r.model_args or ck["args"].get("optimizer", args.optimizer) != args.optimizer:
+        raise CheckpointError(f"{args.resume} was trained with --optimizer {ck['args'].get('optimizer')} and model "
+                              f"settings {ck['model_args']}, not --optimizer {args.optimizer} and {r.model_args}: "
+                              f"resume with the run's own --width / --drop-rate / --head / --optimizer")
+    if ck["data"].get("split_hash") != data.config["split_hash"]:
+        raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
+                              f"--split-seed or --train-fraction differ)")
+    changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n",
+                           "synthetic_ratio", "amp")
+               if ck["args"].get(k) != getattr(args, k)]
+    if changed:
+        D.warn(f"resuming with other settings than {args.resume} had: "
+               + ", ".join(f"--{k.replace('_', '-')} {ck['args'].get(k)} -> {getattr(args, k)}" for k in changed))
+    r.model.load_state_dict(ck["state_dict"])
+    r.optimizer.load_state_dict(ck["optimizer"])
+    r.scheduler.load_state_dict(ck["scheduler"])
+    r.scaler.load_state_dict(ck["scaler"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    r.start_epoch, r.history, r.best = ck["epoch"] + 1, ck["history"], ck["early_stopping"]
+    r.progress = ck.get("progress")  # where Ctrl-C stopped an epoch part-way
+    if r.progress and r.world > 1:
+        raise CheckpointError(f"{args.resume} stopped part-way through epoch {r.progress['epoch']}: "
+                              f"resume it in one process (without torchrun)")
+    if ck.get("world_size", 1) != r.world:
+        D.warn(f"{args.resume} was written by a run of {ck.get('world_size', 1)} process(es), this one has "
+               f"{r.world}: steps per epoch (so the lr schedule) and the sample order change")
+    if r.main_process:
+        at_step = f", step {r.progress['step']}" if r.progress else ""
+        print(f"resumed from {args.resume} at epoch {r.start_epoch}{at_step}")
 
+
+def time_estimate(r, images_per_s, steps_done, resumed):
+    """The estimate line's numbers: the time spent so far (setup, data, compiling), the rest of this
+    epoch and the later ones at the measured rate, and evaluation (a forward pass only: about a third
+    of a training step's work per image) after each epoch and in the final report."""
+    args, data = r.args, r.data
+    epochs_to_run = args.epochs - r.start_epoch + 1
+    epoch_s = r.steps_per_epoch * args.batch_size / images_per_s
+    eval_n = len(data.val) + (len(data.test) if r.test_loader else 0)
+    final_n = len(D.real_part(data.train)) + len(data.val) + (len(data.test) if data.test else 0)
+    first = (r.steps_per_epoch - steps_done - (resumed["step"] if resumed else 0)) * args.batch_size / images_per_s
+    total = (time.perf_counter() - r.t_start + first + (epochs_to_run - 1) * epoch_s
+             + (epochs_to_run * eval_n + final_n) / (3 * images_per_s))
+    if r.main_process:
+        print(f"estimate: {images_per_s:.0f} img/s, {epoch_s:.0f} s/epoch, {format_seconds(total)} in all for "
+              f"{epochs_to_run} epoch{'s' * (epochs_to_run != 1)} (early stopping aside)", flush=True)
+    return {"est_images_per_s": images_per_s, "est_epoch_s": epoch_s, "est_total_s": total}
+
+
+def train_epochs(r, stop):
+    """The epochs: train, validate, keep best.pt / last.pt / history.csv, stop early. Returns the
+    one-batch results under --dry-run, else None."""
+    args, data, device, model = r.args, r.data, r.device, r.model
+    num_classes = len(data.classes)
     if args.device_data:
         batch_augment = D.BatchAugment(args.augment, data.img_size, data.mean, data.std)
         device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment)
         augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
     else:
         augment_one = lambda ds, i: ds[i][0]  # noqa: E731
-    if main_process and not args.dry_run and not args.resume:
+    if r.main_process and not args.dry_run and not args.resume:
         plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
     net = ddp(model, device)  # what trains; `model` (the same parameters) is what is evaluated and saved
     if args.compile:
         net = torch.compile(net)  # compiles on the first step(s): the time estimate skips those
     estimate = {}  # the time estimate, once measured: printed, and a column of history.csv
-    epochs_to_run = args.epochs - start_epoch + 1
-
-    def on_rate(images_per_s, steps_done):
-        """Print the estimate: the time spent so far (setup, data, compiling), the rest of this epoch
-        and the later ones at the measured rate, and evaluation (a forward pass only: about a third
-        of a training step's work per image) after each epoch and in the final report."""
-        epoch_s = steps_per_epoch * args.batch_size / images_per_s
-        eval_n = len(data.val) + (len(data.test) if test_loader else 0)
-        final_n = len(D.real_part(data.train)) + len(data.val) + (len(data.test) if data.test else 0)
-        first = (steps_per_epoch - steps_done - (resumed["step"] if resumed else 0)) * args.batch_size / images_per_s
-        total = (time.perf_counter() - t_start + first + (epochs_to_run - 1) * epoch_s
-                 + (epochs_to_run * eval_n + final_n) / (3 * images_per_s))
-        estimate.update(est_images_per_s=images_per_s, est_epoch_s=epoch_s, est_total_s=total)
-        if main_process:
-            print(f"estimate: {images_per_s:.0f} img/s, {epoch_s:.0f} s/epoch, {format_seconds(total)} in all for "
-                  f"{epochs_to_run} epoch{'s' * (epochs_to_run != 1)} (early stopping aside)", flush=True)
+    best = r.best
     stop.armed = True
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(r.start_epoch, args.epochs + 1):
         if best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
             break
-        resumed = progress if epoch == start_epoch else None  # the rest of an epoch that Ctrl-C stopped
+        resumed = r.progress if epoch == r.start_epoch else None  # the rest of an epoch that Ctrl-C stopped
         seed = epoch_seed(args, epoch)
         if not resumed:  # (a resumed epoch goes on with the random state saved when it stopped)
-            torch.manual_seed(seed * world + rank)  # augmentation, dropout, mixup: a stream per process
-        order = D.train_order(data, args.batch_size, seed, epoch, args.seed, rank, world)  # this process's share
+            torch.manual_seed(seed * r.world + r.rank)  # augmentation, dropout, mixup: a stream per process
+        order = D.train_order(data, args.batch_size, seed, epoch, args.seed, r.rank, r.world)  # this process's share
         order = order[resumed["step"] * args.batch_size:] if resumed else order
         if args.device_data:
             loader = device_loader
             loader.sampler = order
         else:
             loader = D.make_loader(data.train, args.batch_size, sampler=order, workers=args.workers,
-                                   generator=torch.Generator().manual_seed(seed * world + rank),  # worker seeds
-                                   drop_last=share >= args.batch_size)
+                                   generator=torch.Generator().manual_seed(seed * r.world + r.rank),  # worker seeds
+                                   drop_last=r.share >= args.batch_size)
+        on_rate = None if estimate or args.dry_run else (
+            lambda rate, steps: estimate.update(time_estimate(r, rate, steps, resumed)))
         try:
-            train = train_one_epoch(net, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
-                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed,
-                                    on_rate=None if estimate or args.dry_run else on_rate)
+            train = train_one_epoch(net, loader, r.optimizer, r.scheduler, r.scaler, device, epoch, args, num_classes,
+                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed, on_rate=on_rate)
         except torch.OutOfMemoryError:  # one line that says what to change, not an allocator traceback
             raise TrainingError(f"out of memory on {device} at --batch-size {args.batch_size}"
-                                f"{' per process' if world > 1 else ''}: lower --batch-size (or --img-size"
+                                f"{' per process' if r.world > 1 else ''}: lower --batch-size (or --img-size"
                                 f"{', or leave out --device-data' if args.device_data else ''})") from None
         if "progress" in train:  # Ctrl-C part-way through: last.pt records the step to go on from
-            save_checkpoint(checkpoint(epoch - 1, with_state=True, progress=train["progress"]), last_pt)
-            raise Interrupted(last_pt)
+            save_checkpoint(r.checkpoint(epoch - 1, with_state=True, progress=train["progress"]), r.last_pt)
+            raise Interrupted(r.last_pt)
         # rank 0 scores the model it saves; the others take its numbers, so all stop early together
         val = None
-        if main_process:
-            val = evaluate(model, [next(iter(val_loader))] if args.dry_run else val_loader, device, num_classes)
+        if r.main_process:
+            val = evaluate(model, [next(iter(r.val_loader))] if args.dry_run else r.val_loader, device, num_classes)
         val = from_main_process(val)
         if args.dry_run:
-            if main_process:
+            if r.main_process:
                 print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
             return {"train": train, "val": val}
-        test = evaluate(model, test_loader, device, num_classes) if test_loader and main_process else None
-        history.append(history_row(epoch, train, val, optimizer.param_groups[0]["lr"], data.classes, test))
-        history[-1].update(estimate)
+        test = evaluate(model, r.test_loader, device, num_classes) if r.test_loader and r.main_process else None
+        lr = r.optimizer.param_groups[0]["lr"]
+        r.history.append(dict(history_row(epoch, train, val, lr, data.classes, test), **estimate))
         improved = val["acc"] > best["acc"]
         if improved:
             best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
         else:
             best["bad_epochs"] += 1
-        if main_process:
+        if r.main_process:
             if improved:
-                save_checkpoint(checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
-            save_checkpoint(checkpoint(epoch, with_state=True), last_pt)
-            write_history(history, os.path.join(args.save_dir, "history.csv"))
-            plot_history(history, data.classes, args.save_dir)
+                save_checkpoint(r.checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
+            save_checkpoint(r.checkpoint(epoch, with_state=True), r.last_pt)
+            write_history(r.history, os.path.join(args.save_dir, "history.csv"))
+            plot_history(r.history, data.classes, args.save_dir)
             print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
                   f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
-                  f"lr {optimizer.param_groups[0]['lr']:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s",
-                  flush=True)
+                  f"lr {lr:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s", flush=True)
             if best["bad_epochs"] >= args.patience:
                 print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
                       f"at epoch {best['epoch']})")
         if stop.requested:  # Ctrl-C during evaluation or saving: stop at this epoch's end
-            raise Interrupted(last_pt)
+            raise Interrupted(r.last_pt)
     stop.armed = False  # Ctrl-C during the report aborts it as usual: the checkpoints are complete
-    if not main_process:
-        return None
+    return None
 
-    # the final report, with the best weights, on deterministic (eval) transforms
-    model.load_state_dict(load_checkpoint(os.path.join(args.save_dir, "best.pt"))["state_dict"])
+
+def final_report(r):
+    """The assignment's Train / Val / Test lines, with the best weights on eval transforms."""
+    args, data = r.args, r.data
+    r.model.load_state_dict(load_checkpoint(os.path.join(args.save_dir, "best.pt"))["state_dict"])
     results = {}
     train_eval = D.real_part(data.train).with_transform(data.val.transform)
     for name, ds in (("Train", train_eval), ("Val", data.val), ("Test", data.test)):
         if ds is None:
             continue
-        r = evaluate(model, D.make_loader(ds, eval_bs, workers=args.workers), device, num_classes)
-        results[name.lower()] = {k: r[k] for k in ("loss", "correct", "total", "acc")}
-        print(summary_line(name, r["loss"], r["correct"], r["total"]))
+        m = evaluate(r.model, D.make_loader(ds, r.eval_bs, workers=args.workers), r.device, len(data.classes))
+        results[name.lower()] = {k: m[k] for k in ("loss", "correct", "total", "acc")}
+        print(summary_line(name, m["loss"], m["correct"], m["total"]))
     return results
 
 
