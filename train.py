@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, amp_dtype, build_model,
+from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, build_model,
                    count_parameters, ddp, distributed, from_main_process, is_distributed, is_main_process, list_models,
                    load_checkpoint, model_kwargs, needs_grad_scaler, predict, rank_and_world, resolve_amp,
                    save_checkpoint, summary_line, use_channels_last)
@@ -116,12 +116,13 @@ def get_args_parser(add_help=True):
     g.add_argument("--device", default=None, help="force cuda / mps / cpu (default: the best available)")
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
     g.add_argument("--threads", type=int, default=None,
-                   help="intra-op CPU threads of the training process (default: auto, see resolve_defaults)")
+                   help="intra-op CPU threads of the training process (default: $OMP_NUM_THREADS if set, else "
+                        "the cores the loader workers leave free)")
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
                         "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training model (default: off, see README \"Speed\")")
+                   help="torch.compile the training model (default: off, see README \"Speed on a CPU\")")
     g.add_argument("--device-data", action="store_true",
                    help="hold the training images on the device and augment whole batches there "
                         "(much faster, also on CPU; random streams differ from the torchvision presets)")
@@ -166,8 +167,9 @@ def set_threads(args, device):
     """Intra-op threads of this process: --threads, else on a CPU the cores that the training
     loader's workers leave free (at least 1), so that the two do not fight: an intra-op thread
     that waits for a core stalls every op of the step (2 threads + 2 workers on 2 cores measured
-    5-8x slower than 1 + 1, README "Speed on a CPU"). Recorded resolved in args."""
-    if args.threads is None and device.type == "cpu":
+    5-8x slower than 1 + 1, README "Speed on a CPU"). OMP_NUM_THREADS, where set, is the user's
+    choice and is kept. Recorded resolved in args."""
+    if args.threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         args.threads = max(1, cpu_cores() - (0 if args.device_data else args.workers))
     if args.threads is not None:
         if args.threads < 1:
