@@ -281,7 +281,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         seen += images.size(0)
         if on_rate is not None:
             done = step - first + 1
-            if done == RATE_WARMUP_STEPS:
+            if done == RATE_WARMUP_STEPS and step < last:
                 sync(device)
                 t_rate, seen_rate = time.perf_counter(), seen
             elif done > RATE_WARMUP_STEPS or step == last:
