@@ -309,7 +309,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 def cpu_has_native_bf16():
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch detects it
-    (cpuinfo), not guessed from the model name. Without it CPU bf16 is emulated and slower than fp32."""
+    (cpuinfo), not guessed from the CPU's name. Without it CPU bf16 is emulated and slower than fp32."""
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(f() for f in checks if f is not None)
@@ -352,7 +352,7 @@ def autocast(device, amp="auto"):
 def use_channels_last(device, amp, img_size):
     """Whether convs take channels_last inputs and weights on `device` for this precision and
     input size: where it measured faster. CPU (Intel Xeon, AVX512-BF16 + AMX, oneDNN): faster for
-    resnet18 @64 and @128 and `net` @28, fp32 and bf16 alike (bench.py --only layout; README "Speed"),
+    resnet18 @64 and @128 and `net` @28, fp32 and bf16 alike (bench.py --only layout; README "Speed on a CPU"),
     so on; CUDA: on; MPS: off (slower there). An AMD CPU measured bf16 @64 faster without it
     (issue 10): rerun the layout rows before adding a rule per CPU."""
     return device.type in ("cpu", "cuda")

@@ -120,12 +120,13 @@ def get_args_parser(add_help=True):
     g.add_argument("--device", default=None, help="force cuda / mps / cpu (default: the best available)")
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
     g.add_argument("--threads", type=int, default=None,
-                   help="intra-op CPU threads of the training process (default: auto, see resolve_defaults)")
+                   help="intra-op CPU threads of the training process (default: $OMP_NUM_THREADS if set, else "
+                        "the cores the loader workers leave free)")
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
                         "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training model (default: off, see README \"Speed\")")
+                   help="torch.compile the training model (default: off, see README \"Speed on a CPU\")")
     g.add_argument("--device-data", action="store_true",
                    help="hold the training images on the device and augment whole batches there "
                         "(much faster, also on CPU; random streams differ from the torchvision presets)")
@@ -171,8 +172,9 @@ def set_threads(args, device):
     """Intra-op threads of this process: --threads, else on a CPU the cores that the training
     loader's workers leave free (at least 1), so that the two do not fight: an intra-op thread
     that waits for a core stalls every op of the step (2 threads + 2 workers on 2 cores measured
-    5-8x slower than 1 + 1, README "Speed on a CPU"). Recorded resolved in args."""
-    if args.threads is None and device.type == "cpu":
+    5-8x slower than 1 + 1, README "Speed on a CPU"). OMP_NUM_THREADS, where set, is the user's
+    choice and is kept. Recorded resolved in args."""
+    if args.threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         args.threads = max(1, cpu_cores() - (0 if args.device_data else args.workers))
     if args.threads is not None:
         if args.threads < 1:
@@ -329,7 +331,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         seen += images.size(0)
         if on_rate is not None:
             done = step - first + 1
-            if done == RATE_WARMUP_STEPS:
+            if done == RATE_WARMUP_STEPS and step < last:
                 sync(device)
                 t_rate, seen_rate = time.perf_counter(), seen
             elif done > RATE_WARMUP_STEPS or step == last:
