@@ -244,38 +244,6 @@ def knn_agreement(features, labels, pool, k, device, chunk=512):
     return out
 
 
-def pixel_vectors(splits, side=32, chunk=1024):
-    """Every stored image (split by split, in dataset order) pooled to at most side x side,
-    centred and L2-normalised: the dot product of two is their pixel correlation, which ignores
-    brightness and contrast. Pixels, not the network's features: training pulls all clean
-    images of a class together in feature space, so features would pair look-alikes, not copies."""
-    out = []
-    for ds in splits.values():
-        for a in range(0, len(ds), chunk):
-            x = ds.images[ds.indices[a:a + chunk]].float()
-            x = F.adaptive_avg_pool2d(x, min(side, x.shape[-1])).flatten(1)
-            out.append(F.normalize(x - x.mean(1, keepdim=True), dim=1))
-    return torch.cat(out)
-
-
-def near_duplicates(vectors, threshold, device, chunk=512, limit=10_000):
-    """Row pairs (i < j) whose vectors have cosine similarity >= threshold, most similar first:
-    (LongTensor [P, 2], similarities [P]). Chunk x N similarities at a time; at most the `limit`
-    most similar pairs are kept."""
-    x = vectors.to(device)
-    pairs, sims = torch.empty(0, 2, dtype=torch.long), torch.empty(0)
-    for a in range(0, len(x), chunk):
-        s = (x[a:a + chunk] @ x[a:].T).triu_(1)  # column j is row a + j: each pair once
-        i, j = (s >= threshold).nonzero(as_tuple=True)
-        pairs = torch.cat([pairs, torch.stack([i + a, j + a], 1).cpu()])
-        sims = torch.cat([sims, s[i, j].float().cpu()])
-        if len(sims) > limit:
-            keep = sims.topk(limit).indices
-            pairs, sims = pairs[keep], sims[keep]
-    order = sims.argsort(descending=True, stable=True)
-    return pairs[order], sims[order]
-
-
 def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None):
     """Everything analyze.py knows per sample, one row per sample of `splits` (E.eval_splits),
     split by split in dataset order; `outs` ({split: E.collect(..., features=True)}) skips splits
@@ -287,7 +255,7 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
       loss, confidence     -log p(label), p(label); margin: p(label) - the highest other p
       suspect, suggested   confident learning on the out-of-sample train and val rows (suggested: -1 elsewhere)
       knn_agreement        share of the `knn` nearest training samples (feature space) with the same label
-      duplicate            in one of `pairs` (near_duplicates over pixel_vectors(splits))
+      duplicate            in one of `pairs` (data.near_duplicates over data.pixel_vectors)
       flag                 "ok", or suspect / mistake / duplicate joined by "+"
     """
     outs = {name: (outs or {}).get(name) or E.collect(model, ds, device, batch_size, features=True)
@@ -538,7 +506,8 @@ def main(args):
     print(f"wrote kernels.png, tsne.png, neighbors.png to {out_dir}")
 
     oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
-    pairs, sims = near_duplicates(pixel_vectors(splits), args.duplicate_threshold, device)
+    pairs, sims = D.near_duplicates(torch.cat([D.pixel_vectors(ds.images, ds.indices) for ds in splits.values()]),
+                                     args.duplicate_threshold, device)
     table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs)
     write_quality(table, pairs, sims, data.classes, out_dir)
     plot_suspects(table, splits, data.classes, os.path.join(out_dir, "suspects.png"))

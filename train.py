@@ -223,13 +223,29 @@ def build_optimizer(model, args):
 
 # ----------------------------------------------------------------------------- one epoch
 
-def mixup(images, labels, args):
-    """With probability --mix-prob: (mixed images, labels_b, lam), else (images, None, 1)."""
+def mixup(images, args):
+    """With probability --mix-prob: (mixed images, perm, lam): sample i is lam * i + (1 - lam) * perm[i].
+    Otherwise (images, None, 1)."""
     if args.mixup_alpha <= 0 or args.mix_prob <= 0 or torch.rand(()).item() >= args.mix_prob:
         return images, None, 1.0
     lam = torch.distributions.Beta(args.mixup_alpha, args.mixup_alpha).sample().item()
     perm = torch.randperm(images.size(0), device=images.device)
-    return lam * images + (1 - lam) * images[perm], labels[perm], lam
+    return lam * images + (1 - lam) * images[perm], perm, lam
+
+
+def mixup_loss(logits, labels, weights, perm, lam, label_smoothing):
+    """(the batch loss, the per-sample loss for the logs). Mixup's soft-target cross-entropy is split
+    by linearity into a term per source sample, each scaled by that sample's own weight, so a
+    weight-0 sample's label never enters the loss; the mean is over the weighted samples only."""
+    ce = lambda y: F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)  # noqa: E731
+    per_sample = ce(labels)
+    weighted = per_sample * weights
+    if perm is not None:
+        other = ce(labels[perm])
+        weighted = lam * weighted + (1 - lam) * other * weights[perm]
+        per_sample = lam * per_sample + (1 - lam) * other
+    # sum(lam * w_i + (1 - lam) * w_perm(i)) = sum(w): the weights' total, whether mixed or not
+    return weighted.sum() / weights.sum().clamp_min(1e-12), per_sample
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
@@ -256,14 +272,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         if device.type != "mps":
             images = images.contiguous(memory_format=torch.channels_last)
         labels, weights = labels.to(device), weights.to(device, torch.float32)
-        mixed, labels_b, lam = mixup(images, labels, args)
+        mixed, perm, lam = mixup(images, args)
         with autocast(device):
             logits = model(mixed)
-            per_sample = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=args.label_smoothing)
-            if labels_b is not None:  # mixup = soft-target cross-entropy, split by linearity
-                per_sample = lam * per_sample + (1 - lam) * F.cross_entropy(
-                    logits.float(), labels_b, reduction="none", label_smoothing=args.label_smoothing)
-            loss = (per_sample * weights).mean()
+            loss, per_sample = mixup_loss(logits, labels, weights, perm, lam, args.label_smoothing)
         if not all_finite(loss):  # under torchrun: on any process stops every process
             raise TrainingError(f"loss is not finite ({loss.item()}) at epoch {epoch}, step {step}; stopped "
                                 f"(best.pt and last.pt are the last good ones). Lower --lr or set --clip-grad.")
@@ -479,7 +491,7 @@ def run(args, device, stop):
     eval_bs = max(256, args.batch_size)
     val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
     test_loader = D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None
-    share = -(-len(data.train) // world)  # training samples per process and epoch (see D.epoch_order)
+    share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
     steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
@@ -490,7 +502,11 @@ def run(args, device, stop):
         raise TrainingError(f"cannot create --save-dir {args.save_dir}: {e.strerror}") from None
     last_pt = os.path.join(args.save_dir, "last.pt")
     if main_process:
-        print(f"{args.model}: {count_parameters(model):,} parameters | {len(data.train)} train, {len(data.val)} val"
+        real = len(D.real_part(data.train))
+        pool = f" + {len(data.train) - real} synthetic (ratio {args.synthetic_ratio})" if real < len(data.train) else ""
+        groups = data.config.get("num_groups")
+        print(f"{args.model}: {count_parameters(model):,} parameters | {real} train{pool}, {len(data.val)} val"
+              f"{f' ({groups} photo groups)' if groups else ''}"
               f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
               f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}"
               f"{f' | {world} processes' if world > 1 else ''}")
@@ -510,7 +526,8 @@ def run(args, device, stop):
         if ck["data"].get("split_hash") != data.config["split_hash"]:
             raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
                                   f"--split-seed or --train-fraction differ)")
-        changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n")
+        changed = [k for k in ("epochs", "seed", "batch_size", "lr", "scheduler", "augment", "synthetic_n",
+                               "synthetic_ratio")
                    if ck["args"].get(k) != getattr(args, k)]
         if changed:
             D.warn(f"resuming with other settings than {args.resume} had: "
@@ -565,7 +582,7 @@ def run(args, device, stop):
         seed = epoch_seed(args, epoch)
         if not resumed:  # (a resumed epoch goes on with the random state saved when it stopped)
             torch.manual_seed(seed * world + rank)  # augmentation, dropout, mixup: a stream per process
-        order = D.epoch_order(len(data.train), seed, rank, world)  # one shuffle, this process's share
+        order = D.train_order(data, args.batch_size, seed, epoch, args.seed, rank, world)  # this process's share
         order = order[resumed["step"] * args.batch_size:] if resumed else order
         if args.device_data:
             loader = device_loader

@@ -43,7 +43,8 @@ def make_folder(root, mnist_root):
             label = int((label + 1 + rng.integers(9)) % 10)
             flipped.add(f"d{k:04d}_label{label}.png")
         Image.fromarray(images[i, 0].numpy()).save(root / f"d{k:04d}_label{label}.png")
-    # the split depends on names and labels only, so a file's pixels can change afterwards
+    # without --group-split the split depends on names and labels only, so a file's pixels can
+    # change afterwards (the group split would keep the copy on its original's side: tested below)
     paths, names = D.scan_folder(str(root))
     train_idx, val_idx = D.stratified_split(torch.tensor([int(n) for n in names]), 0.15, 0)
     clean = lambda idx: [paths[i] for i in idx.tolist() if os.path.basename(paths[i]) not in flipped]  # noqa: E731
@@ -75,7 +76,7 @@ def flipped_run(tmp_path_factory, mnist_root):
     with pytest.MonkeyPatch.context() as mp:
         quiet_figures(mp)
         train.main(train.get_args_parser().parse_args(
-            [str(a) for a in ["--data-dir", root, "--save-dir", tmp / "run", *TRAIN_ARGS]]))
+            [str(a) for a in ["--data-dir", root, "--save-dir", tmp / "run", "--no-group-split", *TRAIN_ARGS]]))
         run_analyze(tmp / "run" / "best.pt", tmp / "out", "--folds", FOLDS, "--fold-epochs", 10)
     return {"root": root, "ckpt": tmp / "run" / "best.pt", "out": tmp / "out", "flipped": flipped, "dup": dup}
 
@@ -147,6 +148,21 @@ def test_leakage_pair_found(flipped_run):
     assert {hit[0]["split_a"], hit[0]["split_b"]} == {"train", "val"}
     flags = {r["path"]: r["flag"] for r in read_csv(flipped_run["out"] / "samples.csv")}
     assert "duplicate" in flags[src] and "duplicate" in flags[dst]
+
+
+def test_group_split_keeps_the_copy_with_its_original(flipped_run):
+    src, dst = flipped_run["dup"]
+    cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], group_split=True, split_hash=None)
+    data = D.build_datasets(cfg)
+    val = {data.val.path(i) for i in range(len(data.val))}
+    assert (src in val) == (dst in val)
+    assert data.config["num_groups"] < data.config["num_samples"]
+    assert len(val) == len(flipped_run_val(flipped_run))  # the same val size as the plain split
+
+
+def flipped_run_val(flipped_run):
+    data = D.build_datasets(torch.load(flipped_run["ckpt"], weights_only=True)["data"])
+    return [data.val.path(i) for i in range(len(data.val))]
 
 
 def test_mistakes_on_disk(flipped_run):
