@@ -51,6 +51,8 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help=f"predictions are the mean softmax over N test-time views (evaluate.py --tta; 1..{len(E.TTA_VIEWS)})")
     g = p.add_argument_group("data quality")
     g.add_argument("--folds", type=int, default=0,
                    help="also review the training labels: K short train.py runs, each scoring the fold it "
@@ -76,7 +78,8 @@ def check_args(args):
                            ("queries", args.queries >= 1, ">= 1"),
                            ("neighbors", args.neighbors >= 1, ">= 1"),
                            ("seed", args.seed >= 0, ">= 0"),
-                           ("batch_size", args.batch_size >= 1, ">= 1")):
+                           ("batch_size", args.batch_size >= 1, ">= 1"),
+                           ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
         D.check_args(args, (name, ok, need))
     D.check_device(args.device)
     D.check_folder_arg(args.out, "--out")
@@ -492,7 +495,8 @@ def main(args):
     splits = E.eval_splits(data)
     held = "test" if "test" in splits else "val"
     # every split predicted once: the figures, the sample table and the pages all reuse it
-    outs = {name: E.collect(model, ds, device, args.batch_size, features=True) for name, ds in splits.items()}
+    outs = {name: E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta,
+                            temperature=ckpt.get("temperature", 1.0)) for name, ds in splits.items()}
     held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
     xy = tsne_2d(held_out["features"][pick], args.seed)

@@ -17,9 +17,9 @@ import experiments  # noqa: E402
 import train  # noqa: E402
 from conftest import interrupt_at_epoch  # noqa: E402
 
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / f).is_file() or (MNIST_ROOT / "MNIST" / "raw" / (f + ".gz")).is_file()
-                 for f in D.MNIST_FILES)
+from conftest import MNIST_ROOT, have_mnist  # noqa: E402  (the tests' MNIST subset)
+
+HAVE_MNIST = have_mnist()
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not in {MNIST_ROOT}")
 MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--model", "convnet",
               "--epochs", 1, "--batch-size", 64, "--val-fraction", 0.02, "--quiet", "--warmup-epochs", 0,

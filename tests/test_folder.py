@@ -25,11 +25,10 @@ import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 import train  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import MNIST_ROOT as SHARED, have_mnist  # noqa: E402  (the tests' MNIST subset)
+
 MNIST_RAW = SHARED / "MNIST" / "raw"
-needs_mnist = pytest.mark.skipif(
-    not all((MNIST_RAW / f).is_file() or (MNIST_RAW / (f + ".gz")).is_file() for f in D.MNIST_FILES),
-    reason=f"MNIST not in {MNIST_RAW}")
+needs_mnist = pytest.mark.skipif(not have_mnist(), reason=f"MNIST not in {MNIST_RAW}")
 
 IMG = 16                       # img_size of the data tests
 S = D.cache_size(IMG)          # side of the decoded cache
