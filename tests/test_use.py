@@ -248,6 +248,7 @@ def test_sample_weights_steer_a_real_run(tmp_path, mnist_root, monkeypatch):
 
 # ----------------------------------------------------------------------------- export
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is marked deprecated (torch >= 2.9)
 def test_export_torchscript_metadata_and_parity(mnist_run, tmp_path):
     import export
     tmp, _ = mnist_run
@@ -281,3 +282,17 @@ def test_export_onnx_exports_or_says_how_to_install(mnist_run, tmp_path):
         assert "same top-1 on 50/50" in r.stdout and (tmp_path / "m.onnx").is_file()
     except ImportError:
         assert "pip install onnx onnxruntime" in r.stdout and not (tmp_path / "m.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- the dashboard's map
+
+def test_dashboard_map_fills_its_box_keeping_the_aspect_ratio():
+    import report
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * torch.tensor([30.0, 10.0]) + 5  # a wide cloud, 3:1
+    flat, (w, h) = report.fit_box(xy.numpy())
+    pts = np.array(flat).reshape(-1, 2)
+    assert w == 1000 and 300 <= h <= 345  # the box is the points' own: about 3:1
+    assert pts[:, 0].min() == 0 and pts[:, 0].max() == w and pts[:, 1].min() == 0 and pts[:, 1].max() == h
+    ratio = (xy.max(0).values - xy.min(0).values)
+    assert w / h == pytest.approx(float(ratio[0] / ratio[1]), rel=0.01)  # one scale for both axes
