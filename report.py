@@ -79,6 +79,7 @@ def write_dashboard(path, points, maps, classes, title="", note=""):
         "conf": [round(c, 3) for c in points["conf"].tolist()],
         "split": points["split"], "source": points["source"], "name": points["names"],
         "img": [thumbnail_uri(im) for im in points["images"]],
+        "cam": [thumbnail_uri(im) for im in points.get("cams") or []],  # Grad-CAM overlays (analyze.py)
     }
     # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
@@ -108,7 +109,8 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 #legend .sw { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
 #tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
        padding: 6px; box-shadow: 0 2px 6px #0004; font-size: 13px; line-height: 1.35; }
-#tip img { display: block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin-bottom: 4px; }
+#tip img { display: inline-block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin: 0 4px 4px 0; }
+#tip img[hidden] { display: none; }
 #tip .bad { color: #c00; font-weight: bold; }
 </style></head>
 <body>
@@ -123,7 +125,7 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 </div>
 <div id="tabs"></div>
 <div id="main"><svg id="map" viewBox="-15 -15 1030 1030"></svg><div id="legend"></div></div>
-<div id="tip"><img id="tipimg" alt=""><div id="tiptext"></div></div>
+<div id="tip"><img id="tipimg" alt=""><img id="tipcam" alt="Grad-CAM" title="Grad-CAM" hidden><div id="tiptext"></div></div>
 <script type="application/json" id="data">__DATA__</script>
 <script>
 "use strict";
@@ -191,6 +193,9 @@ svg.addEventListener("mouseover", e => {
   if (e.target.dataset.i === undefined) return;
   const i = +e.target.dataset.i, wrong = D.pred[i] !== D.label[i];
   document.getElementById("tipimg").src = D.img[i];
+  const cam = document.getElementById("tipcam");
+  cam.hidden = !D.cam[i];  // the Grad-CAM heat map of the prediction, beside the image
+  if (D.cam[i]) cam.src = D.cam[i];
   const lines = [el("div", "label: " + D.classes[D.label[i]]),
                  el("div", "prediction: " + D.classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
                  el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
@@ -366,6 +371,10 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
                                    [[cell(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
                                     for c, r in results[shown]["per_class"].items()])
         md += ["", f"Confusion matrix ({shown}):", ""] + figures("confusion.png")
+        if "ece" in results[shown]:
+            md += [f"Calibration ({shown}): expected calibration error {100 * results[shown]['ece']:.2f}% "
+                   f"(reliability diagram below; `evaluate.py --temperature auto` fits a temperature).", ""]
+        md += figures("calibration.png")
     else:
         md += ["_No metrics.json: `python evaluate.py` or `python analyze.py` on the checkpoint writes it._", ""]
 
@@ -375,6 +384,7 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
         md += [f"Every mistake as an image file: [mistakes/]({link(find('mistakes'))}/) ({n} files).", ""]
 
     md += ["## What the network learned", ""] + figures("kernels.png") + figures("tsne.png") + figures("neighbors.png")
+    md += figures("gradcam.png")
     if find("dashboard.html"):
         md += [f"Hover the points of [dashboard.html]({link(find('dashboard.html'))}) for the images behind the map.", ""]
 

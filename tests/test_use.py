@@ -296,3 +296,52 @@ def test_dashboard_map_fills_its_box_keeping_the_aspect_ratio():
     assert pts[:, 0].min() == 0 and pts[:, 0].max() == w and pts[:, 1].min() == 0 and pts[:, 1].max() == h
     ratio = (xy.max(0).values - xy.min(0).values)
     assert w / h == pytest.approx(float(ratio[0] / ratio[1]), rel=0.01)  # one scale for both axes
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+def test_grad_cam_lands_on_the_digit_of_synthetic_composites(mnist_root):
+    """A `net` trained a little on synthetic composites (MNIST digits pasted on textured colour
+    backgrounds): its Grad-CAM correlates with each image's digit region, known exactly because the
+    same composites made on black and on white backgrounds agree only where the digit was pasted."""
+    import analyze
+    import synth
+    g = torch.Generator().manual_seed(0)
+    digits, digit_labels = D.load_mnist(str(mnist_root), train=True, download=False)
+    smooth = torch.nn.functional.interpolate(torch.rand(64, 3, 6, 6, generator=g), size=48, mode="bilinear")
+    bg = (smooth * 200 + torch.rand(64, 3, 48, 48, generator=g) * 55).round().to(torch.uint8)
+    size, n_train, n_test = 32, 3000, 400
+    x, y = synth.make_synthetic(bg, digits, digit_labels, n_train + n_test, size, seed=1)
+    on_black, _ = synth.make_synthetic(torch.zeros_like(bg), digits, digit_labels, n_train + n_test, size, seed=1)
+    on_white, _ = synth.make_synthetic(torch.full_like(bg, 255), digits, digit_labels, n_train + n_test, size, seed=1)
+    digit = (on_black == on_white).all(1).float()  # [n, size, size]: 1 on the pasted digit
+    # synth centres its digits: shift every composite (and its region) by up to 8 px, so that where
+    # the digit is differs from image to image and the control below is another place
+    shifts = torch.randint(-8, 9, (len(x), 2), generator=g).tolist()
+    x = torch.stack([im.roll(s, (1, 2)) for im, s in zip(x, shifts)])
+    digit = torch.stack([m.roll(s, (0, 1)) for m, s in zip(digit, shifts)])[n_train:]
+    assert 0.05 < digit.mean() < 0.5
+    x = (x.float() / 255 - 0.5) / 0.25
+    torch.manual_seed(0)
+    net = M.build_model("net", 10, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    for epoch in range(5):
+        for idx in torch.randperm(n_train, generator=g).split(64):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    cams, logits = analyze.grad_cam(net, x[n_train:])
+    right = logits.argmax(1) == y[n_train:]
+    assert right.float().mean() > 0.3 and cams.shape == digit.shape  # chance: 0.1
+
+    def corr(a, b):
+        a, b = a.flatten(1) - a.flatten(1).mean(1, keepdim=True), b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    on_digit = corr(cams, digit)[right].mean().item()
+    other = corr(cams, digit.roll(1, 0))[right].mean().item()  # another image's digit region: the control
+    assert on_digit > 0.2 and on_digit > other + 0.1, (on_digit, other)
+    inside = (cams * digit).sum((1, 2)) / digit.sum((1, 2))
+    outside = (cams * (1 - digit)).sum((1, 2)) / (1 - digit).sum((1, 2))
+    assert (inside > outside)[right].float().mean() > 0.7
