@@ -492,7 +492,7 @@ def run(args, device, stop):
     val_loader = D.make_loader(data.val, eval_bs, workers=args.workers)
     test_loader = D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None
     share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
-    steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
+    steps_per_epoch = -(-share // args.batch_size)  # the order holds whole batches (and a kept partial one)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16 and device.type == "cuda")
 
@@ -510,6 +510,10 @@ def run(args, device, stop):
               f"{f', {len(data.test)} test' if data.test else ''} | {num_classes} classes | device {device}"
               f"{f' ({amp_dtype(device)})' if amp_dtype(device) else ''} | augment {args.augment}"
               f"{f' | {world} processes' if world > 1 else ''}")
+        dropped = -(-len(data.train) // world) - share if not isinstance(data.train, torch.utils.data.ConcatDataset) else 0
+        print(f"{steps_per_epoch} steps of {args.batch_size} per epoch"
+              + (f" (the last partial batch, {dropped} images, is left out of each epoch; a new shuffle every epoch)"
+                 if dropped > 0 else ""))
 
     start_epoch, history, progress = 1, [], None
     best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
@@ -567,7 +571,7 @@ def run(args, device, stop):
 
     if args.device_data:
         batch_augment = D.BatchAugment(args.augment, data.img_size, data.mean, data.std)
-        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment)
+        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment, drop_last=False)
         augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
     else:
         augment_one = lambda ds, i: ds[i][0]  # noqa: E731
@@ -590,7 +594,7 @@ def run(args, device, stop):
         else:
             loader = D.make_loader(data.train, args.batch_size, sampler=order, workers=args.workers,
                                    generator=torch.Generator().manual_seed(seed * world + rank),  # worker seeds
-                                   drop_last=share >= args.batch_size)
+                                   drop_last=False)  # train_order already decided
         try:
             train = train_one_epoch(net, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
                                     max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed)

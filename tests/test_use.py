@@ -213,7 +213,7 @@ def test_clip_grad_clips_every_real_step(tmp_path, mnist_root, monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_check)
     res = train_quiet(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--clip-grad", 0.05,
                                       "--train-fraction", 0.2, "--augment", "none"), monkeypatch)
-    assert len(norms) == 5  # 340 images, 5 steps of 64 (the partial batch of 20 dropped)
+    assert len(norms) == 6  # 340 images: 5 steps of 64 and the partial batch of 20 (5.9% of the epoch, kept)
     assert all(t > m and a <= m * (1 + 1e-4) for t, a, m in norms)  # every step clipped to 0.05
     assert np.isfinite(res["val"]["loss"])
 
@@ -345,3 +345,28 @@ def test_grad_cam_lands_on_the_digit_of_synthetic_composites(mnist_root):
     inside = (cams * digit).sum((1, 2)) / digit.sum((1, 2))
     outside = (cams * (1 - digit)).sum((1, 2)) / (1 - digit).sum((1, 2))
     assert (inside > outside)[right].float().mean() > 0.7
+
+
+# ----------------------------------------------------------------------------- the last partial batch
+
+def test_last_partial_batch_is_kept_when_it_is_more_than_a_few_percent():
+    assert D.epoch_length(856, 32) == 832   # 24 of 856 (2.8%): dropped, 26 steps
+    assert D.epoch_length(856, 128) == 856  # 88 of 856 (10%): kept, 7 steps
+    assert D.epoch_length(54, 32) == 54     # 1/16 of the photos: 22 of 54 (41%) kept, 2 steps
+    assert D.epoch_length(51000, 128) == 50944  # MNIST: 56 of 51,000 dropped
+    assert D.epoch_length(20, 64) == 20     # less than one batch: one step of all
+    assert D.epoch_length(41, 20) == 40     # a partial batch of 1 sample is never a step (BatchNorm)
+    data = D.Data(D.TensorImageDataset(torch.zeros(54, 1, 2, 2, dtype=torch.uint8), torch.zeros(54, dtype=torch.long)),
+                  None, None, ["0"], 1, 2, (0,), (1,), {})
+    order = D.train_order(data, 32, seed=0, epoch=1)
+    assert sorted(order) == list(range(54))
+
+
+def test_train_prints_the_steps_and_what_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
+    train_quiet(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--train-fraction", 0.25, "--augment", "none"),
+                monkeypatch)
+    out = capsys.readouterr().out  # 420 training digits: 6 steps of 64 and 36 (8.6%) kept
+    assert "7 steps of 64 per epoch\n" in out
+    train_quiet(tiny_train_args(mnist_root, tmp_path / "b", "--epochs", 1, "--train-fraction", 0.25, "--batch-size", 100,
+                                "--augment", "none"), monkeypatch)
+    assert "4 steps of 100 per epoch (the last partial batch, 20 images, is left out" in capsys.readouterr().out  # 4.8%
