@@ -53,7 +53,8 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
     p.add_argument("--tta", type=int, default=1, metavar="N",
-                   help=f"predictions are the mean softmax over N test-time views (evaluate.py --tta; 1..{len(E.TTA_VIEWS)})")
+                   help=f"predictions are the mean softmax over N test-time views "
+                        f"(evaluate.py --tta; 1..{len(E.TTA_VIEWS)})")
     g = p.add_argument_group("data quality")
     g.add_argument("--folds", type=int, default=0,
                    help="also review the training labels: K short train.py runs, each scoring the fold it "
@@ -537,7 +538,8 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         pts["split"] += [split] * len(idx)
         pts["source"] += [source] * len(idx)
         pts["images"] += [D.raw_image(ds, i) for i in idx]
-        pts["cams"] += [cam_overlay(D.raw_image(ds, i), cam) for i, cam in zip(idx, dataset_cams(model, ds, idx, device))]
+        pts["cams"] += [cam_overlay(D.raw_image(ds, i), cam)
+                        for i, cam in zip(idx, dataset_cams(model, ds, idx, device))]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])

@@ -243,7 +243,8 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
-    plot_calibration(outs[shown]["probs"], outs[shown]["labels"], os.path.join(out_dir, "calibration.png"), f"{shown}: ")
+    plot_calibration(outs[shown]["probs"], outs[shown]["labels"], os.path.join(out_dir, "calibration.png"),
+                     f"{shown}: ")
     return results, outs
 
 
@@ -274,7 +275,8 @@ def ensemble_outs(members, which="all"):
                 raise D.DataError(f"the checkpoints do not share the same {name} split (other data, "
                                   f"--val-fraction or --split-seed): they cannot be scored as one ensemble")
         probs = torch.stack([m[name]["probs"] for m in members]).mean(0)
-        outs[name] = {"logits": probs.clamp_min(1e-12).log(), "probs": probs, "preds": probs.argmax(1), "labels": labels}
+        outs[name] = {"logits": probs.clamp_min(1e-12).log(), "probs": probs, "preds": probs.argmax(1),
+                      "labels": labels}
     return outs
 
 
@@ -422,7 +424,8 @@ def main(args):
     label = f"{len(paths)}-model ensemble " if len(paths) > 1 else ""
     for name, r in results.items():
         print(label + summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
-    print(f"calibration error (ECE, {ECE_BINS} bins): " + ", ".join(f"{n} {100 * r['ece']:.2f}%" for n, r in results.items()))
+    print(f"calibration error (ECE, {ECE_BINS} bins): "
+          + ", ".join(f"{n} {100 * r['ece']:.2f}%" for n, r in results.items()))
     print(f"wrote metrics.json, confusion.png, mistakes.png, calibration.png ({shown_split(results)} split) to {out_dir}")
     return results
 
