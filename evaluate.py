@@ -280,7 +280,7 @@ def ensemble_outs(members, which="all"):
     return outs
 
 
-def image_labels(folder, classes):
+def image_labels(folder):
     """{path: class name} for the images of `folder` whose label can be read (class subfolders or
     x_label7.jpg names), {} for an unlabelled folder."""
     import contextlib
@@ -311,7 +311,7 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
         probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt.get("temperature", 1.0))["probs"])
     probs = torch.stack(probs).mean(0)
     classes = runs[0][1]["classes"]
-    given = image_labels(folder, classes)
+    given = image_labels(folder)
     names = [given.get(paths[i]) for i in kept]
     top = probs.topk(min(3, len(classes)), dim=1)
     with D.atomic_write(out_csv) as f:
