@@ -99,6 +99,10 @@ def main(args):
     images = torch.stack([held[i][0] for i in range(n)])  # the evaluation path's tensors
     stem = os.path.splitext(os.path.abspath(args.checkpoint))[0]
     path = args.out or stem + (".torchscript.pt" if args.format == "torchscript" else ".onnx")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise D.DataError(f"cannot create the folder of {path}: {e.strerror}") from None
     meta = metadata(ckpt)
     export = export_torchscript if args.format == "torchscript" else export_onnx
     exported = export(model, images[:2], meta, path)

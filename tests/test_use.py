@@ -252,11 +252,11 @@ def test_sample_weights_steer_a_real_run(tmp_path, mnist_root, monkeypatch):
 def test_export_torchscript_metadata_and_parity(mnist_run, tmp_path):
     import export
     tmp, _ = mnist_run
-    r = run_script("export.py", tmp / "run" / "best.pt", "--out", tmp_path / "m.pt", "--parity-images", 200)
+    r = run_script("export.py", tmp / "run" / "best.pt", "--out", tmp_path / "new" / "m.pt", "--parity-images", 200)
     assert r.returncode == 0, r.stderr
     assert "parity on 200 test images: max |logit difference|" in r.stdout and "same top-1 on 200/200" in r.stdout
     files = {"metadata.json": ""}
-    loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
+    loaded = torch.jit.load(str(tmp_path / "new" / "m.pt"), _extra_files=files)
     meta = json.loads(files["metadata.json"])
     assert meta["classes"] == [str(i) for i in range(10)] and meta["img_size"] == 28
     assert meta["mean"] == list(D.MNIST_MEAN) and meta["std"] == list(D.MNIST_STD)
