@@ -6,6 +6,7 @@
 Writes next to the checkpoint (or into --out):
   kernels.png    every first-layer kernel (and the second layer's, when the first has < 9)
   tsne.png       penultimate features of the test set (val where there is none) in 2-D
+  gradcam.png    Grad-CAM heat maps (last conv stage) of the held-out mistakes and a sample of correct images
   neighbors.png  query images, each followed by its 8 nearest training images in feature space
   samples.csv    one row per train / val / test sample: prediction, loss, confidence in the given
                  label, margin, kNN label agreement and a flag (ok, or suspect / mistake / duplicate)
@@ -53,6 +54,9 @@ def get_args_parser():
     p.add_argument("--device", default=None)
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast precision (default: the checkpoint's, what training evaluated with)")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help=f"predictions are the mean softmax over N test-time views "
+                        f"(evaluate.py --tta; 1..{len(E.TTA_VIEWS)})")
     g = p.add_argument_group("data quality")
     g.add_argument("--folds", type=int, default=0,
                    help="also review the training labels: K short train.py runs, each scoring the fold it "
@@ -78,7 +82,8 @@ def check_args(args):
                            ("queries", args.queries >= 1, ">= 1"),
                            ("neighbors", args.neighbors >= 1, ">= 1"),
                            ("seed", args.seed >= 0, ">= 0"),
-                           ("batch_size", args.batch_size >= 1, ">= 1")):
+                           ("batch_size", args.batch_size >= 1, ">= 1"),
+                           ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
         D.check_args(args, (name, ok, need))
     D.check_device(args.device)
     D.check_folder_arg(args.out, "--out")
@@ -180,6 +185,84 @@ def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labe
             same = pool_labels[j] == query_labels[r]
             axes[r, c + 1].set_title(classes[pool_labels[j]], fontsize=8, color="black" if same else "red")
     fig.suptitle("nearest training images in feature space (red: other class)", fontsize=10)
+    fig.tight_layout()
+    D.save_figure(fig, path, dpi=90)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+POOLS = (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d,
+         torch.nn.Dropout, torch.nn.Dropout2d)
+
+
+def grad_cam(model, images, target=None):
+    """Grad-CAM (Selvaraju et al. 2017) of the last conv stage: the last spatial feature map a leaf
+    module outputs before the pooling (any model of the registry), weighted by the spatially averaged
+    gradient of the `target` logit (default: the prediction), ReLU, upsampled to the input and scaled
+    to [0, 1] per image. Returns (cams [B, H, W], logits [B, C]). Eval mode, so images are independent."""
+    found = {}
+
+    def keep(module, inputs, output):
+        if output.dim() == 4 and output.shape[-1] > 1 and not isinstance(module, POOLS):
+            found["maps"] = output
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if not list(m.children())]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            maps = found["maps"]
+            target = logits.argmax(1) if target is None else target
+            grads, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), maps)
+    finally:
+        for h in hooks:
+            h.remove()
+    cam = F.relu((grads.mean((2, 3), keepdim=True) * maps).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return (cam / cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)).detach(), logits.detach()
+
+
+def cam_overlay(img, cam, alpha=0.5):
+    """uint8 [H, W, C] image and a [h, w] heat map in [0, 1] -> uint8 [H, W, 3]: the map (jet) blended over it."""
+    import matplotlib
+    cam = F.interpolate(cam[None, None].float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    heat = matplotlib.colormaps["jet"](cam.clamp(0, 1).numpy())[..., :3]
+    base = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+    return (alpha * heat * 255 + (1 - alpha) * base).round().clip(0, 255).astype(np.uint8)
+
+
+def dataset_cams(model, dataset, idx, device, batch_size=64):
+    """Grad-CAM heat maps [len(idx), H, W] of dataset items `idx` (eval transforms), on the CPU."""
+    cams = []
+    for lo in range(0, len(idx), batch_size):
+        x = torch.stack([dataset[i][0] for i in idx[lo:lo + batch_size]]).to(device)
+        cams.append(grad_cam(model, x)[0].cpu())
+    return torch.cat(cams) if cams else torch.empty(0)
+
+
+def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0):
+    """gradcam.png: up to n mistakes (most confident first) and n correct images picked at random,
+    each with its Grad-CAM heat map for the predicted class."""
+    conf = out["probs"].max(1).values
+    wrong = torch.nonzero(out["preds"] != out["labels"]).flatten()
+    wrong = wrong[conf[wrong].argsort(descending=True)][:n].tolist()
+    right = torch.nonzero(out["preds"] == out["labels"]).flatten()
+    right = right[torch.randperm(len(right), generator=torch.Generator().manual_seed(seed))[:n]].tolist()
+    rows = [("mistake", wrong), ("correct", right)]
+    plt = _plt()
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.2), squeeze=False)
+    for r, (kind, idx) in enumerate(rows):
+        cams = dataset_cams(model, dataset, idx, device)
+        for c in range(n):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(idx):
+                continue
+            i = idx[c]
+            ax.imshow(cam_overlay(D.raw_image(dataset, i), cams[c]))
+            ax.set_title(f"{classes[out['labels'][i]]} -> {classes[out['preds'][i]]}", fontsize=8,
+                         color="red" if kind == "mistake" else "black")
+        axes[r, 0].text(-0.1, 0.5, kind, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle("Grad-CAM of the last conv stage (true -> predicted; red: mistakes)", fontsize=10)
     fig.tight_layout()
     D.save_figure(fig, path, dpi=90)
 
@@ -441,7 +524,8 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         groups.insert(1, ("train", 1, data.train.datasets[1].with_transform(data.val.transform)))
     k = len(data.classes)
     pick = balanced_sample(torch.cat([g * k + ds.targets for g, (_, _, ds) in enumerate(groups)]), max_points, seed)
-    pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": []}
+    pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": [],
+           "cams": []}
     start = 0
     for split, source, ds in groups:
         idx = (pick[(pick >= start) & (pick < start + len(ds))] - start).tolist()
@@ -456,6 +540,8 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         pts["split"] += [split] * len(idx)
         pts["source"] += [source] * len(idx)
         pts["images"] += [D.raw_image(ds, i) for i in idx]
+        pts["cams"] += [cam_overlay(D.raw_image(ds, i), cam)
+                        for i, cam in zip(idx, dataset_cams(model, ds, idx, device))]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])
@@ -475,7 +561,8 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
-            f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image.")
+            f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image and its "
+            f"Grad-CAM heat map.")
     report.write_dashboard(os.path.join(out_dir, "dashboard.html"), points, maps, data.classes, title, note)
     report.write_report(out_dir, checkpoint)
     print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")
@@ -494,7 +581,8 @@ def main(args):
     splits = E.eval_splits(data)
     held = "test" if "test" in splits else "val"
     # every split predicted once: the figures, the sample table and the pages all reuse it
-    outs = {name: E.collect(model, ds, device, args.batch_size, features=True) for name, ds in splits.items()}
+    outs = {name: E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta,
+                            temperature=ckpt.get("temperature", 1.0)) for name, ds in splits.items()}
     held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
     xy = tsne_2d(held_out["features"][pick], args.seed)
@@ -505,7 +593,8 @@ def main(args):
     nn_idx = nearest(held_out["features"][queries], train_out["features"], args.neighbors)
     plot_neighbors(splits[held], queries.tolist(), held_out["labels"][queries].tolist(), splits["train"],
                    nn_idx, train_out["labels"].tolist(), data.classes, os.path.join(out_dir, "neighbors.png"))
-    print(f"wrote kernels.png, tsne.png, neighbors.png to {out_dir}")
+    plot_gradcam(model, splits[held], held_out, data.classes, device, os.path.join(out_dir, "gradcam.png"), seed=args.seed)
+    print(f"wrote kernels.png, tsne.png, neighbors.png, gradcam.png to {out_dir}")
 
     oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
     pairs, sims = D.near_duplicates(torch.cat([D.pixel_vectors(ds.images, ds.indices) for ds in splits.values()]),

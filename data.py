@@ -165,6 +165,11 @@ def check_data_args(args):
     check_folder_arg(args.cache_dir, "--cache-dir")
     if args.dataset == "folder" and not os.path.isdir(args.data_dir):
         raise DataError(f"data folder not found: {args.data_dir}")
+    if getattr(args, "test_dir", None):
+        if args.dataset != "folder":
+            raise DataError("--test-dir is for --dataset folder (MNIST brings its own test split)")
+        if not os.path.isdir(args.test_dir):
+            raise DataError(f"--test-dir folder not found: {args.test_dir}")
 
 
 def printable_stdout():
@@ -703,6 +708,9 @@ def add_data_args(parser):
                    help="stratified random subset of the training split (val and test unchanged)")
     g.add_argument("--img-size", type=int, default=None, help="default: 28 for MNIST, 128 for folders")
     g.add_argument("--cache-dir", default=None, help="keep the decoded photo cache on disk here")
+    g.add_argument("--test-dir", default=None, metavar="DIR",
+                   help="--dataset folder: a labelled test folder (either layout), scored as the test split; "
+                        "never used for model selection")
     g.add_argument("--synthetic-n", type=int, default=0,
                    help="a pool of N synthetic digits composited onto backgrounds from the training "
                         "photos (training only; val and test stay real)")
@@ -746,6 +754,7 @@ def data_config(args):
         "train_fraction": args.train_fraction,
         "img_size": img_size,
         "cache_dir": args.cache_dir,
+        "test_dir": os.path.abspath(args.test_dir) if getattr(args, "test_dir", None) else None,
         "synthetic_n": args.synthetic_n,
         "synthetic_ratio": args.synthetic_ratio,
         "synthetic_seed": getattr(args, "seed", 0),
@@ -809,6 +818,8 @@ def build_datasets(cfg, augment="none", check=True):
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
+    if cfg.get("test_dir"):
+        test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg.get("cache_dir"))
     if cfg.get("synthetic_n", 0) < 0 or not 0.0 < cfg.get("synthetic_ratio", 0.5) <= 1.0:
         raise DataError(f"--synthetic-n must be >= 0 and --synthetic-ratio in (0, 1], got "
                         f"{cfg.get('synthetic_n')} and {cfg.get('synthetic_ratio')}")
@@ -817,6 +828,25 @@ def build_datasets(cfg, augment="none", check=True):
     config = dict(cfg, num_samples=len(labels), split_hash=split_hash,
                   num_groups=None if groups is None else int(groups.max()) + 1)
     return Data(train, val, test, classes, in_channels, img_size, mean, std, config)
+
+
+def load_test_folder(root, classes, img_size, transform, cache_dir=None):
+    """A labelled test folder (either layout) as a dataset labelled by the training `classes`,
+    matched by name; a class the training data do not have is refused with its name."""
+    images, labels, names, paths = load_folder(root, img_size, cache_dir)
+    unknown = [c for c in names if c not in classes]
+    if unknown:
+        raise DataError(f"--test-dir {root} has class(es) the training data do not: {', '.join(unknown)} "
+                        f"(training classes: {', '.join(classes)})")
+    labels = torch.tensor([classes.index(n) for n in names])[labels]
+    return TensorImageDataset(images, labels, None, transform, paths=paths)
+
+
+def decode_size(cfg):
+    """The side the images of a `data` config are stored at before the eval transform resizes them:
+    MNIST's native 28 px, a folder's decoded cache. Images classified for a checkpoint (evaluate.py
+    --images, export.py) are decoded at this size, so they go through exactly the evaluation path."""
+    return 28 if cfg["dataset"] == "mnist" else cache_size(cfg["img_size"])
 
 
 def _groups(cfg, paths):
@@ -978,13 +1008,29 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
     return order
 
 
+PARTIAL_BATCH_KEPT = 0.05  # a last partial batch larger than this share of the epoch is trained on
+
+
+def epoch_length(n, batch_size):
+    """How many of an epoch's n samples are trained on: the last partial batch is dropped (a few
+    samples would make a noisy step and a BatchNorm batch of nearly nothing; they are in the next
+    epoch's shuffle) unless it is more than PARTIAL_BATCH_KEPT of the epoch, as for a small folder
+    (1/16 of meter_digits at batch 32: 54 photos, dropping 22 would lose 41% of every epoch)."""
+    partial = n % batch_size
+    if n < batch_size or (partial >= 2 and partial > PARTIAL_BATCH_KEPT * n):
+        return n
+    return n - partial
+
+
 def train_order(data, batch_size, seed, epoch, pool_seed=0, rank=0, world=1):
-    """The one place that decides a training epoch's order (see epoch_order, mixed_epoch_order)."""
+    """The one place that decides a training epoch's order (see epoch_order, mixed_epoch_order) and
+    its length: whole batches, and a last partial batch only where epoch_length keeps it."""
     n, ratio = len(data.train), data.config.get("synthetic_ratio")
-    if isinstance(data.train, ConcatDataset) and ratio:  # real photos + a synthetic pool
+    if isinstance(data.train, ConcatDataset) and ratio:  # real photos + a synthetic pool (whole batches)
         n_real = len(data.train.datasets[0])
         return mixed_epoch_order(n_real, n - n_real, ratio, batch_size, seed, epoch, pool_seed, rank, world)
-    return epoch_order(n, seed, rank, world)  # (checkpoints from before --synthetic-ratio: one shuffle of all)
+    order = epoch_order(n, seed, rank, world)  # (checkpoints from before --synthetic-ratio: one shuffle of all)
+    return order[:epoch_length(len(order), batch_size)]
 
 
 def seed_of_cycle(seed, cycle):

@@ -1,7 +1,9 @@
 """Evaluate a checkpoint: metrics, confusion matrix, mistakes; or classify a folder of images.
 
     python evaluate.py checkpoints/best.pt                   # train / val / test
-    python evaluate.py checkpoints/best.pt --images photos/  # -> predictions.csv
+    python evaluate.py checkpoints/best.pt --images photos/  # -> predictions.csv (+ accuracy when labelled)
+    python evaluate.py a/best.pt b/best.pt c/best.pt         # an ensemble: the mean of their softmax
+    python evaluate.py checkpoints/best.pt --tta 5 --temperature auto
 
 Needs nothing but the checkpoint: the data config inside it rebuilds the same split
 (`--data-dir` / `--mnist-root` point at the data where it moved).
@@ -12,20 +14,30 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import data as D
-from model import (AMP_CHOICES, CheckpointError, get_device, load_checkpoint, metrics, model_from_checkpoint, predict,
-                   summary_line)
+from model import (AMP_CHOICES, CheckpointError, autocast, calibration_bins, get_device, load_checkpoint, metrics,
+                   model_from_checkpoint, predict, summary_line, update_checkpoint)
 
 SPLITS = ("train", "val", "test")
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate a checkpoint.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="+", help="one checkpoint, or several of the same classes: an ensemble "
+                                                 "(the mean of their softmax; architectures and sizes may differ)")
     p.add_argument("--split", default="all", choices=SPLITS + ("all",))
-    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
-    p.add_argument("--images", default=None, help="classify every image in this folder -> predictions.csv")
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder; for an "
+                                               "ensemble, ensemble/ in the checkpoints' common folder)")
+    p.add_argument("--images", default=None, help="classify every image in this folder -> predictions.csv; "
+                                                  "scored too when labels can be read (class subfolders or x_label7.jpg)")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help=f"test-time augmentation: the mean softmax over N deterministic views (small shifts "
+                        f"and scales, no flips; 1..{len(TTA_VIEWS)}; default 1 = off)")
+    p.add_argument("--temperature", default=None, metavar="auto",
+                   help="auto: fit one softmax temperature on val, store it in the checkpoint and report the "
+                        "calibration error (ECE) before and after")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
     p.add_argument("--batch-size", type=int, default=256)
@@ -36,6 +48,46 @@ def get_args_parser():
 
 
 # ----------------------------------------------------------------------------- shared with analyze.py
+
+# (dx, dy, scale) of the TTA views, identity first; shifts in units of TTA_SHIFT of the image side
+TTA_VIEWS = ((0, 0, 1.0), (1, 0, 1.0), (-1, 0, 1.0), (0, 1, 1.0), (0, -1, 1.0), (0, 0, 0.92), (0, 0, 1.08),
+             (1, 1, 1.0), (-1, -1, 1.0), (1, -1, 1.0), (-1, 1, 1.0))
+TTA_SHIFT = 0.06  # ~2 px at 28 px: about the jitter of a hand-centred digit, far less than training's shifts
+ECE_BINS = 15
+
+
+def tta_view(images, dx, dy, scale):
+    """Normalised images [B, C, H, W] shifted by (dx, dy) * TTA_SHIFT of the side and scaled about the
+    centre; the frame edge is replicated (the same in normalised and pixel units), bilinear."""
+    if (dx, dy, scale) == (0, 0, 1.0):
+        return images
+    b = images.shape[0]
+    theta = torch.tensor([[1 / scale, 0, -2 * TTA_SHIFT * dx], [0, 1 / scale, -2 * TTA_SHIFT * dy]],
+                         dtype=images.dtype, device=images.device).expand(b, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@torch.no_grad()
+def predict_tta(model, loader, device, views, temperature=1.0, features=False):
+    """predict() over `views` TTA views: logits = log of the mean softmax (so softmax gives it back and
+    the cross-entropy is that of the averaged prediction); features of the identity view."""
+    model.eval()
+    amp = getattr(model, "amp", "off")  # the precision predict() runs the model in
+    out = {"logits": [], "labels": [], "features": []}
+    for images, labels, *_ in loader:
+        images, probs = images.to(device, non_blocking=True), 0
+        for k, view in enumerate(TTA_VIEWS[:views]):
+            with autocast(device, amp):
+                feats = model.forward_features(tta_view(images, *view))
+                logits = model.forward_head(feats)
+            probs = probs + (logits.float() / temperature).softmax(1)
+            if k == 0 and features:
+                out["features"].append(feats.float().cpu())
+        out["logits"].append((probs / views).clamp_min(1e-12).log().cpu())
+        out["labels"].append(labels.cpu())
+    return {k: torch.cat(v) if v else None for k, v in out.items()}
+
 
 def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=None):
     """(model, checkpoint, Data) from a checkpoint; the datasets use the eval transforms. The model
@@ -87,9 +139,15 @@ def eval_splits(data, which="all"):
     return {k: v for k, v in sets.items() if v is not None and which in ("all", k)}
 
 
-def collect(model, dataset, device, batch_size=256, features=False):
-    """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features)."""
-    out = predict(model, D.make_loader(dataset, batch_size), device, features=features)
+def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0):
+    """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features); with
+    tta > 1 the mean softmax of that many views, logits divided by `temperature` first."""
+    loader = D.make_loader(dataset, batch_size)
+    if tta > 1:
+        out = predict_tta(model, loader, device, tta, temperature, features)
+    else:
+        out = predict(model, loader, device, features=features)
+        out["logits"] = out["logits"] / temperature
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
     return out
@@ -155,9 +213,34 @@ def shown_split(names):
     return "test" if "test" in names else "val" if "val" in names else next(iter(names))
 
 
-def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None):
-    """Score the `which` splits and write metrics.json, confusion.png and mistakes.png (of
-    `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
+def plot_calibration(probs, labels, path, title=""):
+    """calibration.png: the reliability diagram (accuracy per confidence bin against the diagonal)
+    with the share of images per bin below it, and the ECE in the title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    count, conf, acc, ece = calibration_bins(probs, labels, ECE_BINS)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    used = (count > 0).numpy()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.bar(edges[:-1][used], acc.numpy()[used], width=1 / ECE_BINS, align="edge", edgecolor="k", label="accuracy")
+    ax.bar(edges[:-1][used], (conf - acc).numpy()[used], bottom=acc.numpy()[used], width=1 / ECE_BINS, align="edge",
+           color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}ECE {100 * ece:.2f}% ({ECE_BINS} bins, {len(labels)} images)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(edges[:-1], (count / count.sum()).numpy(), width=1 / ECE_BINS, align="edge", edgecolor="k")
+    hist.set_yscale("log")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("share")
+    fig.tight_layout()
+    D.save_figure(fig, path, dpi=90)
+
+
+def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None, tta=1, temperature=1.0):
+    """Score the `which` splits and write metrics.json, confusion.png, mistakes.png and calibration.png
+    (of `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
     predicted. Returns (results, outs)."""
     outs, results = dict(outs or {}), {}
     if not eval_splits(data, which):  # before metrics.json is touched
@@ -165,66 +248,196 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
                           f"{', '.join(eval_splits(data))})")
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
-            outs[name] = collect(model, ds, device, batch_size)
+            outs[name] = collect(model, ds, device, batch_size, tta=tta, temperature=temperature)
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
     D.write_json(os.path.join(out_dir, "metrics.json"), results)
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
+    plot_calibration(outs[shown]["probs"], outs[shown]["labels"], os.path.join(out_dir, "calibration.png"),
+                     f"{shown}: ")
     return results, outs
 
 
-def classify_folder(model, ckpt, folder, device, out_csv, batch_size=256):
-    """Predict every image in `folder` (recursively) and write path, prediction, confidence, top-3."""
+def fit_temperature(logits, labels):
+    """The one temperature T > 0 that minimises the cross-entropy of logits / T (Guo et al. 2017),
+    by L-BFGS on log T; it never changes a prediction."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits = logits.double()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def ensemble_outs(members, which="all"):
+    """{split: collect()-style output} of several (model outputs per split) dicts: the mean of the
+    members' softmax, logits = its log. Every member must have scored the same images."""
+    outs = {}
+    for name in members[0]:
+        labels = members[0][name]["labels"]
+        for m in members[1:]:
+            if name not in m or not torch.equal(m[name]["labels"], labels):
+                raise D.DataError(f"the checkpoints do not share the same {name} split (other data, "
+                                  f"--val-fraction or --split-seed): they cannot be scored as one ensemble")
+        probs = torch.stack([m[name]["probs"] for m in members]).mean(0)
+        outs[name] = {"logits": probs.clamp_min(1e-12).log(), "probs": probs, "preds": probs.argmax(1),
+                      "labels": labels}
+    return outs
+
+
+def image_labels(folder):
+    """{path: class name} for the images of `folder` whose label can be read (class subfolders or
+    x_label7.jpg names), {} for an unlabelled folder."""
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()):  # its warnings concern training folders
+        try:
+            paths, names = D.scan_folder(folder)
+        except D.DataError:
+            return {}
+    return dict(zip(paths, names))
+
+
+def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
+    """Predict every image in `folder` (recursively) with `runs` ([(model, ckpt)], one or an ensemble),
+    each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
+    prediction, confidence, top-3 (and the label where the folder gives one). Returns
+    (number classified, labels tensor or None, mean probs, class names, unknown {name: count})."""
     paths = D.list_images(folder)
-    images, kept = D.decode_folder(paths, D.cache_size(ckpt["img_size"]), warn_skipped=False)
-    if not kept:
-        raise D.DataError(f"none of the {len(paths)} images in {folder} could be read ({D._names(paths)})")
+    probs, kept = [], None
+    for model, ckpt in runs:
+        images, kept = D.decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
+        if not kept:
+            raise D.DataError(f"none of the {len(paths)} images in {folder} could be read ({D._names(paths)})")
+        images = D.to_channels(images, ckpt["in_channels"])
+        tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
+        ds = D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf)
+        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt.get("temperature", 1.0))["probs"])
     D._warn_skipped([p for i, p in enumerate(paths) if i not in set(kept)])
-    images = D.to_channels(images, ckpt["in_channels"])
-    tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
-    out = collect(model, D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf),
-                  device, batch_size)
-    classes = ckpt["classes"]
-    top = out["probs"].topk(min(3, len(classes)), dim=1)
+    probs = torch.stack(probs).mean(0)
+    classes = runs[0][1]["classes"]
+    given = image_labels(folder)
+    names = [given.get(paths[i]) for i in kept]
+    top = probs.topk(min(3, len(classes)), dim=1)
     with D.atomic_write(out_csv) as f:
         w = csv.writer(f)
-        w.writerow(["path", "prediction", "confidence", "top3"])
+        w.writerow(["path", "prediction", "confidence", "top3"] + (["label"] if given else []))
         for row, i in enumerate(kept):
             w.writerow([paths[i], classes[top.indices[row, 0]], f"{top.values[row, 0]:.4f}",
-                        " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))])
-    return len(kept)
+                        " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))]
+                       + ([names[row] or ""] if given else []))
+    unknown = {}
+    for n in names:
+        if n is not None and n not in classes:
+            unknown[n] = unknown.get(n, 0) + 1
+    known = [r for r, n in enumerate(names) if n in classes]
+    labels = torch.tensor([classes.index(names[r]) for r in known]) if known else None
+    return len(kept), labels, probs[known] if known else None, classes, unknown
+
+
+def score_images(labels, probs, classes, unknown, out_dir, folder):
+    """The labelled part of an --images folder: accuracy line, images_metrics.json and images_confusion.png."""
+    if unknown:
+        D.warn(f"{sum(unknown.values())} image(s) in {folder} are of class(es) the model does not know, not scored: "
+               + ", ".join(f"{c} ({n})" for c, n in sorted(unknown.items())))
+    if labels is None:
+        return None
+    r = metrics(probs.clamp_min(1e-12).log(), labels, classes)
+    D.write_json(os.path.join(out_dir, "images_metrics.json"), {"images": r})
+    plot_confusion(r["confusion"], classes, os.path.join(out_dir, "images_confusion.png"))
+    print(summary_line("Images", r["loss"], r["correct"], r["total"]))
+    print(f"wrote images_metrics.json, images_confusion.png to {out_dir}")
+    return r
 
 
 # ----------------------------------------------------------------------------- main
 
 def check_args(args):
     """Bad option values and paths: one line before the checkpoint is loaded."""
-    D.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"))
+    D.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"),
+                 ("tta", 1 <= args.tta <= len(TTA_VIEWS), f"in 1..{len(TTA_VIEWS)}"),
+                 ("temperature", args.temperature in (None, "auto"), "auto (fit on val)"))
     D.check_device(args.device)
     D.check_folder_arg(args.out, "--out")
-    if not os.path.isfile(args.checkpoint):
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint not found: {path}")
+    if args.temperature and len(args.checkpoint) > 1:
+        raise D.DataError("--temperature auto fits one checkpoint: run it on each member first")
+    if args.temperature and args.images:
+        raise D.DataError("--temperature auto fits on the checkpoint's val split, not on --images")
     for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
         if path and not os.path.isdir(path):
             raise D.DataError(f"{option} folder not found: {path}")
 
 
+def load_members(paths, device, amp=None):
+    """[(model, ckpt)] of an ensemble; refused with one line when the class lists differ."""
+    runs = [load_run(p, device, with_data=False, amp=amp)[:2] for p in paths]
+    for p, (_, ck) in zip(paths[1:], runs[1:]):
+        if list(ck["classes"]) != list(runs[0][1]["classes"]):
+            raise CheckpointError(f"{p} has other classes than {paths[0]} ({', '.join(ck['classes'])} vs "
+                                  f"{', '.join(runs[0][1]['classes'])}): an ensemble needs the same class list")
+    return runs
+
+
+def calibrate(path, model, data, device, batch_size):
+    """--temperature auto: fit T on val, store it in the checkpoint; print ECE before and after."""
+    val = collect(model, data.val, device, batch_size)
+    t = fit_temperature(val["logits"], val["labels"])
+    update_checkpoint(path, temperature=t)
+    before = metrics(val["logits"], val["labels"], data.classes)
+    after = metrics(val["logits"] / t, val["labels"], data.classes)
+    print(f"temperature {t:.3f} (fitted on val, stored in {path}): val ECE {100 * before['ece']:.2f}% -> "
+          f"{100 * after['ece']:.2f}%, loss {before['loss']:.4f} -> {after['loss']:.4f}")
+    return t
+
+
 def main(args):
     check_args(args)
     device = get_device(args.device)
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    paths = args.checkpoint
+    default_out = (os.path.dirname(os.path.abspath(paths[0])) if len(paths) == 1 else
+                   os.path.join(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]), "ensemble"))
+    out_dir = args.out or default_out
     os.makedirs(out_dir, exist_ok=True)
     if args.images:
-        model, ckpt, _ = load_run(args.checkpoint, device, with_data=False, amp=args.amp)
-        n = classify_folder(model, ckpt, args.images, device, os.path.join(out_dir, "predictions.csv"), args.batch_size)
+        runs = load_members(paths, device, args.amp)
+        n, labels, probs, classes, unknown = classify_folder(runs, args.images, device,
+                                                             os.path.join(out_dir, "predictions.csv"),
+                                                             args.batch_size, args.tta)
         print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
+        score_images(labels, probs, classes, unknown, out_dir, args.images)
         return
-    model, ckpt, data = load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp)
-    results, _ = evaluate_run(model, data, device, out_dir, args.split, args.batch_size)
+    load_members(paths, device, args.amp)  # the class lists, before any data is read
+    members, data = [], None
+    for path in paths:
+        model, ckpt, data_k = load_run(path, device, args.data_dir, args.mnist_root, amp=args.amp)
+        if args.temperature:
+            ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
+        t = ckpt.get("temperature", 1.0)
+        outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t)
+                for name, ds in eval_splits(data_k, args.split).items()}
+        if len(paths) > 1:
+            for name, o in outs.items():
+                r = metrics(o["logits"], o["labels"], data_k.classes)
+                print(f"  {path} {name}: {100 * r['accuracy']:.2f}% ({r['correct']}/{r['total']})")
+        members.append(outs)
+        data = data or data_k
+    outs = members[0] if len(members) == 1 else ensemble_outs(members)
+    results, _ = evaluate_run(None, data, device, out_dir, args.split, args.batch_size, outs=outs)
+    label = f"{len(paths)}-model ensemble " if len(paths) > 1 else ""
     for name, r in results.items():
-        print(summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
-    print(f"wrote metrics.json, confusion.png, mistakes.png ({shown_split(results)} split) to {out_dir}")
+        print(label + summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
+    print(f"calibration error (ECE, {ECE_BINS} bins): "
+          + ", ".join(f"{n} {100 * r['ece']:.2f}%" for n, r in results.items()))
+    print(f"wrote metrics.json, confusion.png, mistakes.png, calibration.png ({shown_split(results)} split) to {out_dir}")
     return results
 
 

@@ -9,6 +9,8 @@ Options this script does not know go to train.py. Every run of a sweep is an ord
 folder <out>/<cell>/seed<k>/: a finished one (it has result.json) is skipped, an interrupted one
 (it has last.pt) is resumed, so running the same command again continues a sweep. The results go
 to <out>/<experiment>.md (a markdown table, also printed), .csv (fractions, full precision) and .png.
+With --seeds K >= 2, <out>/<experiment>_ensemble.md also sets each cell's K-seed ensemble (evaluate.py's
+mean softmax of the seeds' best.pt) beside its mean single model, on test (val where there is none).
 """
 import argparse
 import csv
@@ -20,7 +22,9 @@ import sys
 from fractions import Fraction
 
 import data as D
+import evaluate as E
 import train
+from model import get_device
 from report import md_table
 
 SPLITS = ("train", "val", "test")
@@ -101,6 +105,7 @@ def run_cell(args, name, overrides):
     """Run cell `name` (train.py arguments `overrides` on top of the passed-through ones) with
     seeds 0..K-1 in <out>/<name>/seed<k>/; returns the runs' result.json contents."""
     runs = []
+    args.__dict__.setdefault("cells", []).append(name)
     for seed in range(args.seeds):
         folder = os.path.join(args.out, name, f"seed{seed}")
         argv = args.train_args + overrides + ["--seed", str(seed)]
@@ -142,6 +147,43 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def ensemble_rows(args, device):
+    """Per cell: the held-out accuracy of each seed's best.pt and of their ensemble (mean softmax)."""
+    rows = []
+    for name in args.cells:
+        paths = [p for p in (os.path.join(args.out, name, f"seed{k}", "best.pt") for k in range(args.seeds))
+                 if os.path.isfile(p)]
+        if len(paths) < 2:
+            continue
+        members, split = [], None
+        for path in paths:
+            model, _, data = E.load_run(path, device)
+            split = "test" if data.test is not None else "val"
+            members.append({split: E.collect(model, getattr(data, split), device)})
+        ens = E.ensemble_outs(members)[split]
+        singles = [(m[split]["preds"] == m[split]["labels"]).float().mean().item() for m in members]
+        rows.append({"cell": name, "split": split, "members": len(paths), "single_acc": statistics.fmean(singles),
+                     "single_acc_std": statistics.stdev(singles), "best_single_acc": max(singles),
+                     "ensemble_acc": (ens["preds"] == ens["labels"]).float().mean().item()})
+    return rows
+
+
+def write_ensemble_report(args, stem, device):
+    rows = ensemble_rows(args, device)
+    if not rows:
+        return None
+    table = md_table(["cell", "split", "seeds", "single model (mean ± std)", "best single", "ensemble"],
+                     [[r["cell"], r["split"], r["members"], f"{100 * r['single_acc']:.2f} ± {100 * r['single_acc_std']:.2f}",
+                       f"{100 * r['best_single_acc']:.2f}", f"**{100 * r['ensemble_acc']:.2f}**"] for r in rows])
+    md = "\n".join([f"# Ensembles of the {args.seeds} seeds", "", f"`{args.command}`", "",
+                    "Each cell's seeds' best.pt averaged (the mean of their softmax, `python evaluate.py A.pt B.pt ...`); "
+                    "accuracy in %.", "", *table]) + "\n"
+    with D.atomic_write(stem + "_ensemble.md") as f:
+        f.write(md)
+    print("\n" + md + f"\nwritten: {stem}_ensemble.md")
+    return rows
 
 
 # ----------------------------------------------------------------------------- the experiments
@@ -337,6 +379,8 @@ def main(args):
         w.writerows(rows)
     plot(stem + ".png")
     print("\n" + md + f"\nwritten: {stem}.md, .csv, .png")
+    if args.seeds > 1:
+        write_ensemble_report(args, stem, get_device(base.device))
     return rows
 
 

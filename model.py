@@ -224,7 +224,8 @@ def first_conv(model):
 #   model, model_args, state_dict, classes, in_channels, img_size, mean, std,
 #   data (what rebuilds the same split), args, epoch, best_val_acc
 # and from train.py also amp (the resolved --amp: "bf16", "fp16" or "off"),
-# and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping.
+# and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping. Optional: temperature (the
+# softmax temperature fitted on val by evaluate.py --temperature auto; logits are divided by it).
 
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "classes", "in_channels", "img_size",
                    "mean", "std", "data", "args", "epoch", "best_val_acc")
@@ -263,6 +264,15 @@ def load_checkpoint(path, map_location="cpu"):
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (missing keys)")
+    return ckpt
+
+
+def update_checkpoint(path, **keys):
+    """Set `keys` in the checkpoint at `path`, written atomically (save_checkpoint): a failure
+    leaves the original file as it was; nothing else in it changes."""
+    ckpt = load_checkpoint(path)
+    ckpt.update(keys)
+    save_checkpoint(ckpt, path)
     return ckpt
 
 
@@ -451,6 +461,20 @@ def summary_line(split, loss, correct, total):
     return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
 
 
+def calibration_bins(probs, labels, bins=15):
+    """Reliability-diagram bins of the top-1 confidence: (count, mean confidence, accuracy) per
+    equal-width bin of [0, 1], and the expected calibration error (ECE: the count-weighted mean
+    |accuracy - confidence|, Guo et al. 2017)."""
+    conf, preds = probs.max(1)
+    hit = (preds == labels).double()
+    which = (conf.double() * bins).long().clamp(max=bins - 1)
+    count = torch.bincount(which, minlength=bins).double()
+    mean_conf = torch.bincount(which, conf.double(), minlength=bins) / count.clamp_min(1)
+    acc = torch.bincount(which, hit, minlength=bins) / count.clamp_min(1)
+    ece = ((acc - mean_conf).abs() * count).sum() / count.sum().clamp_min(1)
+    return count, mean_conf, acc, ece.item()
+
+
 def metrics(logits, labels, classes):
     """Loss (plain cross-entropy), accuracy, confusion matrix and per-class precision / recall / F1
     of logits [N, C] against labels [N]: the one place train.py, evaluate.py and analyze.py get
@@ -465,7 +489,7 @@ def metrics(logits, labels, classes):
     correct = int(tp.sum())
     return {
         "loss": F.cross_entropy(logits, labels).item(), "accuracy": correct / max(len(labels), 1),
-        "correct": correct, "total": len(labels),
+        "correct": correct, "total": len(labels), "ece": calibration_bins(logits.softmax(1), labels)[3],
         "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
                           "support": int(cm[i].sum())} for i, c in enumerate(classes)},
         "confusion": cm.tolist(),

@@ -55,12 +55,15 @@ def class_colours(k):
     return [matplotlib.colors.to_hex(cmap(c % cmap.N)) for c in range(k)]
 
 
-def fit_square(xy, side=1000):
-    """2-D points -> flat ints in [0, side], one scale for both axes (no stretching), centred."""
+def fit_box(xy, side=1000):
+    """2-D points -> (flat ints, [width, height]): one scale for both axes (no stretching) that
+    makes the points' longer extent `side`, from 0 at their minimum, so the map's box (its SVG
+    viewBox and on-page aspect ratio) is the points' own bounding box and they fill it."""
     xy = np.asarray(xy, dtype=np.float64)
     lo, hi = xy.min(0), xy.max(0)
-    xy = (xy - (lo + hi) / 2) * (side / max((hi - lo).max(), 1e-12)) + side / 2
-    return np.rint(xy).astype(int).ravel().tolist()
+    xy = (xy - lo) * (side / max((hi - lo).max(), 1e-12))
+    box = np.maximum(np.rint((hi - lo) * side / max((hi - lo).max(), 1e-12)), 1).astype(int)
+    return np.rint(xy).astype(int).ravel().tolist(), box.tolist()
 
 
 def write_dashboard(path, points, maps, classes, title="", note=""):
@@ -70,11 +73,13 @@ def write_dashboard(path, points, maps, classes, title="", note=""):
         raise ValueError(f"a dashboard needs at least 3 images, got {len(points['labels'])}")
     payload = {
         "title": title, "note": note, "classes": list(classes), "palette": class_colours(len(classes)),
-        "sources": SOURCES, "tsne": fit_square(maps["tsne"]), "pca": fit_square(maps["pca"]),
+        "sources": SOURCES, **{k: v for name in ("tsne", "pca")
+                               for k, v in zip((name, name + "_box"), fit_box(maps[name]))},
         "label": points["labels"].tolist(), "pred": points["preds"].tolist(),
         "conf": [round(c, 3) for c in points["conf"].tolist()],
         "split": points["split"], "source": points["source"], "name": points["names"],
         "img": [thumbnail_uri(im) for im in points["images"]],
+        "cam": [thumbnail_uri(im) for im in points.get("cams") or []],  # Grad-CAM overlays (analyze.py)
     }
     # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
@@ -97,14 +102,15 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 #tabs button { margin: 0 3px 3px 0; padding: 3px 9px; border: 1px solid #aaa; background: #f4f4f4; cursor: pointer; }
 #tabs button.on { background: #333; color: #fff; border-color: #333; }
 #main { display: flex; gap: 16px; align-items: flex-start; }
-#map { width: min(calc(100vw - 260px), calc(100vh - 150px), 820px); min-width: 300px; aspect-ratio: 1; border: 1px solid #ccc; background: #fff; }
+#map { width: min(calc(100vw - 260px), calc(100vh - 150px), 820px); min-width: 300px; aspect-ratio: 1; border: 1px solid #ccc; background: #fff; }  /* resized to the map's box by draw() */
 #map circle { stroke: #fff; stroke-width: 1; }
 #map circle.wrong { stroke: #000; stroke-width: 2.5; }
 #legend div { margin: 3px 0; white-space: nowrap; }
 #legend .sw { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
 #tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
        padding: 6px; box-shadow: 0 2px 6px #0004; font-size: 13px; line-height: 1.35; }
-#tip img { display: block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin-bottom: 4px; }
+#tip img { display: inline-block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin: 0 4px 4px 0; }
+#tip img[hidden] { display: none; }
 #tip .bad { color: #c00; font-weight: bold; }
 </style></head>
 <body>
@@ -119,7 +125,7 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 </div>
 <div id="tabs"></div>
 <div id="main"><svg id="map" viewBox="-15 -15 1030 1030"></svg><div id="legend"></div></div>
-<div id="tip"><img id="tipimg" alt=""><div id="tiptext"></div></div>
+<div id="tip"><img id="tipimg" alt=""><img id="tipcam" alt="Grad-CAM" title="Grad-CAM" hidden><div id="tiptext"></div></div>
 <script type="application/json" id="data">__DATA__</script>
 <script>
 "use strict";
@@ -158,11 +164,15 @@ document.getElementById("colour").onchange = e => { state.colour = e.target.valu
 
 function draw() {
   const xy = D[state.proj], col = COLOURINGS[state.colour], counts = col.names.map(() => 0);
+  const [bw, bh] = D[state.proj + "_box"], ratio = (bw + 30) / (bh + 30);  // the points' own box, 15 margin
+  svg.setAttribute("viewBox", "-15 -15 " + (bw + 30) + " " + (bh + 30));
+  svg.style.aspectRatio = (bw + 30) + " / " + (bh + 30);
+  svg.style.width = "min(calc(100vw - 260px), 820px, calc((100vh - 150px) * " + ratio.toFixed(4) + "))";
   dots.forEach((c, i) => {
     const shown = state.tab < 0 || D.label[i] === state.tab || D.pred[i] === state.tab;
     c.style.display = shown ? "" : "none";
     c.setAttribute("cx", xy[2 * i]);
-    c.setAttribute("cy", 1000 - xy[2 * i + 1]);
+    c.setAttribute("cy", bh - xy[2 * i + 1]);
     c.setAttribute("fill", col.colours[col.of(i) % col.colours.length]);
     if (shown) counts[col.of(i)]++;
   });
@@ -183,6 +193,9 @@ svg.addEventListener("mouseover", e => {
   if (e.target.dataset.i === undefined) return;
   const i = +e.target.dataset.i, wrong = D.pred[i] !== D.label[i];
   document.getElementById("tipimg").src = D.img[i];
+  const cam = document.getElementById("tipcam");
+  cam.hidden = !D.cam[i];  // the Grad-CAM heat map of the prediction, beside the image
+  if (D.cam[i]) cam.src = D.cam[i];
   const lines = [el("div", "label: " + D.classes[D.label[i]]),
                  el("div", "prediction: " + D.classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
                  el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
@@ -366,6 +379,10 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
                                    [[cell(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
                                     for c, r in results[shown]["per_class"].items()])
         md += ["", f"Confusion matrix ({shown}):", ""] + figures("confusion.png")
+        if "ece" in results[shown]:
+            md += [f"Calibration ({shown}): expected calibration error {100 * results[shown]['ece']:.2f}% "
+                   f"(reliability diagram below; `evaluate.py --temperature auto` fits a temperature).", ""]
+        md += figures("calibration.png")
     else:
         md += ["_No metrics.json: `python evaluate.py` or `python analyze.py` on the checkpoint writes it._", ""]
 
@@ -375,6 +392,7 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
         md += [f"Every mistake as an image file: [mistakes/]({link(find('mistakes'))}/) ({n} files).", ""]
 
     md += ["## What the network learned", ""] + figures("kernels.png") + figures("tsne.png") + figures("neighbors.png")
+    md += figures("gradcam.png")
     if find("dashboard.html"):
         md += [f"Hover the points of [dashboard.html]({link(find('dashboard.html'))}) for the images behind the map.", ""]
 

@@ -588,7 +588,7 @@ def setup(args, device):
     optimizer = build_optimizer(model, args)
     eval_bs = max(256, args.batch_size)
     share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
-    steps_per_epoch = share // args.batch_size if share >= args.batch_size else 1
+    steps_per_epoch = -(-share // args.batch_size)  # the order holds whole batches (and a kept partial one)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     r = Run(args=args, device=device, rank=rank, world=world, t_start=t_start, data=data, model=model,
             model_args=kwargs, optimizer=optimizer, scheduler=scheduler,
@@ -611,6 +611,10 @@ def setup(args, device):
               f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
               f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
               f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
+        dropped = -(-len(data.train) // world) - share if not isinstance(data.train, torch.utils.data.ConcatDataset) else 0
+        print(f"{steps_per_epoch} steps of {args.batch_size} per epoch"
+              + (f" (the last partial batch, {dropped} images, is left out of each epoch; a new shuffle every epoch)"
+                 if dropped > 0 else ""))
     if args.resume:
         resume(r)
     return r
@@ -680,7 +684,7 @@ def train_epochs(r, stop):
     num_classes = len(data.classes)
     if args.device_data:
         batch_augment = D.BatchAugment(args.augment, data.img_size, data.mean, data.std)
-        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment)
+        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment, drop_last=False)
         augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
     else:
         augment_one = lambda ds, i: ds[i][0]  # noqa: E731
@@ -707,7 +711,7 @@ def train_epochs(r, stop):
         else:
             loader = D.make_loader(data.train, args.batch_size, sampler=order, workers=args.workers,
                                    generator=torch.Generator().manual_seed(seed * r.world + r.rank),  # worker seeds
-                                   drop_last=r.share >= args.batch_size)
+                                   drop_last=False)  # train_order already decided
         on_rate = None if estimate or args.dry_run else (
             lambda rate, steps: estimate.update(time_estimate(r, rate, steps, resumed)))
         try:

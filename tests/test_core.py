@@ -60,11 +60,12 @@ def mnist_labels(mnist_root):
 
 def test_load_mnist_local_files(mnist_root):
     images, labels = D.load_mnist(str(mnist_root), train=True, download=False)
-    assert images.shape == (60000, 1, 28, 28) and images.dtype == torch.uint8
-    assert labels.shape == (60000,) and labels.dtype == torch.int64
-    assert sorted(labels.unique().tolist()) == list(range(10))
+    # the tests' subset (tests/data/make_mnist_subset.py): 200 train and 50 test digits per class
+    assert images.shape == (2000, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (2000,) and labels.dtype == torch.int64
+    assert labels.bincount().tolist() == [200] * 10
     test_images, test_labels = D.load_mnist(str(mnist_root), train=False, download=False)
-    assert test_images.shape == (10000, 1, 28, 28) and test_labels.shape == (10000,)
+    assert test_images.shape == (500, 1, 28, 28) and test_labels.bincount().tolist() == [50] * 10
 
 
 def test_load_mnist_missing_names_folder_and_files(tmp_path):
@@ -406,7 +407,7 @@ def test_train_outputs(tiny_run):
     for f in ("curves.png", "curves_detail.png"):
         assert_png(d / f)
     assert set(summary_lines(out)) == {"Train", "Val", "Test"}
-    assert results["test"]["total"] == 10000 and results["val"]["total"] == 3000
+    assert results["test"]["total"] == 500 and results["val"]["total"] == 100  # the subset: 500 test, 5% of 2000
     # --eval-test logs the test split per epoch; one epoch, so it is the final best.pt's score
     (row,) = read_history(d)
     assert float(row["test_acc"]) == pytest.approx(results["test"]["acc"], abs=1e-12)

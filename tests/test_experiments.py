@@ -13,13 +13,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data as D  # noqa: E402
+import evaluate as E  # noqa: E402
 import experiments  # noqa: E402
 import train  # noqa: E402
 from conftest import interrupt_at_epoch  # noqa: E402
 
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / f).is_file() or (MNIST_ROOT / "MNIST" / "raw" / (f + ".gz")).is_file()
-                 for f in D.MNIST_FILES)
+from conftest import MNIST_ROOT, have_mnist  # noqa: E402  (the tests' MNIST subset)
+
+HAVE_MNIST = have_mnist()
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not in {MNIST_ROOT}")
 MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--model", "convnet",
               "--epochs", 1, "--batch-size", 64, "--val-fraction", 0.02, "--quiet", "--warmup-epochs", 0,
@@ -166,6 +167,20 @@ def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
         assert float(r["val_acc"]) == pytest.approx(np.mean(accs))
         assert float(r["val_acc_std"]) == pytest.approx(np.std(accs, ddof=1))
         assert f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}" in md
+    # the seeds' ensemble beside the mean single model, recomputed here from the two best.pt
+    ens_md = (tmp_path / "grid_ensemble.md").read_text()
+    for r in rows:
+        cell = f"lr={r['lr']}_batch_size=16"
+        paths = [str(tmp_path / cell / f"seed{k}" / "best.pt") for k in (0, 1)]
+        probs, labels = [], None
+        for p in paths:
+            model, _, data = E.load_run(p, torch.device("cpu"))
+            out = E.collect(model, data.val, torch.device("cpu"))
+            probs.append(out["probs"])
+            labels = out["labels"]
+        acc = ((probs[0] + probs[1]).argmax(1) == labels).float().mean().item()
+        line = next(line for line in ens_md.splitlines() if line.startswith(f"| {cell} |"))
+        assert line.endswith(f"| **{100 * acc:.2f}** |") and "| val | 2 |" in line
 
 
 def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digit_folder):

@@ -126,6 +126,7 @@ def test_dashboard_is_self_contained_static(run_dir):
     assert external_refs(page) == []
     d = page_data(page)
     assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
+    assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
 
 
 @needs_chromium
@@ -189,6 +190,8 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
     assert f"prediction: {d['classes'][d['pred'][wrong]]} (wrong)" in tip
     assert f"confidence: {100 * d['conf'][wrong]:.1f}%" in tip and d["name"][wrong] in tip
     assert re.search(r'id="tipimg"[^>]*src="data:image/', dom) or re.search(r'src="data:image/[^"]*"[^>]*id="tipimg"', dom)
+    cam = re.search(r'<img[^>]*id="tipcam"[^>]*>', dom).group(0)  # the hover card's Grad-CAM, shown
+    assert 'src="data:image/' in cam and "hidden" not in cam
     shown = sum(1 for lab, p in zip(d["label"], d["pred"]) if 1 in (lab, p))
     assert len(re.findall(r"<circle(?![^>]*display: none)", dom)) == shown
     x0 = re.search(r'<circle[^>]*cx="(\d+)"', dom).group(1)
@@ -252,7 +255,7 @@ def test_report_sections_and_links(run_dir):
     assert "Train set: Average loss:" in md and "Val set: Average loss:" in md
     assert "| 1e-3 | **91.00** (best) |" in md and "<strong>91.00</strong>" in page  # the sweep's table
     for name in ("curves.png", "confusion.png", "mistakes.png", "kernels.png", "tsne.png", "neighbors.png",
-                 "../../grid.png"):
+                 "gradcam.png", "calibration.png", "../../grid.png"):
         assert f"]({name})" in md and f'src="{name}"' in page, name
     links = re.findall(r"\]\(([^)]+)\)", md)
     targets = re.findall(r'(?:src|href)="([^"]+)"', page)

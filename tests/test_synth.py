@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:  # also runnable without tests/conftest.py
     sys.path.insert(0, str(REPO))
 import synth  # noqa: E402
 
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_ROOT = Path(__file__).resolve().parent / "data"  # the tests' MNIST subset (tests/data/make_mnist_subset.py)
 MNIST_RAW = MNIST_ROOT / "MNIST" / "raw"
 needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "train-images-idx3-ubyte").is_file(),
                                  reason=f"MNIST not in {MNIST_RAW}")
