@@ -19,7 +19,7 @@ import torch
 
 import data as D
 import evaluate as E
-from model import CheckpointError, load_checkpoint
+from model import CheckpointError
 
 FORMATS = ("torchscript", "onnx")
 
