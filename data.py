@@ -158,11 +158,18 @@ def check_data_args(args):
                ("train_fraction", 0.0 < args.train_fraction <= 1.0, "in (0, 1]"),
                ("img_size", args.img_size is None or args.img_size >= 1, ">= 1"),
                ("synthetic_n", args.synthetic_n >= 0, ">= 0"),
+               ("synthetic_ratio", 0.0 < args.synthetic_ratio <= 1.0, "in (0, 1]"),
+               ("group_threshold", 0.0 < args.group_threshold <= 1.0, "in (0, 1]"),
                ("split_seed", args.split_seed >= 0, ">= 0"),
                ("folds", args.folds == 0 or args.folds >= 2, "0 (off) or >= 2"),
                ("fold", args.fold is None or (args.folds >= 2 and 0 <= args.fold < args.folds),
                 f"in 0..{args.folds - 1} (with --folds K >= 2)" if args.folds >= 2 else "used with --folds K >= 2"))
     check_folder_arg(args.cache_dir, "--cache-dir")
+    if args.group_regex is not None:
+        try:
+            re.compile(args.group_regex)
+        except re.error as e:
+            raise DataError(f"--group-regex {args.group_regex!r} is not a regular expression: {e}") from None
     if args.dataset == "folder" and not os.path.isdir(args.data_dir):
         raise DataError(f"data folder not found: {args.data_dir}")
     if getattr(args, "test_dir", None):
