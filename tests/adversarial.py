@@ -67,7 +67,12 @@ class Hang(BaseException):
     pass
 
 
-def cli(script, argv, cwd, timeout=60):
+# Generous: a hang never ends, while a slow case on a loaded 2-core machine (a new interpreter,
+# analyze.py's figures) was seen to take over 60 s.
+HANG_S = 180
+
+
+def cli(script, argv, cwd, timeout=HANG_S):
     """Run `python script argv` in-process (runpy, as __main__) in `cwd`: (exit code, stdout, stderr).
     An uncaught exception is printed as the interpreter would (a traceback) and gives code 1."""
     out, err = io.StringIO(), io.StringIO()
@@ -101,7 +106,7 @@ def cli(script, argv, cwd, timeout=60):
     return code, out.getvalue(), err.getvalue()
 
 
-def cli_subprocess(script, argv, cwd, timeout=60):
+def cli_subprocess(script, argv, cwd, timeout=HANG_S):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
         p = subprocess.run([sys.executable, str(REPO / script), *map(str, argv)], cwd=cwd, env=env,
