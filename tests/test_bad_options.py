@@ -131,7 +131,8 @@ SYNTH_CASES = cases("synth.py",
     *bad("--split-seed", [-1], "--split-seed"), (("--out", "data"), "--out data is a folder"),
     (("--export", "notes.txt"), "--export notes.txt is a file"), (("--cache-dir", "notes.txt"), "--cache-dir notes.txt"),
     (("--data-dir", "missing"), "data folder not found"), (("--data-dir", "notes.txt"), "data folder not found"),
-    ((), "mnist not found"),
+    ((), "needs digit classes 0-9"),  # the world's folder has 3 classes (the default source, fonts, needs no MNIST)
+    (("--synthetic-source", "mnist"), "needs digit classes 0-9"),
 )
 
 BENCH_CASES = cases("bench.py",
