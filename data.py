@@ -166,10 +166,7 @@ def check_data_args(args):
                 f"in 0..{args.folds - 1} (with --folds K >= 2)" if args.folds >= 2 else "used with --folds K >= 2"))
     check_folder_arg(args.cache_dir, "--cache-dir")
     if args.group_regex is not None:
-        try:
-            re.compile(args.group_regex)
-        except re.error as e:
-            raise DataError(f"--group-regex {args.group_regex!r} is not a regular expression: {e}") from None
+        group_regex(args.group_regex)
     if args.dataset == "folder" and not os.path.isdir(args.data_dir):
         raise DataError(f"data folder not found: {args.data_dir}")
     if getattr(args, "test_dir", None):
@@ -856,6 +853,14 @@ def decode_size(cfg):
     return 28 if cfg["dataset"] == "mnist" else cache_size(cfg["img_size"])
 
 
+def group_regex(text):
+    """--group-regex compiled, or one line when it is not a regular expression."""
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise DataError(f"--group-regex {text!r} is not a regular expression: {e}") from None
+
+
 def _groups(cfg, paths):
     """photo_groups for a folder config, with its arguments checked. The photos are compared at
     GROUP_SIDE px whatever --img-size (a decode of their own, cached like the training images),
@@ -863,12 +868,7 @@ def _groups(cfg, paths):
     threshold = cfg.get("group_threshold", GROUP_THRESHOLD)
     if not 0.0 < threshold <= 1.0:
         raise DataError(f"--group-threshold must be in (0, 1], got {threshold}")
-    regex = None
-    if cfg.get("group_regex"):
-        try:
-            regex = re.compile(cfg["group_regex"])
-        except re.error as e:
-            raise DataError(f"--group-regex {cfg['group_regex']!r} is not a regular expression: {e}") from None
+    regex = group_regex(cfg["group_regex"]) if cfg.get("group_regex") else None
     images, kept = decode_folder(paths, GROUP_SIDE, cfg.get("cache_dir"))
     if len(kept) != len(paths):
         raise DataError(f"{len(paths) - len(kept)} photo(s) of {cfg['data_dir']} became unreadable while loading")

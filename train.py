@@ -176,9 +176,7 @@ def set_threads(args, device):
     choice and is kept. Recorded resolved in args."""
     if args.threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         args.threads = max(1, cpu_cores() - (0 if args.device_data else args.workers))
-    if args.threads is not None:
-        if args.threads < 1:
-            raise TrainingError("--threads must be >= 1")
+    if args.threads is not None:  # (its range is checked with the other options, check_args)
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
 
@@ -205,7 +203,8 @@ def check_args(args):
         ("seed", args.seed >= 0, ">= 0"),
         ("workers", args.workers is None or args.workers >= 0, ">= 0"),
         ("drop_rate", args.drop_rate is None or 0 <= args.drop_rate < 1, "in [0, 1)"),
-        ("width", args.width is None or args.width >= 1, ">= 1"))
+        ("width", args.width is None or args.width >= 1, ">= 1"),
+        ("threads", args.threads is None or args.threads >= 1, ">= 1"))
     D.check_device(args.device)
     too_small = img_size_error(args.model, args.img_size or (28 if args.dataset == "mnist" else 128))
     if too_small:
@@ -593,7 +592,7 @@ def setup(args, device):
     r = Run(args=args, device=device, rank=rank, world=world, t_start=t_start, data=data, model=model,
             model_args=kwargs, optimizer=optimizer, scheduler=scheduler,
             scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, args.amp)),
-            eval_bs=eval_bs, share=share, steps_per_epoch=steps_per_epoch,
+            eval_bs=eval_bs, steps_per_epoch=steps_per_epoch,
             val_loader=D.make_loader(data.val, eval_bs, workers=args.workers),
             test_loader=D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None)
     try:
