@@ -516,9 +516,10 @@ def balanced_sample(keys, n, seed=0):
     return grouped[torch.sort(rank, stable=True).indices[:n]].sort().values  # round robin over keys
 
 
-def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256):
+def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256, tta=1, temperature=1.0):
     """What write_dashboard draws: at most `max_points` images, balanced over (split, source) x
-    class, with the model's penultimate features, predictions and confidences (eval transforms)."""
+    class, with the model's penultimate features, predictions and confidences (eval transforms;
+    the predictions as evaluate.py makes them, with `tta` views and the checkpoint's temperature)."""
     groups = [(split, 0, ds) for split, ds in E.eval_splits(data).items()]
     if isinstance(data.train, ConcatDataset):  # the synthetic part of training
         groups.insert(1, ("train", 1, data.train.datasets[1].with_transform(data.val.transform)))
@@ -532,7 +533,7 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         start += len(ds)
         if not idx:
             continue
-        out = E.collect(model, Subset(ds, idx), device, batch_size, features=True)
+        out = E.collect(model, Subset(ds, idx), device, batch_size, features=True, tta=tta, temperature=temperature)
         pts["features"].append(out["features"])
         pts["labels"].append(out["labels"])
         pts["preds"].append(out["preds"])
@@ -553,11 +554,13 @@ def pca_2d(features, seed=0):
     return PCA(2, random_state=seed).fit_transform(features.float().numpy())
 
 
-def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None):
+def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None,
+                tta=1):
     """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
-    {split: collect() output}), dashboard.html, report.md and report.html."""
+    {split: collect() output}), dashboard.html, report.md and report.html; the dashboard's
+    predictions made as `outs` were (`tta` views, the checkpoint's temperature)."""
     E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs)
-    points = dashboard_points(model, data, device, max_points, seed, batch_size)
+    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt.get("temperature", 1.0))
     maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
@@ -607,7 +610,7 @@ def main(args):
     print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
 
     write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
-                outs=outs)
+                outs=outs, tta=args.tta)
 
 
 if __name__ == "__main__":

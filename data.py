@@ -988,8 +988,8 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
     """This process's order for epoch `epoch` (from 1, shuffled by `seed`) over a combined set (real
     0..n_real-1, then the synthetic pool): every consecutive `batch_size` chunk is one batch holding
     round(ratio * batch_size) synthetic images and the rest real, so a large pool cannot drown the
-    photos. An epoch is one pass over the real images (`epoch_order` of them, whole batches only);
-    the synthetic images come from an endless stream of reshuffles of the pool (seeded by
+    photos. An epoch is one pass over the real images (`epoch_order` of them, in whole batches, and
+    a last smaller batch at the same ratio where `epoch_length` would keep it); the synthetic images come from an endless stream of reshuffles of the pool (seeded by
     `pool_seed`), epoch after epoch, so every composite is used before any repeats.
     ratio 1: one pass over the pool per epoch, no photos."""
     k = min(batch_size, max(1, round(ratio * batch_size)))  # synthetic per batch (ratio > 0)
@@ -999,9 +999,13 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
     real, r = epoch_order(n_real, seed, rank, world), batch_size - k
     if len(real) < r:  # fewer photos than one batch's real share: repeat them
         real = (real * -(-r // len(real)))[:r]
-    steps = len(real) // r
-    # the global stream position of this epoch: every epoch takes steps * k * world composites
-    need = steps * k * world
+    steps, rest = divmod(len(real), r)
+    # the photos left after whole batches make a last, smaller batch (at the same ratio) where
+    # epoch_length would keep them: more than PARTIAL_BATCH_KEPT of the photos
+    rest = rest if epoch_length(len(real), r) == len(real) and rest else 0
+    k_rest = max(1, round(rest * k / r)) if rest else 0
+    # the global stream position of this epoch: every epoch takes (steps * k + k_rest) * world composites
+    need = (steps * k + k_rest) * world
     start = (epoch - 1) * need
     stream, cycle = [], start // n_synthetic
     while len(stream) < start % n_synthetic + need:  # bounded: need / n_synthetic + 2 reshuffles
@@ -1010,7 +1014,7 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
         cycle += 1
     synthetic = stream[start % n_synthetic:][:need][rank::world]
     order = []
-    for s in range(steps):
+    for s in range(steps + bool(rest)):
         order += real[s * r:(s + 1) * r] + [n_real + i for i in synthetic[s * k:(s + 1) * k]]
     return order
 

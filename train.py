@@ -586,8 +586,8 @@ def setup(args, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
     eval_bs = max(256, args.batch_size)
-    share = len(D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world))  # this process's samples per epoch
-    steps_per_epoch = -(-share // args.batch_size)  # the order holds whole batches (and a kept partial one)
+    order = D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world)  # this process's; every epoch as long
+    steps_per_epoch = -(-len(order) // args.batch_size)  # the order holds whole batches (and a kept partial one)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
     r = Run(args=args, device=device, rank=rank, world=world, t_start=t_start, data=data, model=model,
             model_args=kwargs, optimizer=optimizer, scheduler=scheduler,
@@ -610,9 +610,14 @@ def setup(args, device):
               f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
               f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
               f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
-        dropped = -(-len(data.train) // world) - share if not isinstance(data.train, torch.utils.data.ConcatDataset) else 0
+        if real < len(data.train):  # photos + composites: what is left out is photos (none by design at ratio 1)
+            used = sum(i < real for i in order)
+            dropped = -(-real // world) - used if used else 0
+        else:
+            dropped = -(-len(data.train) // world) - len(order)
         print(f"{steps_per_epoch} steps of {args.batch_size} per epoch"
-              + (f" (the last partial batch, {dropped} images, is left out of each epoch; a new shuffle every epoch)"
+              + (f" (the last partial batch, {dropped} {'photos' if pool else 'images'}, is left out of each epoch; "
+                 "a new shuffle every epoch)"
                  if dropped > 0 else ""))
     if args.resume:
         resume(r)

@@ -44,6 +44,21 @@ def test_order_is_deterministic_and_processes_share_one_epoch():
     assert not {i for i in shares[0] if i >= 100} & {i for i in shares[1] if i >= 100}
 
 
+def test_the_photos_left_after_whole_batches_make_a_last_batch_where_they_count():
+    # 1/16 of meter_digits (54 photos), batch 32 at ratio 0.5: 3 batches of 16 + 16, then 6 photos (11%)
+    order = D.mixed_epoch_order(54, 900, 0.5, 32, seed=1, epoch=1)
+    assert len(order) == 3 * 32 + 6 + 6
+    assert sorted(i for i in order if i < 54) == list(range(54))  # every photo, once
+    assert sum(i >= 54 for i in order[96:]) == 6
+    seen = [i for e in range(1, 80) for i in D.mixed_epoch_order(54, 900, 0.5, 32, seed=e, epoch=e) if i >= 54]
+    assert len(set(seen[:900])) == 900  # the pool's stream stays whole with the smaller last batch
+    shares = [D.mixed_epoch_order(54, 900, 0.5, 32, seed=1, epoch=2, rank=r, world=2) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) and not {i for i in shares[0] if i >= 54} & {i for i in shares[1] if i >= 54}
+    # 856 photos at batch 64: the 24 left (2.8%) are not worth a step, as for a plain folder
+    order = D.mixed_epoch_order(856, 9000, 0.5, 64, seed=0, epoch=1)
+    assert len(order) == 26 * 64 and sum(i < 856 for i in order) == 832
+
+
 def test_ratio_one_is_synthetic_only_and_few_photos_repeat():
     order = D.mixed_epoch_order(10, 300, 1.0, 32, seed=0, epoch=1)
     assert min(order) >= 10 and len(order) == 9 * 32
@@ -57,8 +72,9 @@ def test_train_order_uses_the_ratio_of_a_combined_set():
     syn = D.TensorImageDataset(torch.zeros(400, 1, 4, 4, dtype=torch.uint8), torch.arange(400) % 2, source=1)
     data = D.Data(torch.utils.data.ConcatDataset([real, syn]), real, None, ["a", "b"], 1, 4, (0.5,), (0.5,),
                   {"synthetic_ratio": 0.25})
-    order = D.train_order(data, 8, seed=0, epoch=1)
-    assert len(order) == 40 // 6 * 8 and sum(i >= 40 for i in order) == 2 * (40 // 6)
+    order = D.train_order(data, 8, seed=0, epoch=1)  # 2 composites + 6 photos a batch: 6 batches, then 4 + 1
+    assert len(order) == 6 * 8 + 4 + 1 and sum(i >= 40 for i in order) == 6 * 2 + 1
+    assert sorted(i for i in order if i < 40) == list(range(40))
     data.config["synthetic_ratio"] = None  # a checkpoint from before --synthetic-ratio: one shuffle of all
     assert sorted(D.train_order(data, 8, seed=0, epoch=1)) == list(range(440))
 

@@ -214,6 +214,20 @@ def test_dashboard_points_balanced_over_split_and_class(run_dir):
     assert real.max() <= 5 and real.max() - real.min() <= 1
 
 
+def test_dashboard_confidences_are_made_as_evaluate_makes_them(run_dir):
+    """analyze.py --tta and a fitted temperature reach the dashboard's hover card, not only metrics.json."""
+    import evaluate as E
+    model, ckpt, data = E.load_run(str(run_dir / "best.pt"), torch.device("cpu"))
+    val = data.val
+    for tta, temperature in ((1, 1.0), (3, 0.5)):
+        pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=tta, temperature=temperature)
+        out = E.collect(model, val, torch.device("cpu"), tta=tta, temperature=temperature)
+        from_val = pts["conf"][[s == "val" for s in pts["split"]]]
+        assert len(from_val) == len(val)  # the small val split is drawn whole, in order
+        assert torch.allclose(from_val, out["probs"].max(1).values, atol=1e-6)
+    plain = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300)["conf"]
+    assert not torch.allclose(plain, pts["conf"], atol=1e-3)  # TTA and T = 0.5 change the confidences
+
 def test_dashboard_escapes_user_text(tmp_path):
     """Class names and titles are user data: they must not end the script element or become markup."""
     classes = ["</script><b>x", "<!--", "a&b"]

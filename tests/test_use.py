@@ -366,6 +366,23 @@ def test_last_partial_batch_is_kept_when_it_is_more_than_a_few_percent():
     assert sorted(order) == list(range(54))
 
 
+def test_a_mixed_run_says_which_photos_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
+    """Photos + composites: the photos left after whole batches are a step of their own when they
+    count (train_order), and the first lines name the photos left out when they do not."""
+    from test_report import make_digit_folder
+    photos = make_digit_folder(tmp_path / "photos", per_class=8)  # 80 photos: 70 train, 10 val
+    base = ["--data-dir", photos, "--mnist-root", mnist_root, "--no-download", "--img-size", 16, "--model", "convnet",
+            "--synthetic-n", 40, "--augment", "none", "--workers", 0, "--dry-run", "--quiet"]
+    train_quiet(base + ["--batch-size", 32, "--save-dir", tmp_path / "a"], monkeypatch)
+    out = capsys.readouterr().out  # 16 photos a batch: 4 batches, then 6 photos (8.6%) + 6 composites
+    assert "70 train + 40 synthetic" in out and "5 steps of 32 per epoch\n" in out
+    train_quiet(base + ["--batch-size", 24, "--save-dir", tmp_path / "b"], monkeypatch)
+    out = capsys.readouterr().out  # 12 photos a batch: 5 batches, and 10 photos (14%) kept
+    assert "6 steps of 24 per epoch\n" in out
+    train_quiet(base + ["--batch-size", 34, "--save-dir", tmp_path / "c"], monkeypatch)
+    out = capsys.readouterr().out  # 17 photos a batch: 4 batches, and 2 photos (2.9%) left out
+    assert "4 steps of 34 per epoch (the last partial batch, 2 photos, is left out" in out
+
 def test_train_prints_the_steps_and_what_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
     train_quiet(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--train-fraction", 0.25, "--augment", "none"),
                 monkeypatch)
