@@ -121,7 +121,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
     g.add_argument("--threads", type=int, default=None,
                    help="intra-op CPU threads of the training process (default: $OMP_NUM_THREADS if set, else "
-                        "the cores the loader workers leave free)")
+                        "every core; 1 on a machine other jobs share)")
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
                         "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
@@ -156,8 +156,8 @@ def resolve_defaults(args):
         args.drop_rate = 0.2
     check_args(args)
     if args.workers is None:
-        # CPU: the model needs most of the cores (set_threads gives it those the workers leave),
-        # so loader processes only help with augmentation, half the cores at most;
+        # CPU: the model needs the cores (set_threads), so loader processes only take the
+        # per-sample augmentation off it, half the cores at most;
         # CUDA: decode/augment in parallel with the GPU.
         args.workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() else (
             0 if args.augment == "none" else max(1, cpu_cores() // 2))
@@ -169,13 +169,14 @@ def cpu_cores():
 
 
 def set_threads(args, device):
-    """Intra-op threads of this process: --threads, else on a CPU the cores that the training
-    loader's workers leave free (at least 1), so that the two do not fight: an intra-op thread
-    that waits for a core stalls every op of the step (2 threads + 2 workers on 2 cores measured
-    5-8x slower than 1 + 1, README "Speed on a CPU"). OMP_NUM_THREADS, where set, is the user's
-    choice and is kept. Recorded resolved in args."""
+    """Intra-op threads of this process: --threads, else every core (torch's own default). On the
+    idle 2-core machine, resnet18 @128 per-sample `strong` trained at 86-93 img/s with 2 threads
+    and 0, 1 or 2 loader workers, and at 77 img/s with 1 thread + 1 worker (README "Speed on a
+    CPU"): a worker needs a fraction of a core. On a machine other jobs share, an intra-op thread
+    that waits for a core stalls every op of the step; give such runs --threads 1. OMP_NUM_THREADS,
+    where set, is the user's choice and is kept. Recorded resolved in args."""
     if args.threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        args.threads = max(1, cpu_cores() - (0 if args.device_data else args.workers))
+        args.threads = cpu_cores()
     if args.threads is not None:  # (its range is checked with the other options, check_args)
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()

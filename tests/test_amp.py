@@ -101,3 +101,23 @@ def test_format_seconds():
     assert train.format_seconds(45.2) == "45 s"
     assert train.format_seconds(750) == "12 min 30 s"
     assert train.format_seconds(3900) == "1 h 05 min"
+
+
+def test_threads_default_to_every_core_unless_told(monkeypatch):
+    from argparse import Namespace
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        args = Namespace(threads=None, device_data=False, workers=1)
+        train.set_threads(args, torch.device("cpu"))
+        assert args.threads == train.cpu_cores() == torch.get_num_threads()  # the loader worker takes no core of it
+        args = Namespace(threads=1, device_data=False, workers=1)
+        train.set_threads(args, torch.device("cpu"))
+        assert args.threads == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice is kept
+        torch.set_num_threads(1)
+        args = Namespace(threads=None, device_data=False, workers=0)
+        train.set_threads(args, torch.device("cpu"))
+        assert args.threads == 1
+    finally:
+        torch.set_num_threads(before)
