@@ -989,8 +989,9 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
     0..n_real-1, then the synthetic pool): every consecutive `batch_size` chunk is one batch holding
     round(ratio * batch_size) synthetic images and the rest real, so a large pool cannot drown the
     photos. An epoch is one pass over the real images (`epoch_order` of them, in whole batches, and
-    a last smaller batch at the same ratio where `epoch_length` would keep it); the synthetic images come from an endless stream of reshuffles of the pool (seeded by
-    `pool_seed`), epoch after epoch, so every composite is used before any repeats.
+    a last smaller batch at the same ratio where `epoch_length` would keep it); the synthetic
+    images come from an endless stream of reshuffles of the pool (seeded by `pool_seed`), epoch
+    after epoch, so every composite is used before any repeats.
     ratio 1: one pass over the pool per epoch, no photos."""
     k = min(batch_size, max(1, round(ratio * batch_size)))  # synthetic per batch (ratio > 0)
     if k == batch_size:
@@ -999,10 +1000,10 @@ def mixed_epoch_order(n_real, n_synthetic, ratio, batch_size, seed, epoch, pool_
     real, r = epoch_order(n_real, seed, rank, world), batch_size - k
     if len(real) < r:  # fewer photos than one batch's real share: repeat them
         real = (real * -(-r // len(real)))[:r]
-    steps, rest = divmod(len(real), r)
+    steps = len(real) // r
     # the photos left after whole batches make a last, smaller batch (at the same ratio) where
     # epoch_length would keep them: more than PARTIAL_BATCH_KEPT of the photos
-    rest = rest if epoch_length(len(real), r) == len(real) and rest else 0
+    rest = epoch_length(len(real), r) - steps * r
     k_rest = max(1, round(rest * k / r)) if rest else 0
     # the global stream position of this epoch: every epoch takes (steps * k + k_rest) * world composites
     need = (steps * k + k_rest) * world

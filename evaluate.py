@@ -94,8 +94,11 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=N
     predicts under `amp` (an --amp choice), by default the checkpoint's (see model_from_checkpoint)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, device, amp=amp)
-    if not with_data:
-        return model, ckpt, None
+    return model, ckpt, run_data(ckpt, data_dir, mnist_root) if with_data else None
+
+
+def run_data(ckpt, data_dir=None, mnist_root=None):
+    """The checkpoint's Data (the same split, eval transforms), from where the data are now."""
     cfg = dict(ckpt["data"])
     if data_dir:
         cfg["data_dir"] = os.path.abspath(data_dir)
@@ -107,7 +110,7 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=N
             cfg.get("split_hash") and cfg["split_hash"] != data.config["split_hash"]:
         D.warn(f"the data differ from those the checkpoint was trained on ({data.config['num_samples']} samples "
                f"now, {cfg.get('num_samples')} then): train/val are not the same split")
-    return model, ckpt, data
+    return data
 
 
 def match_classes(data, trained, where):
@@ -238,7 +241,7 @@ def plot_calibration(probs, labels, path, title=""):
     D.save_figure(fig, path, dpi=90)
 
 
-def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None, tta=1, temperature=1.0):
+def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None):
     """Score the `which` splits and write metrics.json, confusion.png, mistakes.png and calibration.png
     (of `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
     predicted. Returns (results, outs)."""
@@ -248,7 +251,7 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
                           f"{', '.join(eval_splits(data))})")
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
-            outs[name] = collect(model, ds, device, batch_size, tta=tta, temperature=temperature)
+            outs[name] = collect(model, ds, device, batch_size)
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
     D.write_json(os.path.join(out_dir, "metrics.json"), results)
     shown = shown_split(results)
@@ -275,7 +278,7 @@ def fit_temperature(logits, labels):
     return float(log_t.detach().exp())
 
 
-def ensemble_outs(members, which="all"):
+def ensemble_outs(members):
     """{split: collect()-style output} of several (model outputs per split) dicts: the mean of the
     members' softmax, logits = its log. Every member must have scored the same images."""
     outs = {}
@@ -415,10 +418,9 @@ def main(args):
         print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
         score_images(labels, probs, classes, unknown, out_dir, args.images)
         return
-    load_members(paths, device, args.amp)  # the class lists, before any data is read
     members, data = [], None
-    for path in paths:
-        model, ckpt, data_k = load_run(path, device, args.data_dir, args.mnist_root, amp=args.amp)
+    for path, (model, ckpt) in zip(paths, load_members(paths, device, args.amp)):  # class lists checked first
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
         if args.temperature:
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
         t = ckpt.get("temperature", 1.0)

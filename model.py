@@ -361,10 +361,12 @@ def autocast(device, amp="auto"):
 
 def use_channels_last(device, amp, img_size):
     """Whether convs take channels_last inputs and weights on `device` for this precision and
-    input size: where it measured faster. CPU (Intel Xeon, AVX512-BF16 + AMX, oneDNN): faster for
-    resnet18 @64 and @128 and `net` @28, fp32 and bf16 alike (bench.py --only layout; README "Speed on a CPU"),
-    so on; CUDA: on; MPS: off (slower there). An AMD CPU measured bf16 @64 faster without it
-    (issue 10): rerun the layout rows before adding a rule per CPU."""
+    input size: where it measured faster. CPU (Intel Xeon, AVX512-BF16 + AMX, oneDNN): faster in
+    bf16 for resnet18 @64 and @128 and `net` @28, and in fp32 for resnet18 @128 and `net` @28
+    (bench.py --only layout; README "Speed on a CPU"), so on; fp32 resnet18 @64 measured 0.86x, a
+    non-default precision here, not encoded (this function sees no model). CUDA: on; MPS: off
+    (slower there). An AMD CPU measured bf16 @64 faster without it (issue 10): rerun the layout
+    rows before adding a rule per CPU."""
     return device.type in ("cpu", "cuda")
 
 

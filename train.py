@@ -611,11 +611,8 @@ def setup(args, device):
               f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
               f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
               f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
-        if real < len(data.train):  # photos + composites: what is left out is photos (none by design at ratio 1)
-            used = sum(i < real for i in order)
-            dropped = -(-real // world) - used if used else 0
-        else:
-            dropped = -(-len(data.train) // world) - len(order)
+        used = sum(i < real for i in order)  # the real images (photos beside composites) an epoch trains on
+        dropped = -(-real // world) - used if used else 0  # (ratio 1 uses no photo, by design)
         print(f"{steps_per_epoch} steps of {args.batch_size} per epoch"
               + (f" (the last partial batch, {dropped} {'photos' if pool else 'images'}, is left out of each epoch; "
                  "a new shuffle every epoch)"
