@@ -540,9 +540,9 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         pts["conf"].append(out["probs"].max(1).values)
         pts["split"] += [split] * len(idx)
         pts["source"] += [source] * len(idx)
-        pts["images"] += [D.raw_image(ds, i) for i in idx]
-        pts["cams"] += [cam_overlay(D.raw_image(ds, i), cam)
-                        for i, cam in zip(idx, dataset_cams(model, ds, idx, device))]
+        images = [D.raw_image(ds, i) for i in idx]
+        pts["images"] += images
+        pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, dataset_cams(model, ds, idx, device))]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])

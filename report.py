@@ -61,8 +61,9 @@ def fit_box(xy, side=1000):
     viewBox and on-page aspect ratio) is the points' own bounding box and they fill it."""
     xy = np.asarray(xy, dtype=np.float64)
     lo, hi = xy.min(0), xy.max(0)
-    xy = (xy - lo) * (side / max((hi - lo).max(), 1e-12))
-    box = np.maximum(np.rint((hi - lo) * side / max((hi - lo).max(), 1e-12)), 1).astype(int)
+    scale = side / max((hi - lo).max(), 1e-12)
+    xy = (xy - lo) * scale
+    box = np.maximum(np.rint((hi - lo) * scale), 1).astype(int)
     return np.rint(xy).astype(int).ravel().tolist(), box.tolist()
 
 
