@@ -230,12 +230,14 @@ def cam_overlay(img, cam, alpha=0.5):
     return (alpha * heat * 255 + (1 - alpha) * base).round().clip(0, 255).astype(np.uint8)
 
 
-def dataset_cams(model, dataset, idx, device, batch_size=64):
-    """Grad-CAM heat maps [len(idx), H, W] of dataset items `idx` (eval transforms), on the CPU."""
-    cams = []
+def dataset_cams(model, dataset, idx, targets, device, batch_size=64):
+    """Grad-CAM heat maps [len(idx), H, W] of dataset items `idx` (eval transforms) for the classes
+    `targets` [len(idx)] (the predictions shown beside them, which with TTA need not be the plain
+    model's argmax), on the CPU."""
+    cams, targets = [], torch.as_tensor(targets).to(device)
     for lo in range(0, len(idx), batch_size):
         x = torch.stack([dataset[i][0] for i in idx[lo:lo + batch_size]]).to(device)
-        cams.append(grad_cam(model, x)[0].cpu())
+        cams.append(grad_cam(model, x, targets[lo:lo + batch_size])[0].cpu())
     return torch.cat(cams) if cams else torch.empty(0)
 
 
@@ -251,7 +253,7 @@ def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0):
     plt = _plt()
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.2), squeeze=False)
     for r, (kind, idx) in enumerate(rows):
-        cams = dataset_cams(model, dataset, idx, device)
+        cams = dataset_cams(model, dataset, idx, out["preds"][idx], device)
         for c in range(n):
             ax = axes[r, c]
             ax.axis("off")
@@ -542,7 +544,8 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         pts["source"] += [source] * len(idx)
         images = [D.raw_image(ds, i) for i in idx]
         pts["images"] += images
-        pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, dataset_cams(model, ds, idx, device))]
+        cams = dataset_cams(model, ds, idx, out["preds"], device)  # of the predictions shown
+        pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, cams)]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])

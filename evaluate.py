@@ -10,6 +10,7 @@ Needs nothing but the checkpoint: the data config inside it rebuilds the same sp
 """
 import argparse
 import csv
+import functools
 import os
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from model import (AMP_CHOICES, CheckpointError, autocast, calibration_bins, get_device, load_checkpoint, metrics,
+from model import (AMP_CHOICES, CheckpointError, calibration_bins, get_device, load_checkpoint, metrics,
                    model_from_checkpoint, predict, summary_line, update_checkpoint)
 
 SPLITS = ("train", "val", "test")
@@ -68,25 +69,9 @@ def tta_view(images, dx, dy, scale):
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-@torch.no_grad()
-def predict_tta(model, loader, device, views, temperature=1.0, features=False):
-    """predict() over `views` TTA views: logits = log of the mean softmax (so softmax gives it back and
-    the cross-entropy is that of the averaged prediction); features of the identity view."""
-    model.eval()
-    amp = getattr(model, "amp", "off")  # the precision predict() runs the model in
-    out = {"logits": [], "labels": [], "features": []}
-    for images, labels, *_ in loader:
-        images, probs = images.to(device, non_blocking=True), 0
-        for k, view in enumerate(TTA_VIEWS[:views]):
-            with autocast(device, amp):
-                feats = model.forward_features(tta_view(images, *view))
-                logits = model.forward_head(feats)
-            probs = probs + (logits.float() / temperature).softmax(1)
-            if k == 0 and features:
-                out["features"].append(feats.float().cpu())
-        out["logits"].append((probs / views).clamp_min(1e-12).log().cpu())
-        out["labels"].append(labels.cpu())
-    return {k: torch.cat(v) if v else None for k, v in out.items()}
+def tta_views(n):
+    """The first n TTA_VIEWS as functions of an image batch, for predict(views=...)."""
+    return [functools.partial(tta_view, dx=dx, dy=dy, scale=scale) for dx, dy, scale in TTA_VIEWS[:n]]
 
 
 def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=None):
@@ -145,12 +130,8 @@ def eval_splits(data, which="all"):
 def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0):
     """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features); with
     tta > 1 the mean softmax of that many views, logits divided by `temperature` first."""
-    loader = D.make_loader(dataset, batch_size)
-    if tta > 1:
-        out = predict_tta(model, loader, device, tta, temperature, features)
-    else:
-        out = predict(model, loader, device, features=features)
-        out["logits"] = out["logits"] / temperature
+    out = predict(model, D.make_loader(dataset, batch_size), device, features=features,
+                  views=tta_views(tta) if tta > 1 else None, temperature=temperature)
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
     return out

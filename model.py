@@ -436,24 +436,32 @@ def from_main_process(obj):
 
 
 @torch.no_grad()
-def predict(model, loader, device, features=False, amp=None):
+def predict(model, loader, device, features=False, amp=None, views=None, temperature=1.0):
     """Run `model` over `loader` in eval mode, under autocast of `amp` (default: `model.amp`, which
-    model_from_checkpoint and train.py set, else fp32). Returns a dict of CPU tensors:
-    logits [N, C], labels [N] and, with features=True, the penultimate features [N, D]."""
+    model_from_checkpoint and train.py set, else fp32). Returns a dict of CPU tensors: logits
+    [N, C] divided by `temperature`, labels [N] and, with features=True, the penultimate features
+    [N, D]. `views` (test-time augmentation): functions of an image batch; the logits are then the
+    log of the mean softmax over the views (softmax gives that mean back, and the cross-entropy is
+    the averaged prediction's), the features those of the first view."""
     amp = amp or getattr(model, "amp", "off")
     model.eval()
     out = {"logits": [], "labels": [], "features": []}
     for images, labels, *_ in loader:
-        images = images.to(device, non_blocking=True)
-        if use_channels_last(device, amp, images.shape[-1]):
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            feats = model.forward_features(images)
-            logits = model.forward_head(feats)
-        out["logits"].append(logits.float().cpu())
+        images, probs = images.to(device, non_blocking=True), 0
+        for k, view in enumerate(views or (None,)):
+            x = view(images) if view else images
+            if use_channels_last(device, amp, x.shape[-1]):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                feats = model.forward_features(x)
+                logits = model.forward_head(feats)
+            logits = logits.float() / temperature
+            if features and k == 0:
+                out["features"].append(feats.float().cpu())
+            if views:
+                probs = probs + logits.softmax(1)
+        out["logits"].append((probs / len(views)).clamp_min(1e-12).log().cpu() if views else logits.cpu())
         out["labels"].append(labels.cpu())
-        if features:
-            out["features"].append(feats.float().cpu())
     return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 

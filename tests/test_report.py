@@ -228,6 +228,29 @@ def test_dashboard_confidences_are_made_as_evaluate_makes_them(run_dir):
     plain = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300)["conf"]
     assert not torch.allclose(plain, pts["conf"], atol=1e-3)  # TTA and T = 0.5 change the confidences
 
+
+def test_heat_maps_explain_the_prediction_shown(run_dir, tmp_path, monkeypatch):
+    """With TTA the shown prediction need not be the plain model's argmax: the dashboard's and
+    gradcam.png's heat maps are Grad-CAMs of the class shown beside them."""
+    import evaluate as E
+    model, ckpt, data = E.load_run(str(run_dir / "best.pt"), torch.device("cpu"))
+    asked, grad_cam = [], analyze.grad_cam
+
+    def recording(model, images, target=None):  # keeps the class each heat map explains
+        cams, logits = grad_cam(model, images, target)
+        asked.append(logits.argmax(1) if target is None else target.clone())
+        return cams, logits
+    monkeypatch.setattr(analyze, "grad_cam", recording)
+    pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=3)
+    assert torch.equal(torch.cat(asked), pts["preds"])
+    out = E.collect(model, data.val, torch.device("cpu"))
+    out["preds"] = (out["preds"] + 1) % len(data.classes)  # shown predictions that are no argmax
+    asked.clear()
+    analyze.plot_gradcam(model, data.val, out, data.classes, torch.device("cpu"), str(tmp_path / "g.png"), n=4)
+    wrong = torch.nonzero(out["preds"] != out["labels"]).flatten()
+    shown = out["preds"][wrong[out["probs"].max(1).values[wrong].argsort(descending=True)][:4]]
+    assert torch.equal(asked[0], shown)  # the mistakes row: its heat maps are of the classes in the titles
+
 def test_dashboard_escapes_user_text(tmp_path):
     """Class names and titles are user data: they must not end the script element or become markup."""
     classes = ["</script><b>x", "<!--", "a&b"]

@@ -101,6 +101,23 @@ def test_tta_views_are_deterministic_shifts_and_help_or_keep(mnist_run):
     assert acc(five) >= acc(plain) - 0.02  # small shifts of centred digits cost next to nothing
 
 
+def test_tta_is_the_mean_softmax_of_its_views_in_the_run_layout():
+    """predict(views=...) is one loop with predict(): the mean softmax of the views, each view fed in
+    the layout the plain path uses (channels_last under bf16 at 28 px and up)."""
+    torch.manual_seed(0)
+    model = M.build_model("net", 10, 1).eval()
+    model.amp = "bf16"
+    loader = [(torch.randn(6, 1, 28, 28), torch.arange(6))]
+    layouts = []
+    model.features[0].register_forward_pre_hook(
+        lambda m, inp: layouts.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+    views = [lambda x: x, lambda x: x.flip(-1)]
+    out = M.predict(model, loader, CPU, views=views, temperature=2.0)
+    p = [M.predict(model, [(v(x), y) for x, y in loader], CPU, temperature=2.0)["logits"].softmax(1) for v in views]
+    assert torch.allclose(out["logits"].softmax(1), (p[0] + p[1]) / 2, atol=1e-6)
+    assert layouts == [M.use_channels_last(CPU, "bf16", 28)] * 4
+
+
 def test_ensemble_is_the_mean_softmax_and_refuses_other_classes(mnist_run, mnist_root, tmp_path, capsys):
     tmp, _ = mnist_run
     a, b = tmp / "run" / "best.pt", fabricate_checkpoint(tmp_path / "best.pt", mnist_root, "net", seed=1)
