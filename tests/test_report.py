@@ -251,6 +251,7 @@ def test_heat_maps_explain_the_prediction_shown(run_dir, tmp_path, monkeypatch):
     shown = out["preds"][wrong[out["probs"].max(1).values[wrong].argsort(descending=True)][:4]]
     assert torch.equal(asked[0], shown)  # the mistakes row: its heat maps are of the classes in the titles
 
+
 def test_dashboard_escapes_user_text(tmp_path):
     """Class names and titles are user data: they must not end the script element or become markup."""
     classes = ["</script><b>x", "<!--", "a&b"]

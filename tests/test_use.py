@@ -400,6 +400,7 @@ def test_a_mixed_run_says_which_photos_it_leaves_out(tmp_path, mnist_root, monke
     out = capsys.readouterr().out  # 17 photos a batch: 4 batches, and 2 photos (2.9%) left out
     assert "4 steps of 34 per epoch (the last partial batch, 2 photos, is left out" in out
 
+
 def test_train_prints_the_steps_and_what_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
     train_quiet(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--train-fraction", 0.25, "--augment", "none"),
                 monkeypatch)
