@@ -33,10 +33,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import ConcatDataset, Subset
 
+import cli
 import data as D
 import evaluate as E
+import experiments
 import report
-from model import AMP_CHOICES, CheckpointError, first_conv, get_device, load_checkpoint, model_from_checkpoint
+import train
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from device import AMP_CHOICES, check_device, get_device
+from model import first_conv
 
 
 def get_args_parser():
@@ -84,16 +89,16 @@ def check_args(args):
                            ("seed", args.seed >= 0, ">= 0"),
                            ("batch_size", args.batch_size >= 1, ">= 1"),
                            ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
-        D.check_args(args, (name, ok, need))
-    D.check_device(args.device)
-    D.check_folder_arg(args.out, "--out")
-    D.check_folder_arg(os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "mistakes"),
+        cli.check_args(args, (name, ok, need))
+    check_device(args.device)
+    cli.check_folder_arg(args.out, "--out")
+    cli.check_folder_arg(os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "mistakes"),
                        "mistakes/ in --out")
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     for option, path in (("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
         if path and not os.path.isdir(path):
-            raise D.DataError(f"{option} folder not found: {path}")
+            raise cli.UsageError(f"{option} folder not found: {path}")
 
 
 def _plt():
@@ -136,7 +141,7 @@ def plot_kernels(model, path):
         for ax, t in zip(axes, tiles):
             ax.imshow(t, cmap="gray" if t.ndim == 2 else None, interpolation="nearest")
         sf.suptitle(f"{title}: {tuple(conv.weight.shape)} ({len(tiles)} kernels)")
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 def tsne_2d(features, seed=0):
@@ -162,7 +167,7 @@ def plot_tsne(xy, labels, classes, path, title):
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 def nearest(query_feats, pool_feats, k):
@@ -186,7 +191,7 @@ def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labe
             axes[r, c + 1].set_title(classes[pool_labels[j]], fontsize=8, color="black" if same else "red")
     fig.suptitle("nearest training images in feature space (red: other class)", fontsize=10)
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -266,7 +271,7 @@ def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0):
         axes[r, 0].text(-0.1, 0.5, kind, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right")
     fig.suptitle("Grad-CAM of the last conv stage (true -> predicted; red: mistakes)", fontsize=10)
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- data quality
@@ -278,9 +283,8 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     and --folds K --fold k (data.py: it trains on the other folds; fold k is its val), in
     <out>/folds/fold<k>/. As in experiments.py, a finished run (result.json) is not run again
     and an interrupted one resumes from its last.pt, so the same command continues."""
-    import train  # only --folds needs the training loop
     if ckpt["data"].get("folds"):
-        raise D.DataError("--folds needs the checkpoint of a whole run, not of one cross-validation fold")
+        raise cli.UsageError("--folds needs the checkpoint of a whole run, not of one cross-validation fold")
     base = vars(train.get_args_parser().parse_args([]))
     base.update((k, v) for k, v in ckpt["args"].items() if k in base)  # an older train.py's run: defaults
     base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights") if data.config.get(k)})
@@ -291,7 +295,7 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
         folder = os.path.join(out_dir, "folds", f"fold{k}")
         settings = dict(base, fold=k, save_dir=folder)
-        D.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
+        experiments.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
             argparse.Namespace(**dict(settings, resume=resume)))}, f"fold {k} of {args.folds}")
         last = os.path.join(folder, "last.pt")
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
@@ -395,7 +399,7 @@ def write_quality(table, pairs, sims, classes, out_dir):
     """samples.csv, suspects.csv and duplicates.csv."""
     name = lambda c: classes[c] if c >= 0 else ""  # noqa: E731
     cols = {k: v.tolist() for k, v in table.items() if k not in ("probs", "features")}
-    with D.atomic_write(os.path.join(out_dir, "samples.csv")) as f:
+    with cli.atomic_write(os.path.join(out_dir, "samples.csv")) as f:
         w = csv.writer(f)
         w.writerow(["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
                      "knn_agreement", "out_of_sample", "suggested", "flag"])
@@ -406,13 +410,13 @@ def write_quality(table, pairs, sims, classes, out_dir):
                         int(cols["out_of_sample"][r]), name(cols["suggested"][r]), cols["flag"][r]])
     # path,weight first: read_sample_weights takes this file as it is, other columns ignored
     # (the weights act on training samples; a val suspect needs its label fixed instead)
-    with D.atomic_write(os.path.join(out_dir, "suspects.csv")) as f:
+    with cli.atomic_write(os.path.join(out_dir, "suspects.csv")) as f:
         w = csv.writer(f)
         w.writerow(["path", "weight", "split", "label", "suggested", "confidence", "margin"])
         for r in ranked_suspects(table).tolist():
             w.writerow([cols["path"][r], 1, cols["split"][r], name(cols["label"][r]), name(cols["suggested"][r]),
                         f"{cols['confidence'][r]:.4f}", f"{cols['margin'][r]:.4f}"])
-    with D.atomic_write(os.path.join(out_dir, "duplicates.csv")) as f:
+    with cli.atomic_write(os.path.join(out_dir, "duplicates.csv")) as f:
         w = csv.writer(f)
         w.writerow(["similarity", "cross_split", "split_a", "path_a", "label_a", "split_b", "path_b", "label_b"])
         for (a, b), s in zip(pairs.tolist(), sims.tolist()):
@@ -437,7 +441,7 @@ def plot_suspects(table, splits, classes, path, n=24, cols=6):
     fig.suptitle(f"top {len(show)} of {len(ranked)} suspected label errors: given -> suggested label, "
                  f"confidence in the given one" if show else "no suspected label errors", fontsize=9)
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 MISTAKES_MANIFEST = ".analyze-files"  # the files save_mistakes wrote: the only ones it may remove
@@ -477,11 +481,11 @@ def save_mistakes(table, splits, classes, folder, limit=None, min_side=112):
         ImageDraw.Draw(page).text((4, 2), f"true {true}  pred {pred}\nconfidence {p:.2f}", fill="black")
         os.makedirs(os.path.join(folder, _safe(true)), exist_ok=True)
         rel = f"{_safe(true)}/{split}_{i}_pred-{_safe(pred)}_{p:.2f}.png"
-        with D.atomic_write(os.path.join(folder, rel), "wb") as f:
+        with cli.atomic_write(os.path.join(folder, rel), "wb") as f:
             page.save(f, "PNG")
         written.append(rel)
     os.makedirs(folder, exist_ok=True)
-    with D.atomic_write(manifest) as f:
+    with cli.atomic_write(manifest) as f:
         f.write("".join(rel + "\n" for rel in written))
     return sum(map(len, rows))
 
@@ -563,7 +567,7 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     {split: collect() output}), dashboard.html, report.md and report.html; the dashboard's
     predictions made as `outs` were (`tta` views, the checkpoint's temperature)."""
     E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs)
-    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt.get("temperature", 1.0))
+    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"])
     maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
@@ -588,7 +592,7 @@ def main(args):
     held = "test" if "test" in splits else "val"
     # every split predicted once: the figures, the sample table and the pages all reuse it
     outs = {name: E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta,
-                            temperature=ckpt.get("temperature", 1.0)) for name, ds in splits.items()}
+                            temperature=ckpt["temperature"]) for name, ds in splits.items()}
     held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
     xy = tsne_2d(held_out["features"][pick], args.seed)
@@ -617,5 +621,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    import train  # its TrainingError (a --folds run that diverged) is one line too
-    D.run_main(main, get_args_parser(), CheckpointError, train.TrainingError)
+    cli.run_main(main, get_args_parser().parse_args)

@@ -16,14 +16,15 @@ Measured in one process, side by side, so ratios are comparable on a noisy machi
   cache     decode time of the photo folder into the uint8 cache, and peak resident memory
   augcompare  the batched presets against torchvision's per sample on the same photos: pixel
             statistics and how far augmentation moves an image, plus augment_compare.png
-  tta       MNIST time-to-accuracy: training seconds until the test accuracy first reaches
+  time-to-accuracy
+            MNIST: training seconds until the test accuracy first reaches
             --target, and the final accuracy, for this project's fastest recipe with the defaults
             (--amp auto), the same in fp32 (--amp off), and the pytorch/examples mnist recipe,
             all run through train.py (one subprocess each)
   folder10k a 10,000-photo folder resampled from --data-dir: cache build time, and the peak
             resident memory of a resnet18 @--img-size train.py run on it (--dry-run)
 
-    python bench.py --only tta,folder10k --out bench_tta.json     # the slow ones (~15 min)
+    python bench.py --only time-to-accuracy,folder10k --out bench_slow.json     # the slow ones (~15 min)
 """
 import argparse
 import os
@@ -38,13 +39,17 @@ import time
 
 import torch
 
+import cli
+import composite
 import data as D
-import synth
-from model import autocast, build_model, get_device, needs_grad_scaler, resolve_amp, use_channels_last
+from augment import AUGMENT_PRESETS, BatchAugment, build_transform
+from device import autocast, check_device, get_device, needs_grad_scaler, resolve_amp, sync, use_channels_last
+from images import cache_size, decode_folder, load_folder, scan_folder
+from model import build_model
 
 
 # every name --only accepts; main() runs the ones named
-BENCHMARKS = ("cache", "pipeline", "model", "layout", "infer", "gpu", "synth", "augcompare", "tta", "folder10k")
+BENCHMARKS = ("cache", "pipeline", "model", "layout", "infer", "gpu", "synth", "augcompare", "time-to-accuracy", "folder10k")
 
 
 def get_args_parser():
@@ -59,10 +64,10 @@ def get_args_parser():
                    help=f"comma-separated: {','.join(BENCHMARKS)}")
     p.add_argument("--model-sizes", default="64,128", help="model: resnet18 input sizes")
     p.add_argument("--layout-rounds", type=int, default=2, help="layout: interleaved rounds (best one counts)")
-    p.add_argument("--target", type=float, default=0.99, help="tta: the test accuracy to reach")
+    p.add_argument("--target", type=float, default=0.99, help="time-to-accuracy: the test accuracy to reach")
     p.add_argument("--peer-epochs", type=int, default=14,
-                   help="tta: epochs of the examples recipe (its own default, 14; ~50 s each on 2 cores)")
-    p.add_argument("--with-best", action="store_true", help="tta: also run the 20-epoch best recipe")
+                   help="time-to-accuracy: epochs of the examples recipe (its own default, 14; ~50 s each on 2 cores)")
+    p.add_argument("--with-best", action="store_true", help="time-to-accuracy: also run the 20-epoch best recipe")
     p.add_argument("--folder-n", type=int, default=10_000, help="folder10k: photos in the resampled folder")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="bench.json")
@@ -77,11 +82,6 @@ def rate(fn, items_per_call, seconds):
         fn()
         n += items_per_call
     return n / (time.perf_counter() - t0)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def train_step(model_name, img_size, in_channels, batch_size, device, amp="off", channels_last=None, compile=False,
@@ -121,7 +121,7 @@ def train_step(model_name, img_size, in_channels, batch_size, device, amp="off",
 # MNIST recipes for time-to-accuracy, as train.py arguments. "peer" is pytorch/examples
 # mnist/main.py (its net, Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64, no augmentation);
 # it gets the same batched data path (--device-data) as ours, so the recipes alone differ.
-TTA_RECIPES = {
+RECIPES_TO_ACCURACY = {
     "fast": "--model net --epochs 1 --batch-size 128 --lr 3e-3 --weight-decay 5e-4 --warmup-epochs 0.2 --mix-prob 0 "
             "--device-data",
     "peer": "--model mnist_example --optimizer adadelta --lr 1.0 --scheduler step --gamma 0.7 --warmup-epochs 0 "
@@ -157,8 +157,8 @@ def time_to_accuracy(args, name, tmp):
     """Training seconds (sum over epochs, per-epoch evaluation excluded) until the test accuracy
     logged after an epoch first reaches args.target; None when it never does."""
     epochs = ["--epochs", str(args.peer_epochs)] if name == "peer" else []
-    argv = ["--dataset", "mnist", "--mnist-root", args.mnist_root, *TTA_RECIPES[name].split(), *epochs, "--eval-test"]
-    print(f"tta: python train.py {' '.join(argv)}", flush=True)
+    argv = ["--dataset", "mnist", "--mnist-root", args.mnist_root, *RECIPES_TO_ACCURACY[name].split(), *epochs, "--eval-test"]
+    print(f"time-to-accuracy: python train.py {' '.join(argv)}", flush=True)
     wall, out, rows = run_train(argv, os.path.join(tmp, name))
     seconds, reached = 0.0, None
     for r in rows:
@@ -173,7 +173,7 @@ def time_to_accuracy(args, name, tmp):
 
 def resample_folder(src, dst, n, seed=0):
     """n photos drawn with replacement from the labelled folder src, copied into class subfolders."""
-    paths, names = D.scan_folder(src)
+    paths, names = scan_folder(src)
     g = torch.Generator().manual_seed(seed)
     for k, i in enumerate(torch.randint(len(paths), (n,), generator=g).tolist()):
         os.makedirs(os.path.join(dst, names[i]), exist_ok=True)
@@ -194,10 +194,10 @@ def compare_presets(images, img_size, mean, std, n, path, copies=3, shown=5):
     m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     to01 = lambda x: (x * s + m).clamp(0, 1)  # noqa: E731
     x = images[:n]
-    plain = to01(D.BatchAugment("none", img_size, mean, std)(x))
+    plain = to01(BatchAugment("none", img_size, mean, std)(x))
     ways = {}
     for preset in ("light", "strong"):
-        tf, batched = D.build_transform(preset, img_size, mean, std), D.BatchAugment(preset, img_size, mean, std)
+        tf, batched = build_transform(preset, img_size, mean, std), BatchAugment(preset, img_size, mean, std)
         ways[preset, "torchvision per sample"] = lambda x, tf=tf: to01(torch.stack([tf(img) for img in x]))
         ways[preset, "batched"] = lambda x, batched=batched: to01(batched(x))
     stats = {key: augment_stats(fn(x), plain) for key, fn in ways.items()}
@@ -217,22 +217,22 @@ def compare_presets(images, img_size, mean, std, n, path, copies=3, shown=5):
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=80)
+    cli.save_figure(fig, path, dpi=80)
     return stats
 
 
 def check_args(args):
     """Bad option values: one line before any measurement."""
-    D.check_args(args, ("img_size", args.img_size >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
+    cli.check_args(args, ("img_size", args.img_size >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
                  ("workers", args.workers >= 0, ">= 0"), ("seconds", 0 < args.seconds < 3600, "in (0, 3600)"),
                  ("target", 0 < args.target <= 1, "in (0, 1]"), ("peer_epochs", args.peer_epochs >= 1, ">= 1"),
                  ("folder_n", args.folder_n >= 1, ">= 1"),
                  ("only", set(args.only.split(",")) <= set(BENCHMARKS), f"a comma-separated subset of {','.join(BENCHMARKS)}"))
-    D.check_device(args.device)
+    check_device(args.device)
     if os.path.isdir(args.out):
-        raise D.DataError(f"--out {args.out} is a folder; it names the JSON file")
+        raise cli.UsageError(f"--out {args.out} is a folder; it names the JSON file")
     if not os.path.isdir(args.data_dir):
-        raise D.DataError(f"data folder not found: {args.data_dir}")
+        raise cli.UsageError(f"data folder not found: {args.data_dir}")
 
 
 def main(args):
@@ -243,15 +243,15 @@ def main(args):
                         f"{os.cpu_count()} cores, torch {torch.__version__}, device {device}", "figures": {}}
 
     t0 = time.perf_counter()
-    images, labels, classes, _ = D.load_folder(args.data_dir, args.img_size)
+    images, labels, classes, _ = load_folder(args.data_dir, args.img_size)
     build_s = time.perf_counter() - t0
     if "cache" in only:
         rows.append(("cache", f"decode {len(images)} photos -> uint8 {tuple(images.shape[1:])}", build_s, "s"))
     mean, std = D.IMAGENET_MEAN, D.IMAGENET_STD
 
     if "pipeline" in only:
-        for preset in D.AUGMENT_PRESETS:
-            ds = D.TensorImageDataset(images, labels, None, D.build_transform(preset, args.img_size, mean, std))
+        for preset in AUGMENT_PRESETS:
+            ds = D.TensorImageDataset(images, labels, None, build_transform(preset, args.img_size, mean, std))
             loader = D.make_loader(ds, args.batch_size, shuffle=True, workers=args.workers)
 
             def one_epoch():
@@ -259,7 +259,7 @@ def main(args):
                     pass
             r = rate(one_epoch, len(ds), args.seconds)
             rows.append(("pipeline", f"{preset}: v2 per sample, DataLoader {args.workers} workers", r, "img/s"))
-            aug = D.BatchAugment(preset, args.img_size, mean, std)
+            aug = BatchAugment(preset, args.img_size, mean, std)
             x = images[:args.batch_size].to(device)
 
             def one_batch():
@@ -304,7 +304,7 @@ def main(args):
 
     if "infer" in only:
         import evaluate as E
-        ds = D.TensorImageDataset(images, labels, None, D.build_transform("none", args.img_size, mean, std, train=False))
+        ds = D.TensorImageDataset(images, labels, None, build_transform("none", args.img_size, mean, std, train=False))
         for amp in ("off", resolve_amp("auto", device)):
             model = build_model("resnet18", len(classes), 3, img_size=args.img_size).to(device)
             model.amp = amp
@@ -319,7 +319,7 @@ def main(args):
             rows.append(("gpu", "not run: no CUDA device", "-", ""))
         else:
             auto, size, bs = resolve_amp("auto", device), args.img_size, args.batch_size
-            ds = D.TensorImageDataset(images, labels, None, D.build_transform("strong", size, mean, std))
+            ds = D.TensorImageDataset(images, labels, None, build_transform("strong", size, mean, std))
             loader = D.make_loader(ds, bs, shuffle=True, workers=args.workers, drop_last=True)
             it = iter(loader)
 
@@ -332,7 +332,7 @@ def main(args):
                     x, y, *_ = next(it)
                 return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             gpu_images, gpu_labels = images.to(device), labels.to(device)
-            aug = D.BatchAugment("strong", size, mean, std)
+            aug = BatchAugment("strong", size, mean, std)
 
             def on_device():
                 idx = torch.randint(len(gpu_images), (bs,), device=device)
@@ -351,8 +351,8 @@ def main(args):
 
     if "synth" in only:
         digits, digit_labels = D.load_mnist(args.mnist_root, train=True, download=False)
-        bank = synth.digit_bank("both", (digits, digit_labels))  # fonts and MNIST, on the default `field`
-        r = rate(lambda: synth.make_synthetic(images, bank, 1024, args.img_size), 1024, args.seconds)
+        bank = composite.digit_bank("both", (digits, digit_labels))  # fonts and MNIST, on the default `field`
+        r = rate(lambda: composite.make_synthetic(images, bank, 1024, args.img_size), 1024, args.seconds)
         rows.append(("synth", f"composites @{args.img_size} (fonts + MNIST on field)", r, "/s"))
 
     if "augcompare" in only:
@@ -364,33 +364,33 @@ def main(args):
                          f"{st['mean']:.3f} / {st['std']:.3f} / {st['change']:.3f}", ""))
         print(f"wrote {path}")
 
-    if "tta" in only:
+    if "time-to-accuracy" in only:
         with tempfile.TemporaryDirectory() as tmp:
             runs = [time_to_accuracy(args, name, tmp)
                     for name in ("fast", "peer", "fast-fp32") + (("best",) if args.with_best else ())]
-        result["tta"] = runs
+        result["time-to-accuracy"] = runs
         for r in runs:
             when = (f"{r['seconds_to_target']:.0f} s (epoch {r['epoch_reached']})" if r["seconds_to_target"]
                     else f"not reached in {r['epochs']} epochs ({r['train_seconds']:.0f} s)")
-            rows.append(("tta", f"MNIST {r['recipe']}: training time to test {args.target:.1%}", when, ""))
-            rows.append(("tta", f"MNIST {r['recipe']}: final test accuracy after {r['epochs']} epochs "
+            rows.append(("time-to-accuracy", f"MNIST {r['recipe']}: training time to test {args.target:.1%}", when, ""))
+            rows.append(("time-to-accuracy", f"MNIST {r['recipe']}: final test accuracy after {r['epochs']} epochs "
                                 f"(command wall {r['wall_seconds']:.0f} s)", f"{r['final_test_acc']:.2f}", "%"))
         fast, peer, fp32 = runs[0]["seconds_to_target"], runs[1], runs[2]["seconds_to_target"]
         if fast and fp32:
-            rows.append(("tta", f"speed-up to {args.target:.1%}, fast (--amp auto) vs fast in fp32", fp32 / fast, "x"))
+            rows.append(("time-to-accuracy", f"speed-up to {args.target:.1%}, fast (--amp auto) vs fast in fp32", fp32 / fast, "x"))
         if fast:
             # peer never reaching the target bounds the ratio from below by its whole training time
             ratio = (peer["seconds_to_target"] or peer["train_seconds"]) / fast
-            rows.append(("tta", f"speed-up to {args.target:.1%}, fast vs peer", ratio,
+            rows.append(("time-to-accuracy", f"speed-up to {args.target:.1%}, fast vs peer", ratio,
                          "x" if peer["seconds_to_target"] else "x (at least)"))
 
     if "folder10k" in only:
         with tempfile.TemporaryDirectory() as tmp:
             folder, cache = os.path.join(tmp, "photos"), os.path.join(tmp, "cache")
             resample_folder(args.data_dir, folder, args.folder_n)
-            paths, _ = D.scan_folder(folder)
+            paths, _ = scan_folder(folder)
             t0 = time.perf_counter()
-            imgs, _ = D.decode_folder(paths, D.cache_size(args.img_size), cache)
+            imgs, _ = decode_folder(paths, cache_size(args.img_size), cache)
             rows.append(("folder10k", f"cache build: decode {len(paths)} photos -> uint8 {tuple(imgs.shape[1:])} "
                                       f"({imgs.numel() / 2**20:.0f} MiB)", time.perf_counter() - t0, "s"))
             del imgs
@@ -408,8 +408,8 @@ def main(args):
     for kind, what, value, unit in rows:
         print(f"| {kind} | {what} | {value if isinstance(value, str) else f'{value:,.1f}'} {unit} |")
         result["figures"][f"{kind}: {what}"] = {"value": value, "unit": unit}
-    D.write_json(args.out, result)
+    cli.write_json(args.out, result)
 
 
 if __name__ == "__main__":
-    D.run_main(main, get_args_parser())
+    cli.run_main(main, get_args_parser().parse_args)

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import cli
 import data as D
-from model import (AMP_CHOICES, CheckpointError, calibration_bins, get_device, load_checkpoint, metrics,
-                   model_from_checkpoint, predict, summary_line, update_checkpoint)
+from augment import build_transform
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, update_checkpoint
+from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
+from images import decode_folder, list_images, scan_folder, short_names, to_channels, warn_unreadable
 
 SPLITS = ("train", "val", "test")
 
@@ -46,6 +49,79 @@ def get_args_parser():
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast precision (default: the checkpoint's, what training evaluated with)")
     return p
+
+
+# ----------------------------------------------------------------------------- predictions and metrics
+
+@torch.no_grad()
+def predict(model, loader, device, features=False, amp=None, views=None, temperature=1.0):
+    """Run `model` over `loader` in eval mode, under autocast of `amp` (default: `model.amp`, which
+    model_from_checkpoint and train.py set, else fp32). Returns a dict of CPU tensors: logits
+    [N, C] divided by `temperature`, labels [N] and, with features=True, the penultimate features
+    [N, D]. `views` (test-time augmentation): functions of an image batch; the logits are then the
+    log of the mean softmax over the views (softmax gives that mean back, and the cross-entropy is
+    the averaged prediction's), the features those of the first view."""
+    amp = amp or getattr(model, "amp", "off")
+    model.eval()
+    out = {"logits": [], "labels": [], "features": []}
+    for images, labels, *_ in loader:
+        images, probs = images.to(device, non_blocking=True), 0
+        for k, view in enumerate(views or (None,)):
+            x = view(images) if view else images
+            if use_channels_last(device, amp, x.shape[-1]):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                feats = model.forward_features(x)
+                logits = model.forward_head(feats)
+            logits = logits.float() / temperature
+            if features and k == 0:
+                out["features"].append(feats.float().cpu())
+            if views:
+                probs = probs + logits.softmax(1)
+        out["logits"].append((probs / len(views)).clamp_min(1e-12).log().cpu() if views else logits.cpu())
+        out["labels"].append(labels.cpu())
+    return {k: torch.cat(v) if v else None for k, v in out.items()}
+
+
+def summary_line(split, loss, correct, total):
+    """The classic assignment's result line, e.g.
+    `Test set: Average loss: 0.0370, Accuracy: 9889/10000 (98.89%)`."""
+    return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
+
+
+def calibration_bins(probs, labels, bins=15):
+    """Reliability-diagram bins of the top-1 confidence: (count, mean confidence, accuracy) per
+    equal-width bin of [0, 1], and the expected calibration error (ECE: the count-weighted mean
+    |accuracy - confidence|, Guo et al. 2017)."""
+    conf, preds = probs.max(1)
+    hit = (preds == labels).double()
+    which = (conf.double() * bins).long().clamp(max=bins - 1)
+    count = torch.bincount(which, minlength=bins).double()
+    mean_conf = torch.bincount(which, conf.double(), minlength=bins) / count.clamp_min(1)
+    acc = torch.bincount(which, hit, minlength=bins) / count.clamp_min(1)
+    ece = ((acc - mean_conf).abs() * count).sum() / count.sum().clamp_min(1)
+    return count, mean_conf, acc, ece.item()
+
+
+def metrics(logits, labels, classes):
+    """Loss (plain cross-entropy), accuracy, confusion matrix and per-class precision / recall / F1
+    of logits [N, C] against labels [N]: the one place train.py, evaluate.py and analyze.py get
+    their numbers from. `classes`: the class names (keys of per_class)."""
+    k = len(classes)
+    preds = logits.argmax(1)
+    cm = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    tp = cm.diag().double()
+    precision = tp / cm.sum(0).double().clamp_min(1)
+    recall = tp / cm.sum(1).double().clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    correct = int(tp.sum())
+    return {
+        "loss": F.cross_entropy(logits, labels).item(), "accuracy": correct / max(len(labels), 1),
+        "correct": correct, "total": len(labels), "ece": calibration_bins(logits.softmax(1), labels)[3],
+        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                          "support": int(cm[i].sum())} for i, c in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }
 
 
 # ----------------------------------------------------------------------------- shared with analyze.py
@@ -93,7 +169,7 @@ def run_data(ckpt, data_dir=None, mnist_root=None):
     data = D.build_datasets(dict(cfg, split_hash=None), augment="none")  # the split is checked below
     if match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root")) and \
             cfg.get("split_hash") and cfg["split_hash"] != data.config["split_hash"]:
-        D.warn(f"the data differ from those the checkpoint was trained on ({data.config['num_samples']} samples "
+        cli.warn(f"the data differ from those the checkpoint was trained on ({data.config['num_samples']} samples "
                f"now, {cfg.get('num_samples')} then): train/val are not the same split")
     return data
 
@@ -108,11 +184,11 @@ def match_classes(data, trained, where):
     added = [c for c in data.classes if c not in trained]
     removed = [c for c in trained if c not in data.classes]
     if added:
-        raise D.DataError(f"the classes in {where} differ from the checkpoint's: not in the checkpoint: "
-                          f"{', '.join(added)}; not in the data: {', '.join(removed) or 'none'} "
-                          f"(renamed or added after training?); refused")
+        raise cli.UsageError(f"the classes in {where} differ from the checkpoint's: not in the checkpoint: "
+                             f"{', '.join(added)}; not in the data: {', '.join(removed) or 'none'} "
+                             f"(renamed or added after training?); refused")
     if removed:
-        D.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)} (so not the split it "
+        cli.warn(f"{where} has no images of the checkpoint's class(es) {', '.join(removed)} (so not the split it "
                f"was trained on): the other classes are scored by name")
     index = torch.tensor([list(trained).index(c) for c in data.classes])
     for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
@@ -168,7 +244,7 @@ def plot_confusion(cm, classes, path):
                             color="white" if m[i, j] > m.max() / 2 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 def plot_mistakes(dataset, out, classes, path, n=9):
@@ -189,7 +265,7 @@ def plot_mistakes(dataset, out, classes, path, n=9):
                      f"confidence {conf[i]:.2f}", fontsize=9)
     fig.suptitle(f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes")
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 def shown_split(names):
@@ -219,7 +295,7 @@ def plot_calibration(probs, labels, path, title=""):
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("share")
     fig.tight_layout()
-    D.save_figure(fig, path, dpi=90)
+    cli.save_figure(fig, path, dpi=90)
 
 
 def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None):
@@ -228,13 +304,13 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     predicted. Returns (results, outs)."""
     outs, results = dict(outs or {}), {}
     if not eval_splits(data, which):  # before metrics.json is touched
-        raise D.DataError(f"--split {which}: these data have no {which} split (they have "
-                          f"{', '.join(eval_splits(data))})")
+        raise cli.UsageError(f"--split {which}: these data have no {which} split (they have "
+                             f"{', '.join(eval_splits(data))})")
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
-    D.write_json(os.path.join(out_dir, "metrics.json"), results)
+    cli.write_json(os.path.join(out_dir, "metrics.json"), results)
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
@@ -267,8 +343,8 @@ def ensemble_outs(members):
         labels = members[0][name]["labels"]
         for m in members[1:]:
             if name not in m or not torch.equal(m[name]["labels"], labels):
-                raise D.DataError(f"the checkpoints do not share the same {name} split (other data, "
-                                  f"--val-fraction or --split-seed): they cannot be scored as one ensemble")
+                raise cli.UsageError(f"the checkpoints do not share the same {name} split (other data, "
+                                     f"--val-fraction or --split-seed): they cannot be scored as one ensemble")
         probs = torch.stack([m[name]["probs"] for m in members]).mean(0)
         outs[name] = {"logits": probs.clamp_min(1e-12).log(), "probs": probs, "preds": probs.argmax(1),
                       "labels": labels}
@@ -282,8 +358,8 @@ def image_labels(folder):
     import io
     with contextlib.redirect_stderr(io.StringIO()):  # its warnings concern training folders
         try:
-            paths, names = D.scan_folder(folder)
-        except D.DataError:
+            paths, names = scan_folder(folder)
+        except cli.UsageError:
             return {}
     return dict(zip(paths, names))
 
@@ -293,23 +369,23 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
     each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
     prediction, confidence, top-3 (and the label where the folder gives one). Returns
     (number classified, labels tensor or None, mean probs, class names, unknown {name: count})."""
-    paths = D.list_images(folder)
+    paths = list_images(folder)
     probs, kept = [], None
     for model, ckpt in runs:
-        images, kept = D.decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
+        images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
         if not kept:
-            raise D.DataError(f"none of the {len(paths)} images in {folder} could be read ({D._names(paths)})")
-        images = D.to_channels(images, ckpt["in_channels"])
-        tf = D.build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
+            raise cli.UsageError(f"none of the {len(paths)} images in {folder} could be read ({short_names(paths)})")
+        images = to_channels(images, ckpt["in_channels"])
+        tf = build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
         ds = D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf)
-        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt.get("temperature", 1.0))["probs"])
-    D._warn_skipped([p for i, p in enumerate(paths) if i not in set(kept)])
+        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"])["probs"])
+    warn_unreadable([p for i, p in enumerate(paths) if i not in set(kept)])
     probs = torch.stack(probs).mean(0)
     classes = runs[0][1]["classes"]
     given = image_labels(folder)
     names = [given.get(paths[i]) for i in kept]
     top = probs.topk(min(3, len(classes)), dim=1)
-    with D.atomic_write(out_csv) as f:
+    with cli.atomic_write(out_csv) as f:
         w = csv.writer(f)
         w.writerow(["path", "prediction", "confidence", "top3"] + (["label"] if given else []))
         for row, i in enumerate(kept):
@@ -328,12 +404,12 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
 def score_images(labels, probs, classes, unknown, out_dir, folder):
     """The labelled part of an --images folder: accuracy line, images_metrics.json and images_confusion.png."""
     if unknown:
-        D.warn(f"{sum(unknown.values())} image(s) in {folder} are of class(es) the model does not know, not scored: "
+        cli.warn(f"{sum(unknown.values())} image(s) in {folder} are of class(es) the model does not know, not scored: "
                + ", ".join(f"{c} ({n})" for c, n in sorted(unknown.items())))
     if labels is None:
         return None
     r = metrics(probs.clamp_min(1e-12).log(), labels, classes)
-    D.write_json(os.path.join(out_dir, "images_metrics.json"), {"images": r})
+    cli.write_json(os.path.join(out_dir, "images_metrics.json"), {"images": r})
     plot_confusion(r["confusion"], classes, os.path.join(out_dir, "images_confusion.png"))
     print(summary_line("Images", r["loss"], r["correct"], r["total"]))
     print(f"wrote images_metrics.json, images_confusion.png to {out_dir}")
@@ -344,21 +420,21 @@ def score_images(labels, probs, classes, unknown, out_dir, folder):
 
 def check_args(args):
     """Bad option values and paths: one line before the checkpoint is loaded."""
-    D.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"),
+    cli.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"),
                  ("tta", 1 <= args.tta <= len(TTA_VIEWS), f"in 1..{len(TTA_VIEWS)}"),
                  ("temperature", args.temperature in (None, "auto"), "auto (fit on val)"))
-    D.check_device(args.device)
-    D.check_folder_arg(args.out, "--out")
+    check_device(args.device)
+    cli.check_folder_arg(args.out, "--out")
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
     if args.temperature and len(args.checkpoint) > 1:
-        raise D.DataError("--temperature auto fits one checkpoint: run it on each member first")
+        raise cli.UsageError("--temperature auto fits one checkpoint: run it on each member first")
     if args.temperature and args.images:
-        raise D.DataError("--temperature auto fits on the checkpoint's val split, not on --images")
+        raise cli.UsageError("--temperature auto fits on the checkpoint's val split, not on --images")
     for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
         if path and not os.path.isdir(path):
-            raise D.DataError(f"{option} folder not found: {path}")
+            raise cli.UsageError(f"{option} folder not found: {path}")
 
 
 def load_members(paths, device, amp=None):
@@ -404,7 +480,7 @@ def main(args):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
         if args.temperature:
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
-        t = ckpt.get("temperature", 1.0)
+        t = ckpt["temperature"]
         outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t)
                 for name, ds in eval_splits(data_k, args.split).items()}
         if len(paths) > 1:
@@ -425,4 +501,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    D.run_main(main, get_args_parser(), CheckpointError)
+    cli.run_main(main, get_args_parser().parse_args)

@@ -14,6 +14,7 @@ mean softmax of the seeds' best.pt) beside its mean single model, on test (val w
 """
 import argparse
 import csv
+import json
 import math
 import os
 import shlex
@@ -21,10 +22,10 @@ import statistics
 import sys
 from fractions import Fraction
 
-import data as D
+import cli
 import evaluate as E
 import train
-from model import get_device
+from device import get_device
 from report import md_table
 
 SPLITS = ("train", "val", "test")
@@ -101,6 +102,31 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- running the cells
 
+def run_in_folder(folder, key, record, run, label):
+    """The bookkeeping of one run folder of a sweep (experiments.py's cells, analyze.py --folds):
+    a finished run (FOLDER/result.json) is not run again and its stored result is returned (with a
+    warning when it was run with another `record`); an interrupted one (FOLDER/last.pt) resumes.
+    `run(resume)` (resume: the last.pt or None) trains and returns a dict, stored with
+    {key: record} in result.json, so running the same command again continues a sweep."""
+    done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
+    if os.path.isfile(done):
+        try:
+            with open(done) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as e:
+            raise cli.UsageError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
+        print(f"== {label}: finished before, skipped")
+        if stored.get(key) != record:
+            cli.warn(f"{folder} was run with other settings; delete it to run it again")
+        return stored
+    resume = last if os.path.isfile(last) else None
+    print(f"== {label}{': resuming' if resume else ''}", flush=True)
+    result = {key: record, **run(resume)}
+    os.makedirs(folder, exist_ok=True)
+    cli.write_json(done, result)
+    return result
+
+
 def run_cell(args, name, overrides):
     """Run cell `name` (train.py arguments `overrides` on top of the passed-through ones) with
     seeds 0..K-1 in <out>/<name>/seed<k>/; returns the runs' result.json contents."""
@@ -118,7 +144,7 @@ def run_cell(args, name, overrides):
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
                 print(f"error: {e}", file=sys.stderr)
                 return {"error": str(e)}
-        run = D.run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}")
+        run = run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}")
         runs.append(run)
     return runs
 
@@ -180,7 +206,7 @@ def write_ensemble_report(args, stem, device):
     md = "\n".join([f"# Ensembles of the {args.seeds} seeds", "", f"`{args.command}`", "",
                     "Each cell's seeds' best.pt averaged (the mean of their softmax, `python evaluate.py A.pt B.pt ...`); "
                     "accuracy in %.", "", *table]) + "\n"
-    with D.atomic_write(stem + "_ensemble.md") as f:
+    with cli.atomic_write(stem + "_ensemble.md") as f:
         f.write(md)
     print("\n" + md + f"\nwritten: {stem}_ensemble.md")
     return rows
@@ -218,7 +244,7 @@ def learning_curve(args, base):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         fig.tight_layout()
-        D.save_figure(fig, path, dpi=90)
+        cli.save_figure(fig, path, dpi=90)
 
     return "Learning curve", table, rows, plot
 
@@ -247,7 +273,7 @@ def ablation(args, base):
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
-        D.save_figure(fig, path, dpi=90)
+        cli.save_figure(fig, path, dpi=90)
 
     return "Ablation", table, rows, plot
 
@@ -287,7 +313,7 @@ def grid(args, base):
         ax.set_title("val accuracy (%), best outlined")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        D.save_figure(fig, path, dpi=90)
+        cli.save_figure(fig, path, dpi=90)
 
     return "Grid", table, rows, plot
 
@@ -296,7 +322,7 @@ def synth_to_real(args, base):
     """Every source x background cell trains on `--synthetic-on` composites only (--synthetic-ratio
     1: no photo in any batch) and is scored on the real val photos, which no composite is made from."""
     if base.dataset != "folder":
-        sys.exit("error: synth-to-real scores synthetic digits on a folder of real digit photos (--data-dir)")
+        raise cli.UsageError("synth-to-real scores synthetic digits on a folder of real digit photos (--data-dir)")
     tag = lambda b: os.path.basename(os.path.normpath(b)).replace(os.sep, "_")  # noqa: E731 (a DIR by its name)
     rows = [dict(source=s, backgrounds=b, **summarize(run_cell(
                 args, f"{s}_{tag(b)}", ["--synthetic-n", str(args.synthetic_on), "--synthetic-ratio", "1",
@@ -344,24 +370,24 @@ def main(args):
             setattr(args, k, v)
     args.out = args.out or os.path.join("runs", args.experiment)
     if args.seeds < 1:
-        raise D.DataError("--seeds must be at least 1")
+        raise cli.UsageError("--seeds must be at least 1")
     if args.experiment == "ablation" and args.synthetic_on < 1:
-        raise D.DataError(f"--synthetic-on must be >= 1, got {args.synthetic_on}")
-    D.check_folder_arg(args.out, "--out")
+        raise cli.UsageError(f"--synthetic-on must be >= 1, got {args.synthetic_on}")
+    cli.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
     train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges
     if base.dry_run:
-        raise D.DataError("--dry-run makes no results to compare; run train.py --dry-run instead")
+        raise cli.UsageError("--dry-run makes no results to compare; run train.py --dry-run instead")
     if args.experiment == "grid":
         args.grid = args.grid or DEFAULT_GRID
         if len(args.grid) != 2 or args.grid[0][0] == args.grid[1][0]:
-            raise D.DataError("grid takes two different --grid NAME=V1,V2,...")
+            raise cli.UsageError("grid takes two different --grid NAME=V1,V2,...")
         for name, values in args.grid:
             if name in ("seed", "save_dir", "resume"):
-                raise D.DataError(f"--{name.replace('_', '-')} is set by experiments.py, not a grid axis")
+                raise cli.UsageError(f"--{name.replace('_', '-')} is set by experiments.py, not a grid axis")
             for v in values:  # a bad name or value fails here, before any training
                 if f"--{name.replace('_', '-')}" not in train.get_args_parser()._option_string_actions:
-                    raise D.DataError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
+                    raise cli.UsageError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
                 train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(
                     args.train_args + [f"--{name.replace('_', '-')}", v])))
     os.makedirs(args.out, exist_ok=True)
@@ -371,9 +397,9 @@ def main(args):
     md = "\n".join([f"# {title}", "", f"`{args.command}`", "",
                     f"seeds: {args.seeds} (train --seed {'0' if args.seeds == 1 else f'0..{args.seeds - 1}'}); accuracy in %"
                     + (", mean ± std (sample std) over seeds" if args.seeds > 1 else ""), "", *table]) + "\n"
-    with D.atomic_write(stem + ".md") as f:
+    with cli.atomic_write(stem + ".md") as f:
         f.write(md)
-    with D.atomic_write(stem + ".csv") as f:
+    with cli.atomic_write(stem + ".csv") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -385,12 +411,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    D.printable_stdout()
-    try:
-        main(parse_args())
-    except train.Interrupted as e:
-        print(f"interrupted: run the same command again to go on ({e.last_pt} resumes)", file=sys.stderr)
-        sys.exit(130)
-    except (D.DataError, train.CheckpointError, train.TrainingError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_main(main, parse_args, interrupted=lambda e: f"run the same command again to go on ({e.last_pt} resumes)"
+                 if isinstance(e, train.Interrupted) else None)

@@ -17,9 +17,9 @@ import warnings
 
 import torch
 
-import data as D
+import cli
 import evaluate as E
-from model import CheckpointError
+from checkpoint import CheckpointError
 
 FORMATS = ("torchscript", "onnx")
 
@@ -39,7 +39,7 @@ def metadata(ckpt):
     """What a deployment needs besides the weights: classes and preprocessing."""
     return {"classes": list(ckpt["classes"]), "img_size": ckpt["img_size"], "in_channels": ckpt["in_channels"],
             "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "model": ckpt["model"],
-            "temperature": ckpt.get("temperature", 1.0),
+            "temperature": ckpt["temperature"],
             "input": "float32 [N, in_channels, img_size, img_size]: RGB (or grey) resized to img_size "
                      "(bilinear, antialiased), scaled to [0, 1], then (x - mean) / std",
             "output": "logits [N, len(classes)]; probabilities = softmax(logits / temperature)"}
@@ -50,7 +50,7 @@ def export_torchscript(model, example, meta, path):
     # format that loads with nothing but libtorch / torch.jit.load: the warnings are not the user's to act on
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     traced = torch.jit.trace(model, example)
-    with D.atomic_write(path, "wb") as f:
+    with cli.atomic_write(path, "wb") as f:
         torch.jit.save(traced, f, _extra_files={"metadata.json": json.dumps(meta)})
     files = {"metadata.json": ""}
     loaded = torch.jit.load(path, map_location="cpu", _extra_files=files)
@@ -74,7 +74,7 @@ def export_onnx(model, example, meta, path):
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=json.dumps(v))
     os.remove(tmp)
-    with D.atomic_write(path, "wb") as f:
+    with cli.atomic_write(path, "wb") as f:
         f.write(m.SerializeToString())
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
@@ -88,8 +88,8 @@ def parity(model, exported, images):
 
 
 def main(args):
-    D.check_args(args, ("parity_images", args.parity_images >= 1, ">= 1"))
-    D.check_folder_arg(os.path.dirname(os.path.abspath(args.out)) if args.out else None, "--out's folder")
+    cli.check_args(args, ("parity_images", args.parity_images >= 1, ">= 1"))
+    cli.check_folder_arg(os.path.dirname(os.path.abspath(args.out)) if args.out else None, "--out's folder")
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     device = torch.device("cpu")  # a deployable file: traced and checked on the CPU
@@ -102,7 +102,7 @@ def main(args):
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:
-        raise D.DataError(f"cannot create the folder of {path}: {e.strerror}") from None
+        raise cli.UsageError(f"cannot create the folder of {path}: {e.strerror}") from None
     meta = metadata(ckpt)
     export = export_torchscript if args.format == "torchscript" else export_onnx
     exported = export(model, images[:2], meta, path)
@@ -114,9 +114,9 @@ def main(args):
     print(f"parity on {total} {'test' if data.test is not None else 'val'} images: max |logit difference| "
           f"{diff:.2e}, same top-1 on {same}/{total}")
     if same != total:
-        D.warn(f"the exported model's top-1 differs from PyTorch's on {total - same} image(s)")
+        cli.warn(f"the exported model's top-1 differs from PyTorch's on {total - same} image(s)")
     return {"path": path, "max_abs_diff": diff, "same_top1": same, "total": total}
 
 
 if __name__ == "__main__":
-    D.run_main(main, get_args_parser(), CheckpointError)
+    cli.run_main(main, get_args_parser().parse_args)

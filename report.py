@@ -1,4 +1,5 @@
-"""Offline pages of a run: an interactive feature map and the run report.
+"""A run's record and pages: history.csv and its curves, the input previews, an interactive
+feature map and the run report.
 
     python analyze.py checkpoints/best.pt                     # writes both, after its figures
     python report.py checkpoints/ [--sweeps runs/ablation]    # rewrites report.md/.html from the folder
@@ -22,13 +23,131 @@ from base64 import b64encode
 from urllib.parse import quote
 
 import numpy as np
+import torch
 
+import cli
 import data as D
 import evaluate as E
-from model import CheckpointError, count_parameters, load_checkpoint, model_from_checkpoint, summary_line
+import synth
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from evaluate import summary_line
+from model import count_parameters
 
 THUMB = 40                       # thumbnail side (px) in dashboard.html; tooltips show them at 96 px
 SOURCES = ("real", "synthetic")  # TensorImageDataset.source 0 / 1
+
+
+# ----------------------------------------------------------------------------- history.csv and the run's figures
+
+def write_history(history, path):
+    with cli.atomic_write(path) as f:
+        # the union of the rows' keys: a resume may add columns (--eval-test)
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_history(history, classes, folder):
+    """curves.png (loss, accuracy, lr) and curves_detail.png (per class and per source)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for split in ("train", "val", "test"):
+        if any(f"{split}_loss" not in h for h in history):  # test: only with --eval-test from the start
+            continue
+        ax[0].plot(ep, [h[f"{split}_loss"] for h in history], label=split)
+        ax[1].plot(ep, [h[f"{split}_acc"] for h in history], label=split)
+    ax[2].plot(ep, [h["lr"] for h in history])
+    for a, t in zip(ax, ("loss", "accuracy", "learning rate (end of epoch)")):
+        a.set_title(t)
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax[0].legend()
+    ax[1].legend()
+    fig.tight_layout()
+    cli.save_figure(fig, os.path.join(folder, "curves.png"), dpi=90)
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, c in enumerate(classes):
+        ax[0].plot(ep, [h[f"train_loss_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
+        ax[1].plot(ep, [h[f"val_acc_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
+    for src in ("real", "synthetic"):
+        if any(h[f"train_n_{src}"] for h in history):
+            ax[2].plot(ep, [h[f"train_acc_{src}"] for h in history], label=f"train {src}")
+    ax[2].plot(ep, [h["val_acc"] for h in history], label="val (real)", linestyle="--")
+    for a, t in zip(ax, ("train loss per class", "val accuracy per class", "accuracy per source")):
+        a.set_title(t)
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    cli.save_figure(fig, os.path.join(folder, "curves_detail.png"), dpi=90)
+
+
+def history_row(epoch, train, val, lr, classes, test=None):
+    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+           "val_acc": val["acc"], "lr": lr, "seconds": train["seconds"], "images_per_s": train["images_per_s"]}
+    if test is not None:
+        row["test_loss"], row["test_acc"] = test["loss"], test["acc"]
+    for c, l, a in zip(classes, train["loss_per_class"], train["acc_per_class"]):
+        row[f"train_loss_{c}"], row[f"train_acc_{c}"] = l, a
+    for c, a in zip(classes, val["acc_per_class"]):
+        row[f"val_acc_{c}"] = a
+    for i, src in enumerate(("real", "synthetic")):
+        row[f"train_acc_{src}"], row[f"train_n_{src}"] = train["acc_per_source"][i], int(train["count_per_source"][i])
+    return row
+
+
+# ----------------------------------------------------------------------------- what the network is fed
+
+def _denorm(x, mean, std):
+    """Normalised [C, H, W] -> displayable [H, W(, 3)] in [0, 1]."""
+    x = (x.float().cpu() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
+    """augmentations.png (originals beside augmented copies), mixup.png and, with synthetic
+    data, synthetic.png: written at the start of a run so a user sees what the network is fed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    g = torch.Generator().manual_seed(seed)
+    real = D.real_part(data.train)
+    idx = torch.randperm(len(real), generator=g)[:n].tolist()
+    gray = data.in_channels == 1
+    fig, axes = plt.subplots(len(idx), copies + 1, figsize=(1.6 * (copies + 1), 1.6 * len(idx)), squeeze=False)
+    for r, i in enumerate(idx):
+        raw = D.raw_image(real, i)
+        axes[r, 0].imshow(raw[..., 0] if gray else raw, cmap="gray" if gray else None)
+        axes[r, 0].set_title(f"original: {data.classes[int(real.targets[i])]}", fontsize=8)
+        for c in range(copies):
+            axes[r, c + 1].imshow(_denorm(augment_fn(real, i), data.mean, data.std), cmap="gray" if gray else None)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    cli.save_figure(fig, os.path.join(folder, "augmentations.png"), dpi=80)
+
+    others = idx[4:8] if len(idx) >= 8 else idx[1:] + idx[:1]  # a tiny dataset: pair neighbours
+    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], others)]
+    lams = torch.distributions.Beta(0.2, 0.2).sample((len(pairs),)).tolist()
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(5, 1.7 * len(pairs)), squeeze=False)
+    for r, ((a, b), lam) in enumerate(zip(pairs, lams)):
+        for ax, x, t in zip(axes[r], (a, b, lam * a + (1 - lam) * b), ("a", "b", f"mixup, lambda={lam:.2f}")):
+            ax.imshow(_denorm(x, data.mean, data.std), cmap="gray" if gray else None)
+            ax.set_title(t, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    cli.save_figure(fig, os.path.join(folder, "mixup.png"), dpi=80)
+
+    if isinstance(data.train, torch.utils.data.ConcatDataset):
+        syn = data.train.datasets[1]
+        k = min(64, len(syn))
+        synth.preview_grid(syn.images[:k], [data.classes[int(c)] for c in syn.labels[:k]],
+                           os.path.join(folder, "synthetic.png"))
 
 
 # ----------------------------------------------------------------------------- dashboard: the page
@@ -85,7 +204,7 @@ def write_dashboard(path, points, maps, classes, title="", note=""):
     # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
     page = DASHBOARD.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
-    with D.atomic_write(path) as f:
+    with cli.atomic_write(path) as f:
         f.write(page)
     return path
 
@@ -238,7 +357,7 @@ def csv_head(path, n=10):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.reader(f))
     except csv.Error as e:
-        D.warn(f"{path} is damaged ({e}); left out")
+        cli.warn(f"{path} is damaged ({e}); left out")
         return [], 0
     if not rows:
         return [], 0
@@ -272,10 +391,10 @@ def read_history(path, ckpt):
             if {"epoch", "val_acc", "seconds", "images_per_s"} <= columns and all(
                     {"epoch", "val_acc", "seconds", "images_per_s"} <= row.keys() for row in rows):
                 return rows
-            D.warn(f"{path} lacks columns of train.py's history; using the checkpoint's copy")
+            cli.warn(f"{path} lacks columns of train.py's history; using the checkpoint's copy")
         except (OSError, ValueError, csv.Error) as e:
-            D.warn(f"{path} is damaged ({type(e).__name__}); using the checkpoint's copy of the history")
-    return ckpt.get("history") or []
+            cli.warn(f"{path} is damaged ({type(e).__name__}); using the checkpoint's copy of the history")
+    return ckpt["history"]
 
 
 def read_metrics(path, classes):
@@ -287,9 +406,9 @@ def read_metrics(path, classes):
                 isinstance(r, dict) and {"loss", "correct", "total", "per_class", "confusion"} <= r.keys()
                 and set(r["per_class"]) == set(classes) for r in results.values()):
             return results
-        D.warn(f"{path} is not evaluate.py's metrics of this checkpoint's classes; left out")
+        cli.warn(f"{path} is not evaluate.py's metrics of this checkpoint's classes; left out")
     except (OSError, ValueError) as e:
-        D.warn(f"{path} is damaged ({type(e).__name__}); left out")
+        cli.warn(f"{path} is damaged ({type(e).__name__}); left out")
     return {}
 
 
@@ -422,9 +541,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
             md += [f"From [{os.path.relpath(p, out_dir)}]({link(p)}).", ""]
 
     text = "\n".join(md).rstrip("\n") + "\n"
-    with D.atomic_write(os.path.join(out_dir, "report.md")) as f:
+    with cli.atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(text)
-    with D.atomic_write(os.path.join(out_dir, "report.html")) as f:
+    with cli.atomic_write(os.path.join(out_dir, "report.html")) as f:
         f.write(markdown_to_html(text, f"Run report: {name}"))
     return os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
 
@@ -525,4 +644,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    D.run_main(main, get_args_parser(), CheckpointError)
+    cli.run_main(main, get_args_parser().parse_args)

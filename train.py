@@ -14,26 +14,31 @@ GPU (or N CPU processes over gloo), each on its share of every epoch; rank 0 wri
 """
 import argparse
 import contextlib
-import csv
 import math
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+import cli
 import data as D
-from model import (AMP_CHOICES, CheckpointError, all_finite, all_reduce_sum, autocast, build_model,
-                   count_parameters, ddp, distributed, from_main_process, img_size_error, is_distributed,
-                   is_main_process, list_models, load_checkpoint, metrics, model_kwargs, needs_grad_scaler, predict,
-                   rank_and_world, resolve_amp, save_checkpoint, summary_line, use_channels_last)
+import report
+from augment import AUGMENT_PRESETS, BatchAugment, DeviceLoader
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from device import (AMP_CHOICES, all_finite, autocast, check_device, cpu_cores, ddp, distributed, from_main_process,
+                    is_distributed, is_main_process, needs_grad_scaler, rank_and_world, resolve_amp, set_threads,
+                    use_channels_last)
+from evaluate import metrics, predict, summary_line
+from meters import EpochSums, RateMeter, format_seconds
+from model import build_model, count_parameters, img_size_error, list_models, model_kwargs
 
 
-class TrainingError(Exception):
+class TrainingError(cli.UsageError):
     """A run that cannot start (bad settings) or go on (a non-finite loss): one line, checkpoints kept."""
 
 
@@ -45,44 +50,10 @@ class Interrupted(KeyboardInterrupt):
         self.last_pt = last_pt
 
 
-class SigintStop:
-    """While `armed` (the epochs), the first Ctrl-C (SIGINT) only sets `requested`: the loop
-    finishes its optimizer step, writes last.pt and stops. Otherwise, and on a second Ctrl-C,
-    SIGINT raises KeyboardInterrupt as usual. A context manager, so the previous handler is back
-    however main() ends (experiments.py calls it in-process)."""
-
-    def __init__(self, enabled=True):
-        # only the main thread may set handlers; under torchrun, Ctrl-C reaches every process
-        # at a different step and torchrun stops them all, so there the default is kept
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.armed = self.requested = False
-
-    def __enter__(self):
-        if self.enabled:
-            self.pid = os.getpid()
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, signum, frame):
-        if os.getpid() != self.pid:
-            # a forked DataLoader worker inherits this handler, and a terminal's Ctrl-C reaches
-            # the whole process group: the main process stops the run, the worker carries on
-            return
-        if self.requested or not self.armed:
-            raise KeyboardInterrupt
-        self.requested = True
-        # os.write, not print: the handler may run in the middle of another write to stderr
-        os.write(2, b"\nCtrl-C: stopping after this step and saving last.pt (Ctrl-C again to abort)\n")
-
-
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
     D.add_data_args(p)
-    p.add_argument("--augment", default=None, choices=D.AUGMENT_PRESETS,
+    p.add_argument("--augment", default=None, choices=AUGMENT_PRESETS,
                    help="augmentation preset (default: strong for folders, light for MNIST)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet18", choices=list_models())
@@ -164,29 +135,11 @@ def resolve_defaults(args):
     return args
 
 
-def cpu_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def set_threads(args, device):
-    """Intra-op threads of this process: --threads, else every core (torch's own default). On the
-    idle 2-core machine, resnet18 @128 per-sample `strong` trained at 86-93 img/s with 2 threads
-    and 0, 1 or 2 loader workers, and at 77 img/s with 1 thread + 1 worker (README "Speed on a
-    CPU"): a worker needs a fraction of a core. On a machine other jobs share, an intra-op thread
-    that waits for a core stalls every op of the step; give such runs --threads 1. OMP_NUM_THREADS,
-    where set, is the user's choice and is kept. Recorded resolved in args."""
-    if args.threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        args.threads = cpu_cores()
-    if args.threads is not None:  # (its range is checked with the other options, check_args)
-        torch.set_num_threads(args.threads)
-    args.threads = torch.get_num_threads()
-
-
 def check_args(args):
     """Every option's range, checked before any data is read (a harmful value is one line, never
     a silent wrong run, a hang or a traceback later)."""
     D.check_data_args(args)
-    D.check_args(
+    cli.check_args(
         args,
         ("min_lr", args.min_lr <= args.lr, f"<= --lr ({args.lr})"),
         ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
@@ -206,12 +159,12 @@ def check_args(args):
         ("drop_rate", args.drop_rate is None or 0 <= args.drop_rate < 1, "in [0, 1)"),
         ("width", args.width is None or args.width >= 1, ">= 1"),
         ("threads", args.threads is None or args.threads >= 1, ">= 1"))
-    D.check_device(args.device)
+    check_device(args.device)
     too_small = img_size_error(args.model, args.img_size or (28 if args.dataset == "mnist" else 128))
     if too_small:
-        raise D.DataError(too_small)
+        raise cli.UsageError(too_small)
     if args.sample_weights and not os.path.isfile(args.sample_weights):
-        raise D.DataError(f"--sample-weights file not found: {args.sample_weights}")
+        raise cli.UsageError(f"--sample-weights file not found: {args.sample_weights}")
     if args.resume and not os.path.isfile(args.resume):
         raise CheckpointError(f"checkpoint not found: {args.resume}")
 
@@ -277,29 +230,27 @@ def mixup_loss(logits, labels, weights, perm, lam, label_smoothing):
     return weighted.sum() / weights.sum().clamp_min(1e-12), per_sample
 
 
-RATE_WARMUP_STEPS = 2  # left out of the measured rate: the first steps allocate, and compile under --compile
+# ----------------------------------------------------------------------------- one epoch
+
+class EpochInterrupted(Exception):
+    """Ctrl-C part-way through an epoch: `progress` is where it stopped, stored in last.pt."""
+
+    def __init__(self, progress):
+        super().__init__(f"stopped at epoch {progress['epoch']}, step {progress['step']}")
+        self.progress = progress
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, args, num_classes,
                     max_steps=None, stop=None, resumed=None, on_rate=None):
-    """One pass over `loader`. Returns loss and accuracy overall, per class and per source
-    (0 real, 1 synthetic), over the samples of all processes; accuracy against the un-mixed labels.
-
-    `on_rate(images_per_s, steps_done)` is called once, after the first few steps: the steady rate
-    of this process (RATE_WARMUP_STEPS left out), measured over >= 5 steps and >= 5 s (or 50 steps).
-
-    `resumed` is the `progress` of an epoch that Ctrl-C stopped (`loader` then yields the rest of
-    its order). When `stop.requested` before the last step, it returns {"progress": ...} instead."""
-    from tqdm import tqdm
+    """One pass over `loader` (the rest of it when `resumed`, the progress of an epoch Ctrl-C stopped).
+    Returns loss and accuracy overall, per class and per source over the samples of all processes
+    (against the un-mixed labels), the seconds and images/s. `on_rate` gets the steady rate once
+    (meters.RateMeter). Raises EpochInterrupted when `stop.requested` before the last step."""
     model.train()
-    n_src = 2
-    # per (source, class) sums of loss, hits and samples, kept on the device: no host sync per step
-    sums = resumed["sums"].to(device) if resumed else torch.zeros(3, n_src * num_classes, device=device)
-    loss_sum, correct, count = sums  # views: adding to them adds to `sums`
+    sums = EpochSums(num_classes, device, resumed and resumed["sums"])
     first = resumed["step"] if resumed else 0
-    last = first + len(loader) - 1
-    counted_before = count.sum().item()
-    t0, seen = time.perf_counter(), 0
+    last, counted_before = first + len(loader) - 1, sums.count()
+    meter = RateMeter(device, first, last, on_rate)
     bar = tqdm(loader, desc=f"epoch {epoch}", initial=first, total=last + 1, leave=False,
                disable=args.quiet or not is_main_process(), dynamic_ncols=True)
     for step, (images, labels, sources, weights) in enumerate(bar, first):
@@ -323,55 +274,22 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         scaler.update()
         scheduler.step()
 
-        key = sources.to(device) * num_classes + labels
-        hit = (logits.argmax(1) == labels).float()
-        loss_sum.index_add_(0, key, per_sample.detach().float())
-        correct.index_add_(0, key, hit)
-        count.index_add_(0, key, torch.ones_like(hit))
-        seen += images.size(0)
-        if on_rate is not None:
-            done = step - first + 1
-            if done == RATE_WARMUP_STEPS and step < last:
-                sync(device)
-                t_rate, seen_rate = time.perf_counter(), seen
-            elif done > RATE_WARMUP_STEPS or step == last:
-                sync(device)
-                now = time.perf_counter()
-                if done <= RATE_WARMUP_STEPS:  # a very short epoch: all of it
-                    t_rate, seen_rate = t0, 0
-                measured = done - RATE_WARMUP_STEPS
-                if (measured >= 5 and now - t_rate >= 5) or measured >= 50 or step == last:
-                    on_rate((seen - seen_rate) / (now - t_rate), done)
-                    on_rate = None
+        sums.add(sources.to(device), labels, logits, per_sample)
+        meter.step(step, images.size(0))
         if step % 10 == 0 or step == last:
-            bar.set_postfix(loss=f"{loss_sum.sum() / count.sum():.4f}", acc=f"{correct.sum() / count.sum():.4f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            loss_so_far, acc_so_far = sums.running()
+            bar.set_postfix(loss=f"{loss_so_far:.4f}", acc=f"{acc_so_far:.4f}", img_s=f"{meter.images_per_s():.0f}")
         if max_steps and step + 1 >= max_steps:
             break
         if stop is not None and stop.requested and step < last:
             bar.close()
-            return {"progress": {"epoch": epoch, "step": step + 1, "sums": sums.cpu()}}
-    seconds = time.perf_counter() - t0
-    all_reduce_sum(sums)  # torchrun: every process's samples, so all log the same numbers
-    loss_sum, correct, count = sums.double().cpu()
-    by_class = lambda t: t.view(n_src, num_classes).sum(0)  # noqa: E731
-    by_source = lambda t: t.view(n_src, num_classes).sum(1)  # noqa: E731
-    div = lambda a, b: (a / b.clamp_min(1)).tolist()  # noqa: E731
-    return {
-        "loss": (loss_sum.sum() / count.sum()).item(), "acc": (correct.sum() / count.sum()).item(),
-        "loss_per_class": div(by_class(loss_sum), by_class(count)), "acc_per_class": div(by_class(correct), by_class(count)),
-        "acc_per_source": div(by_source(correct), by_source(count)), "count_per_source": by_source(count).tolist(),
-        "seconds": seconds, "images_per_s": (count.sum().item() - counted_before) / seconds,
-    }
+            raise EpochInterrupted({"epoch": epoch, "step": step + 1, "sums": sums.state()})
+    seconds = time.perf_counter() - meter.t0
+    result = sums.result()
+    return dict(result, seconds=seconds, images_per_s=(sum(result["count_per_source"]) - counted_before) / seconds)
 
 
-def sync(device):
-    """Wait for queued GPU work, so that a time measured on the host is the device's."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
+def evaluate(model, loader, device, num_classes):
     """Loss (plain cross-entropy), accuracy and per-class accuracy of `model` on `loader`."""
     out = predict(model, loader, device)
     m = metrics(out["logits"], out["labels"], [str(c) for c in range(num_classes)])
@@ -379,125 +297,7 @@ def evaluate(model, loader, device, num_classes, label_smoothing=0.0):
             "acc_per_class": [r["recall"] for r in m["per_class"].values()], "logits": out["logits"]}
 
 
-# ----------------------------------------------------------------------------- history
-
-def write_history(history, path):
-    with D.atomic_write(path) as f:
-        # the union of the rows' keys: a resume may add columns (--eval-test)
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
-        w.writeheader()
-        w.writerows(history)
-
-
-def plot_history(history, classes, folder):
-    """curves.png (loss, accuracy, lr) and curves_detail.png (per class and per source)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    for split in ("train", "val", "test"):
-        if any(f"{split}_loss" not in h for h in history):  # test: only with --eval-test from the start
-            continue
-        ax[0].plot(ep, [h[f"{split}_loss"] for h in history], label=split)
-        ax[1].plot(ep, [h[f"{split}_acc"] for h in history], label=split)
-    ax[2].plot(ep, [h["lr"] for h in history])
-    for a, t in zip(ax, ("loss", "accuracy", "learning rate (end of epoch)")):
-        a.set_title(t)
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-    ax[0].legend()
-    ax[1].legend()
-    fig.tight_layout()
-    D.save_figure(fig, os.path.join(folder, "curves.png"), dpi=90)
-
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for i, c in enumerate(classes):
-        ax[0].plot(ep, [h[f"train_loss_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
-        ax[1].plot(ep, [h[f"val_acc_{c}"] for h in history], color=cmap(i % cmap.N), label=c)
-    for src in ("real", "synthetic"):
-        if any(h[f"train_n_{src}"] for h in history):
-            ax[2].plot(ep, [h[f"train_acc_{src}"] for h in history], label=f"train {src}")
-    ax[2].plot(ep, [h["val_acc"] for h in history], label="val (real)", linestyle="--")
-    for a, t in zip(ax, ("train loss per class", "val accuracy per class", "accuracy per source")):
-        a.set_title(t)
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    D.save_figure(fig, os.path.join(folder, "curves_detail.png"), dpi=90)
-
-
-def history_row(epoch, train, val, lr, classes, test=None):
-    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-           "val_acc": val["acc"], "lr": lr, "seconds": train["seconds"], "images_per_s": train["images_per_s"]}
-    if test is not None:
-        row["test_loss"], row["test_acc"] = test["loss"], test["acc"]
-    for c, l, a in zip(classes, train["loss_per_class"], train["acc_per_class"]):
-        row[f"train_loss_{c}"], row[f"train_acc_{c}"] = l, a
-    for c, a in zip(classes, val["acc_per_class"]):
-        row[f"val_acc_{c}"] = a
-    for i, src in enumerate(("real", "synthetic")):
-        row[f"train_acc_{src}"], row[f"train_n_{src}"] = train["acc_per_source"][i], int(train["count_per_source"][i])
-    return row
-
-
-# ----------------------------------------------------------------------------- what the network is fed
-
-def _denorm(x, mean, std):
-    """Normalised [C, H, W] -> displayable [H, W(, 3)] in [0, 1]."""
-    x = (x.float().cpu() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1)
-    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
-
-
-def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
-    """augmentations.png (originals beside augmented copies), mixup.png and, with synthetic
-    data, synthetic.png: written at the start of a run so a user sees what the network is fed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    g = torch.Generator().manual_seed(seed)
-    real = D.real_part(data.train)
-    idx = torch.randperm(len(real), generator=g)[:n].tolist()
-    gray = data.in_channels == 1
-    fig, axes = plt.subplots(len(idx), copies + 1, figsize=(1.6 * (copies + 1), 1.6 * len(idx)), squeeze=False)
-    for r, i in enumerate(idx):
-        raw = D.raw_image(real, i)
-        axes[r, 0].imshow(raw[..., 0] if gray else raw, cmap="gray" if gray else None)
-        axes[r, 0].set_title(f"original: {data.classes[int(real.targets[i])]}", fontsize=8)
-        for c in range(copies):
-            axes[r, c + 1].imshow(_denorm(augment_fn(real, i), data.mean, data.std), cmap="gray" if gray else None)
-        for ax in axes[r]:
-            ax.axis("off")
-    fig.tight_layout()
-    D.save_figure(fig, os.path.join(folder, "augmentations.png"), dpi=80)
-
-    others = idx[4:8] if len(idx) >= 8 else idx[1:] + idx[:1]  # a tiny dataset: pair neighbours
-    pairs = [(augment_fn(real, i), augment_fn(real, j)) for i, j in zip(idx[:4], others)]
-    lams = torch.distributions.Beta(0.2, 0.2).sample((len(pairs),)).tolist()
-    fig, axes = plt.subplots(len(pairs), 3, figsize=(5, 1.7 * len(pairs)), squeeze=False)
-    for r, ((a, b), lam) in enumerate(zip(pairs, lams)):
-        for ax, x, t in zip(axes[r], (a, b, lam * a + (1 - lam) * b), ("a", "b", f"mixup, lambda={lam:.2f}")):
-            ax.imshow(_denorm(x, data.mean, data.std), cmap="gray" if gray else None)
-            ax.set_title(t, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    D.save_figure(fig, os.path.join(folder, "mixup.png"), dpi=80)
-
-    if isinstance(data.train, torch.utils.data.ConcatDataset):
-        import synth
-        syn = data.train.datasets[1]
-        k = min(64, len(syn))
-        synth.preview_grid(syn.images[:k], [data.classes[int(c)] for c in syn.labels[:k]],
-                           os.path.join(folder, "synthetic.png"))
-
-
-# ----------------------------------------------------------------------------- main
-
-def epoch_seed(args, epoch):
-    return args.seed * 100_003 + epoch
-
+# ----------------------------------------------------------------------------- the run
 
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "curves_detail.png", "augmentations.png",
              "mixup.png", "synthetic.png")  # what a run writes to --save-dir
@@ -528,38 +328,53 @@ def main(args):
     """Train and report; returns the final report's results (None on processes other than rank 0)."""
     args = resolve_defaults(args)
     check_save_dir(args)
-    with distributed(args.device) as device, SigintStop(enabled=not is_distributed()) as stop:
-        return run(args, device, stop)
+    with distributed(args.device) as device, cli.SigintStop(enabled=not is_distributed()) as stop:
+        r = setup(args, device)
+        dry = train_epochs(r, stop)
+        if dry is not None or not r.main_process:
+            return dry
+        return final_report(r)
 
 
-def run(args, device, stop):
-    """A run in three parts: build everything (or take it back from --resume), the epochs, the
-    final report. Returns the report's results (None on processes other than rank 0)."""
-    r = setup(args, device)
-    dry = train_epochs(r, stop)
-    if dry is not None or not r.main_process:
-        return dry
-    return final_report(r)
-
-
+@dataclass
 class Run:
-    """What the parts of a run share: the data, the model and its optimisation state, where the
-    epochs start (1, or after a resumed checkpoint's) and the history so far."""
+    """What the parts of a run share. The training state (model, optimizer, scheduler, scaler, the
+    history, early stopping's best and where the epochs start) is what last.pt holds (`checkpoint`)."""
+    args: argparse.Namespace
+    device: torch.device
+    data: D.Data
+    model: torch.nn.Module
+    model_args: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    eval_bs: int
+    val_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader | None
+    t_start: float  # when setup began: the time estimate counts from here
+    command: str  # `python train.py ...` that repeats the run (command_line)
+    rank: int = 0
+    world: int = 1
+    start_epoch: int = 1
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": 0, "bad_epochs": 0})
+    progress: dict | None = None  # where Ctrl-C stopped epoch start_epoch (from --resume)
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-        self.main_process = self.rank == 0  # the one process that prints and writes files
-        self.last_pt = os.path.join(self.args.save_dir, "last.pt")
-        self.start_epoch, self.history, self.progress = 1, [], None
-        self.best = {"acc": -1.0, "epoch": 0, "bad_epochs": 0}
-        self.command = command_line(vars(self.args))
+    @property
+    def main_process(self):
+        return self.rank == 0  # the one process that prints and writes files
+
+    @property
+    def last_pt(self):
+        return os.path.join(self.args.save_dir, "last.pt")
 
     def checkpoint(self, epoch, with_state, progress=None):
-        """The checkpoint dict (model.py's format): best.pt without, last.pt with the training state."""
-        args = self.args
+        """The checkpoint dict (checkpoint.py's format): best.pt without, last.pt with the training state."""
+        args, data = self.args, self.data
         ck = {"model": args.model, "model_args": self.model_args, "state_dict": self.model.state_dict(),
-              "classes": self.data.classes, "in_channels": self.data.in_channels, "img_size": self.data.img_size,
-              "mean": list(self.data.mean), "std": list(self.data.std), "data": self.data.config, "args": vars(args),
+              "classes": data.classes, "in_channels": data.in_channels, "img_size": data.img_size,
+              "mean": list(data.mean), "std": list(data.std), "data": data.config, "args": vars(args),
               "command": self.command, "amp": args.amp,
               "epoch": epoch, "best_val_acc": self.best["acc"], "history": self.history}
         if with_state:
@@ -576,50 +391,56 @@ def setup(args, device):
     rank, world = rank_and_world()
     t_start = time.perf_counter()
     args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
-    set_threads(args, device)
+    args.threads = set_threads(args.threads, device)  # recorded resolved
     torch.manual_seed(args.seed)
     data = D.build_datasets(D.data_config(args), args.augment)
-    kwargs = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head, width=args.width)
-    model = build_model(args.model, len(data.classes), data.in_channels, **kwargs).to(device)
+    model_args = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head,
+                              width=args.width)
+    model = build_model(args.model, len(data.classes), data.in_channels, **model_args).to(device)
     model.amp = args.amp  # what predict() (validation, the final report) runs in
-    channels_last = use_channels_last(device, args.amp, data.img_size)  # where it measured faster
-    if channels_last:
+    if use_channels_last(device, args.amp, data.img_size):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
-    eval_bs = max(256, args.batch_size)
     order = D.train_order(data, args.batch_size, 0, 1, args.seed, rank, world)  # this process's; every epoch as long
     steps_per_epoch = -(-len(order) // args.batch_size)  # the order holds whole batches (and a kept partial one)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args))
-    r = Run(args=args, device=device, rank=rank, world=world, t_start=t_start, data=data, model=model,
-            model_args=kwargs, optimizer=optimizer, scheduler=scheduler,
+    eval_bs = max(256, args.batch_size)
+    r = Run(args=args, device=device, data=data, model=model, model_args=model_args, optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, args)),
             scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, args.amp)),
-            eval_bs=eval_bs, steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, eval_bs=eval_bs,
             val_loader=D.make_loader(data.val, eval_bs, workers=args.workers),
-            test_loader=D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None)
+            test_loader=D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None,
+            t_start=t_start, command=command_line(vars(args)), rank=rank, world=world)
     try:
         os.makedirs(args.save_dir, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"cannot create --save-dir {args.save_dir}: {e.strerror}") from None
     if r.main_process:
-        real = len(D.real_part(data.train))
-        pool = f" + {len(data.train) - real} synthetic (ratio {args.synthetic_ratio})" if real < len(data.train) else ""
-        groups = data.config.get("num_groups")
-        print(f"{args.model}: {count_parameters(model):,} parameters | {real} train{pool}, {len(data.val)} val"
-              f"{f' ({groups} photo groups)' if groups else ''}"
-              f"{f', {len(data.test)} test' if data.test else ''} | {len(data.classes)} classes | device {device}"
-              f" | amp {args.amp}{' (fp32)' if args.amp == 'off' else ''}"
-              f"{' | channels_last' if channels_last else ''}{' | compile' if args.compile else ''}"
-              f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
-              f" | augment {args.augment}{f' | {world} processes' if world > 1 else ''}")
-        used = sum(i < real for i in order)  # the real images (photos beside composites) an epoch trains on
-        dropped = -(-real // world) - used if used else 0  # (ratio 1 uses no photo, by design)
-        print(f"{steps_per_epoch} steps of {args.batch_size} per epoch"
-              + (f" (the last partial batch, {dropped} {'photos' if pool else 'images'}, is left out of each epoch; "
-                 "a new shuffle every epoch)"
-                 if dropped > 0 else ""))
+        print_header(r, order)
     if args.resume:
         resume(r)
     return r
+
+
+def print_header(r, order):
+    """The run's first lines: the model, the data, the device and precision; the steps per epoch."""
+    args, data, device = r.args, r.data, r.device
+    real = len(D.real_part(data.train))
+    pool = f" + {len(data.train) - real} synthetic (ratio {args.synthetic_ratio})" if real < len(data.train) else ""
+    groups = data.config.get("num_groups")
+    print(f"{args.model}: {count_parameters(r.model):,} parameters | {real} train{pool}, {len(data.val)} val"
+          f"{f' ({groups} photo groups)' if groups else ''}"
+          f"{f', {len(data.test)} test' if data.test else ''} | {len(data.classes)} classes | device {device}"
+          f" | amp {args.amp}{' (fp32)' if args.amp == 'off' else ''}"
+          f"{' | channels_last' if use_channels_last(device, args.amp, data.img_size) else ''}"
+          f"{' | compile' if args.compile else ''}"
+          f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
+          f" | augment {args.augment}{f' | {r.world} processes' if r.world > 1 else ''}")
+    used = sum(i < real for i in order)  # the real images (photos beside composites) an epoch trains on
+    dropped = -(-real // r.world) - used if used else 0  # (ratio 1 uses no photo, by design)
+    print(f"{r.steps_per_epoch} steps of {args.batch_size} per epoch"
+          + (f" (the last partial batch, {dropped} {'photos' if pool else 'images'}, is left out of each epoch; "
+             "a new shuffle every epoch)" if dropped > 0 else ""))
 
 
 def resume(r):
@@ -641,7 +462,7 @@ def resume(r):
                            "synthetic_ratio", "amp")
                if ck["args"].get(k) != getattr(args, k)]
     if changed:
-        D.warn(f"resuming with other settings than {args.resume} had: "
+        cli.warn(f"resuming with other settings than {args.resume} had: "
                + ", ".join(f"--{k.replace('_', '-')} {ck['args'].get(k)} -> {getattr(args, k)}" for k in changed))
     r.model.load_state_dict(ck["state_dict"])
     r.optimizer.load_state_dict(ck["optimizer"])
@@ -654,7 +475,7 @@ def resume(r):
         raise CheckpointError(f"{args.resume} stopped part-way through epoch {r.progress['epoch']}: "
                               f"resume it in one process (without torchrun)")
     if ck.get("world_size", 1) != r.world:
-        D.warn(f"{args.resume} was written by a run of {ck.get('world_size', 1)} process(es), this one has "
+        cli.warn(f"{args.resume} was written by a run of {ck.get('world_size', 1)} process(es), this one has "
                f"{r.world}: steps per epoch (so the lr schedule) and the sample order change")
     if r.main_process:
         at_step = f", step {r.progress['step']}" if r.progress else ""
@@ -682,83 +503,113 @@ def time_estimate(r, images_per_s, steps_done, resumed):
 def train_epochs(r, stop):
     """The epochs: train, validate, keep best.pt / last.pt / history.csv, stop early. Returns the
     one-batch results under --dry-run, else None."""
-    args, data, device, model = r.args, r.data, r.device, r.model
-    num_classes = len(data.classes)
-    if args.device_data:
-        batch_augment = D.BatchAugment(args.augment, data.img_size, data.mean, data.std)
-        device_loader = D.DeviceLoader(data.train, args.batch_size, device, batch_augment, drop_last=False)
-        augment_one = lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]  # noqa: E731
-    else:
-        augment_one = lambda ds, i: ds[i][0]  # noqa: E731
+    args, data, device = r.args, r.data, r.device
+    device_loader, augment_one = input_pipeline(r)
     if r.main_process and not args.dry_run and not args.resume:
-        plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
-    net = ddp(model, device)  # what trains; `model` (the same parameters) is what is evaluated and saved
+        report.plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
+    net = ddp(r.model, device)  # what trains; r.model (the same parameters) is what is evaluated and saved
     if args.compile:
         net = torch.compile(net)  # compiles on the first step(s): the time estimate skips those
     estimate = {}  # the time estimate, once measured: printed, and a column of history.csv
-    best = r.best
     stop.armed = True
     for epoch in range(r.start_epoch, args.epochs + 1):
-        if best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
+        if r.best["bad_epochs"] >= args.patience:  # early-stopped (also a resumed run that had stopped)
             break
         resumed = r.progress if epoch == r.start_epoch else None  # the rest of an epoch that Ctrl-C stopped
-        seed = epoch_seed(args, epoch)
-        if not resumed:  # (a resumed epoch goes on with the random state saved when it stopped)
-            torch.manual_seed(seed * r.world + r.rank)  # augmentation, dropout, mixup: a stream per process
-        order = D.train_order(data, args.batch_size, seed, epoch, args.seed, r.rank, r.world)  # this process's share
-        order = order[resumed["step"] * args.batch_size:] if resumed else order
-        if args.device_data:
-            loader = device_loader
-            loader.sampler = order
-        else:
-            loader = D.make_loader(data.train, args.batch_size, sampler=order, workers=args.workers,
-                                   generator=torch.Generator().manual_seed(seed * r.world + r.rank),  # worker seeds
-                                   drop_last=False)  # train_order already decided
+        loader = epoch_loader(r, epoch, resumed, device_loader)
         on_rate = None if estimate or args.dry_run else (
             lambda rate, steps: estimate.update(time_estimate(r, rate, steps, resumed)))
         try:
-            train = train_one_epoch(net, loader, r.optimizer, r.scheduler, r.scaler, device, epoch, args, num_classes,
-                                    max_steps=1 if args.dry_run else None, stop=stop, resumed=resumed, on_rate=on_rate)
+            train = train_one_epoch(net, loader, r.optimizer, r.scheduler, r.scaler, device, epoch, args,
+                                    len(data.classes), max_steps=1 if args.dry_run else None, stop=stop,
+                                    resumed=resumed, on_rate=on_rate)
+        except EpochInterrupted as e:  # last.pt records the step to go on from
+            save_checkpoint(r.checkpoint(epoch - 1, with_state=True, progress=e.progress), r.last_pt)
+            raise Interrupted(r.last_pt) from None
         except torch.OutOfMemoryError:  # one line that says what to change, not an allocator traceback
             raise TrainingError(f"out of memory on {device} at --batch-size {args.batch_size}"
                                 f"{' per process' if r.world > 1 else ''}: lower --batch-size (or --img-size"
                                 f"{', or leave out --device-data' if args.device_data else ''})") from None
-        if "progress" in train:  # Ctrl-C part-way through: last.pt records the step to go on from
-            save_checkpoint(r.checkpoint(epoch - 1, with_state=True, progress=train["progress"]), r.last_pt)
-            raise Interrupted(r.last_pt)
-        # rank 0 scores the model it saves; the others take its numbers, so all stop early together
-        val = None
-        if r.main_process:
-            val = evaluate(model, [next(iter(r.val_loader))] if args.dry_run else r.val_loader, device, num_classes)
-        val = from_main_process(val)
+        val = validate(r)
         if args.dry_run:
             if r.main_process:
                 print(f"dry run: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}: one batch each, OK")
             return {"train": train, "val": val}
-        test = evaluate(model, r.test_loader, device, num_classes) if r.test_loader and r.main_process else None
-        lr = r.optimizer.param_groups[0]["lr"]
-        r.history.append(dict(history_row(epoch, train, val, lr, data.classes, test), **estimate))
-        improved = val["acc"] > best["acc"]
-        if improved:
-            best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
-        else:
-            best["bad_epochs"] += 1
-        if r.main_process:
-            if improved:
-                save_checkpoint(r.checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
-            save_checkpoint(r.checkpoint(epoch, with_state=True), r.last_pt)
-            write_history(r.history, os.path.join(args.save_dir, "history.csv"))
-            plot_history(r.history, data.classes, args.save_dir)
-            print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
-                  f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
-                  f"lr {lr:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s", flush=True)
-            if best["bad_epochs"] >= args.patience:
-                print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
-                      f"at epoch {best['epoch']})")
+        end_of_epoch(r, epoch, train, val, estimate)
         if stop.requested:  # Ctrl-C during evaluation or saving: stop at this epoch's end
             raise Interrupted(r.last_pt)
     stop.armed = False  # Ctrl-C during the report aborts it as usual: the checkpoints are complete
     return None
+
+
+def input_pipeline(r):
+    """(the DeviceLoader of --device-data or None, a function that gives one augmented training image
+    the way the run augments it, for augmentations.png)."""
+    args, data = r.args, r.data
+    if not args.device_data:
+        return None, lambda ds, i: ds[i][0]
+    batch_augment = BatchAugment(args.augment, data.img_size, data.mean, data.std)
+    loader = DeviceLoader(data.train, args.batch_size, r.device, batch_augment, drop_last=False)
+    return loader, lambda ds, i: batch_augment(ds.images[ds.indices[i:i + 1]])[0]
+
+
+def epoch_seed(args, epoch):
+    return args.seed * 100_003 + epoch
+
+
+def epoch_loader(r, epoch, resumed, device_loader):
+    """This process's training batches of `epoch` (the rest of them after `resumed`), and the epoch's
+    random streams: augmentation, dropout and mixup are seeded from (--seed, epoch), so a resumed run
+    goes on exactly as one that was never stopped."""
+    args = r.args
+    seed = epoch_seed(args, epoch)
+    if not resumed:  # (a resumed epoch goes on with the random state saved when it stopped)
+        torch.manual_seed(seed * r.world + r.rank)  # a stream per process
+    order = D.train_order(r.data, args.batch_size, seed, epoch, args.seed, r.rank, r.world)  # this process's share
+    order = order[resumed["step"] * args.batch_size:] if resumed else order
+    if device_loader is not None:
+        device_loader.sampler = order
+        return device_loader
+    return D.make_loader(r.data.train, args.batch_size, sampler=order, workers=args.workers,
+                         generator=torch.Generator().manual_seed(seed * r.world + r.rank),  # worker seeds
+                         drop_last=False)  # train_order already decided
+
+
+def validate(r):
+    """Rank 0 scores the model it saves; the others take its numbers, so all stop early together.
+    Under --dry-run, one batch."""
+    val = None
+    if r.main_process:
+        loader = [next(iter(r.val_loader))] if r.args.dry_run else r.val_loader
+        val = evaluate(r.model, loader, r.device, len(r.data.classes))
+    return from_main_process(val)
+
+
+def end_of_epoch(r, epoch, train, val, estimate):
+    """The history row (with --eval-test's test scores), early stopping's count, best.pt when val
+    improved, last.pt, history.csv and the curves, and the epoch's line."""
+    args, data, best = r.args, r.data, r.best
+    test = evaluate(r.model, r.test_loader, r.device, len(data.classes)) if r.test_loader and r.main_process else None
+    lr = r.optimizer.param_groups[0]["lr"]
+    r.history.append(dict(report.history_row(epoch, train, val, lr, data.classes, test), **estimate))
+    improved = val["acc"] > best["acc"]
+    if improved:
+        best.update(acc=val["acc"], epoch=epoch, bad_epochs=0)
+    else:
+        best["bad_epochs"] += 1
+    if not r.main_process:
+        return
+    if improved:
+        save_checkpoint(r.checkpoint(epoch, with_state=False), os.path.join(args.save_dir, "best.pt"))
+    save_checkpoint(r.checkpoint(epoch, with_state=True), r.last_pt)
+    report.write_history(r.history, os.path.join(args.save_dir, "history.csv"))
+    report.plot_history(r.history, data.classes, args.save_dir)
+    print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
+          f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
+          f"lr {lr:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s", flush=True)
+    if best["bad_epochs"] >= args.patience:
+        print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
+              f"at epoch {best['epoch']})")
 
 
 def final_report(r):
@@ -774,14 +625,6 @@ def final_report(r):
         results[name.lower()] = {k: m[k] for k in ("loss", "correct", "total", "acc")}
         print(summary_line(name, m["loss"], m["correct"], m["total"]))
     return results
-
-
-def format_seconds(s):
-    """1 h 05 min, 12 min 30 s, 45 s"""
-    s = round(s)
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def command_line(args):
@@ -812,12 +655,6 @@ def resume_command(argv, last_pt):
 
 
 if __name__ == "__main__":
-    D.printable_stdout()
-    try:
-        main(get_args_parser().parse_args())
-    except Interrupted as e:
-        print(f"interrupted: resume with: {resume_command(sys.argv, e.last_pt)}", file=sys.stderr)
-        sys.exit(130)  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
-    except (D.DataError, CheckpointError, TrainingError, OSError) as e:  # OSError: e.g. a full disk at history.csv
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_main(main, get_args_parser().parse_args,
+                 interrupted=lambda e: f"resume with: {resume_command(sys.argv, e.last_pt)}"
+                 if isinstance(e, Interrupted) else None)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import checkpoint as CK  # noqa: E402
 import data as D  # noqa: E402
 import model as M  # noqa: E402
 
@@ -85,7 +86,7 @@ def fabricate_checkpoint(path, mnist_root, model_name="convnet", with_state=Fals
         ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler={},
                   rng={"torch": torch.get_rng_state()},
                   early_stopping={"acc": 0.1, "epoch": 1, "bad_epochs": 0})
-    M.save_checkpoint(ck, str(path))
+    CK.save_checkpoint(ck, str(path))
     return Path(path)
 
 

@@ -10,14 +10,11 @@ import re
 import pytest
 import torch
 
+import meters
+import device as DV
 from conftest import tiny_train_args
 import evaluate as E
-import model as M
 import train
-
-needs_bf16 = pytest.mark.skipif(not M.cpu_has_native_bf16(),
-                                reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
-
 
 def set_cpu_bf16(monkeypatch, native):
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
@@ -28,25 +25,25 @@ def set_cpu_bf16(monkeypatch, native):
 def test_auto_picks_bf16_on_cpu_only_where_detected(monkeypatch, native):
     set_cpu_bf16(monkeypatch, native)
     cpu = torch.device("cpu")
-    assert M.cpu_has_native_bf16() is native
-    assert M.resolve_amp("auto", cpu) == ("bf16" if native else "off")
-    assert M.amp_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
-    assert not M.needs_grad_scaler(cpu, "auto")
+    assert DV.cpu_has_native_bf16() is native
+    assert DV.resolve_amp("auto", cpu) == ("bf16" if native else "off")
+    assert DV.amp_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    assert not DV.needs_grad_scaler(cpu, "auto")
     # an explicit choice is taken as given (bf16 is emulated without native support: slow, but works)
     for amp in ("bf16", "fp16", "off"):
-        assert M.resolve_amp(amp, cpu) == amp
+        assert DV.resolve_amp(amp, cpu) == amp
 
 
 def test_auto_on_cuda_and_mps(monkeypatch):
     cuda, mps = torch.device("cuda"), torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert M.resolve_amp("auto", cuda) == "bf16" and not M.needs_grad_scaler(cuda)
+    assert DV.resolve_amp("auto", cuda) == "bf16" and not DV.needs_grad_scaler(cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert M.resolve_amp("auto", cuda) == "fp16" and M.needs_grad_scaler(cuda)
-    assert M.resolve_amp("auto", mps) == "fp16" and M.needs_grad_scaler(mps)
-    assert M.needs_grad_scaler(mps, "bf16") is False
+    assert DV.resolve_amp("auto", cuda) == "fp16" and DV.needs_grad_scaler(cuda)
+    assert DV.resolve_amp("auto", mps) == "fp16" and DV.needs_grad_scaler(mps)
+    assert DV.needs_grad_scaler(mps, "bf16") is False
     with pytest.raises(ValueError, match="--amp"):
-        M.resolve_amp("fp8", cuda)
+        DV.resolve_amp("fp8", cuda)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +62,6 @@ def summary_lines(text):
     return re.findall(r"^(?:Train|Val|Test) set: .*$", text, re.M)
 
 
-@needs_bf16
 def test_checkpoint_stores_amp_and_history_the_estimate(bf16_run):
     d, out, _ = bf16_run
     assert re.search(r"^convnet: .*\| amp bf16 \|", out, re.M), out
@@ -81,7 +77,6 @@ def test_checkpoint_stores_amp_and_history_the_estimate(bf16_run):
     assert float(row["est_total_s"]) > 0
 
 
-@needs_bf16
 def test_evaluate_repeats_train_lines_under_bf16(bf16_run, tmp_path, capsys):
     d, train_out, _ = bf16_run
     model, ckpt, _ = E.load_run(str(d / "best.pt"), torch.device("cpu"), with_data=False)
@@ -98,26 +93,19 @@ def test_evaluate_repeats_train_lines_under_bf16(bf16_run, tmp_path, capsys):
 
 
 def test_format_seconds():
-    assert train.format_seconds(45.2) == "45 s"
-    assert train.format_seconds(750) == "12 min 30 s"
-    assert train.format_seconds(3900) == "1 h 05 min"
+    assert meters.format_seconds(45.2) == "45 s"
+    assert meters.format_seconds(750) == "12 min 30 s"
+    assert meters.format_seconds(3900) == "1 h 05 min"
 
 
 def test_threads_default_to_every_core_unless_told(monkeypatch):
-    from argparse import Namespace
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        args = Namespace(threads=None, device_data=False, workers=1)
-        train.set_threads(args, torch.device("cpu"))
-        assert args.threads == train.cpu_cores() == torch.get_num_threads()  # the loader worker takes no core of it
-        args = Namespace(threads=1, device_data=False, workers=1)
-        train.set_threads(args, torch.device("cpu"))
-        assert args.threads == 1 == torch.get_num_threads()
+        assert DV.set_threads(None, torch.device("cpu")) == DV.cpu_cores() == torch.get_num_threads()
+        assert DV.set_threads(1, torch.device("cpu")) == 1 == torch.get_num_threads()
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice is kept
         torch.set_num_threads(1)
-        args = Namespace(threads=None, device_data=False, workers=0)
-        train.set_threads(args, torch.device("cpu"))
-        assert args.threads == 1
+        assert DV.set_threads(None, torch.device("cpu")) == 1
     finally:
         torch.set_num_threads(before)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import data as D
+import images as I
+import cli
 from adversarial import TRAIN, case_dir, check, make_folder, save_png, snapshot, world  # noqa: F401 (fixtures)
 
 DRY = ["--data-dir", "d", *TRAIN[2:], "--dry-run"]           # train.py --dry-run on folder d/
@@ -259,7 +260,7 @@ def test_bad_data(case_dir, setup, script, args, code, line, outputs, warning, s
 
 def test_class_order_does_not_depend_on_the_hash_seed():
     names = ["3", "03", "10", "2", "b", "B", "003"]
-    orders = {tuple(sorted(p, key=D._natural_key)) for p in (names, names[::-1], sorted(names), sorted(names)[::-1])}
+    orders = {tuple(sorted(p, key=I._natural_key)) for p in (names, names[::-1], sorted(names), sorted(names)[::-1])}
     assert orders == {("2", "003", "03", "3", "10", "B", "b")}
 
 
@@ -267,7 +268,7 @@ def test_copies_are_labelled_as_their_originals(tmp_path):
     make_folder(tmp_path, ("0", "1"), 2, flat=True)
     for name in ("img0_label0 (1).png", "img0_label0 copy.png", "img1_label1 - Copy (2).png"):
         save_png(tmp_path / name)
-    _, names = D.scan_folder(str(tmp_path))
+    _, names = I.scan_folder(str(tmp_path))
     assert sorted(set(names)) == ["0", "1"] and len(names) == 7
 
 
@@ -304,7 +305,7 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     p = tmp_path / "a.csv"
     p.write_text("old")
     with pytest.raises(UnicodeEncodeError):
-        with D.atomic_write(p) as f:
+        with cli.atomic_write(p) as f:
             f.write("half,")
             f.write("\ud800 a lone surrogate")  # not an escaped byte: cannot be encoded
     assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.csv"]

@@ -21,8 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+import cli
+import checkpoint as CK
 from conftest import REPO, fabricate_checkpoint, run_script, tiny_train_args
 import model as M
+import report
 import train
 
 
@@ -57,7 +60,7 @@ def run_in_process(argv):
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         for plot in ("plot_history", "plot_inputs"):
-            mp.setattr(train, plot, lambda *a, **k: None)
+            mp.setattr(report, plot, lambda *a, **k: None)
         train.main(train.get_args_parser().parse_args([str(a) for a in argv]))
     return out.getvalue()
 
@@ -73,7 +76,7 @@ def runs(tmp_path_factory, mnist_root):
         out = {k: f.result() for k, f in stopped.items()}
     # what the killed and interrupted runs left behind, before they are resumed
     out["after_kill"] = torch.load(dirs["killed"] / "last.pt", weights_only=True)
-    out["after_interrupt"] = M.load_checkpoint(str(dirs["interrupted"] / "last.pt"))
+    out["after_interrupt"] = CK.load_checkpoint(str(dirs["interrupted"] / "last.pt"))
     resume_line = re.search(r"^interrupted: resume with: (.*)$", out["interrupted"][1], re.M)
     out["resume_line"] = resume_line and resume_line.group(1)
     out["resumed"] = {"killed": run_in_process([*crash_args(mnist_root, dirs["killed"]),
@@ -132,13 +135,13 @@ def test_ctrl_c_saves_last_pt_exits_130_and_resumes_exactly(runs):
 
 def test_second_ctrl_c_aborts_and_the_previous_handler_comes_back():
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), train.SigintStop() as stop:
+    with pytest.raises(KeyboardInterrupt), cli.SigintStop() as stop:
         stop.armed = True
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested  # the first one only asks to stop
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt), train.SigintStop():
+    with pytest.raises(KeyboardInterrupt), cli.SigintStop():
         os.kill(os.getpid(), signal.SIGINT)  # not armed (set-up, final report): as usual
 
 
@@ -180,35 +183,35 @@ def full_disk(monkeypatch):
         os.dup2(full, fd)
         os.close(full)
         return fd, path
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # data.atomic_write, which save_checkpoint uses
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # cli.atomic_write, which save_checkpoint uses
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, mnist_root, monkeypatch):
     path = fabricate_checkpoint(tmp_path / "last.pt", mnist_root, with_state=True)
-    ck, good = M.load_checkpoint(str(path)), path.read_bytes()
+    ck, good = CK.load_checkpoint(str(path)), path.read_bytes()
     full_disk(monkeypatch)
-    with pytest.raises(M.CheckpointError) as e:
-        M.save_checkpoint(dict(ck, epoch=2), str(path))
+    with pytest.raises(CK.CheckpointError) as e:
+        CK.save_checkpoint(dict(ck, epoch=2), str(path))
     assert str(e.value) == f"cannot write {path}: No space left on device; any previous last.pt there is unchanged"
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["last.pt"]  # the temp file is gone
 
 
 def test_unwritable_target_is_a_checkpoint_error(tmp_path, mnist_root):
-    ck = M.load_checkpoint(str(fabricate_checkpoint(tmp_path / "x.pt", mnist_root)))
+    ck = CK.load_checkpoint(str(fabricate_checkpoint(tmp_path / "x.pt", mnist_root)))
     (tmp_path / "best.pt").mkdir()  # a folder where the checkpoint should go
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(M.CheckpointError, match=r"cannot write .*best\.pt: Is a directory"):
-        M.save_checkpoint(ck, str(tmp_path / "best.pt"))
-    with pytest.raises(M.CheckpointError, match=r"cannot write .*last\.pt: Not a directory"):
-        M.save_checkpoint(ck, str(tmp_path / "file" / "last.pt"))
+    with pytest.raises(CK.CheckpointError, match=r"cannot write .*best\.pt: Is a directory"):
+        CK.save_checkpoint(ck, str(tmp_path / "best.pt"))
+    with pytest.raises(CK.CheckpointError, match=r"cannot write .*last\.pt: Not a directory"):
+        CK.save_checkpoint(ck, str(tmp_path / "file" / "last.pt"))
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "file", "x.pt"]  # no temp file left
 
 
 def test_a_folder_in_the_way_of_best_pt_stops_training_with_one_line(tmp_path, mnist_root):
     (tmp_path / "best.pt").mkdir()
-    with pytest.raises(M.CheckpointError) as e:
+    with pytest.raises(CK.CheckpointError) as e:
         run_in_process(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--augment", "none"))
     assert str(e.value) == (f"cannot write {tmp_path / 'best.pt'}: Is a directory; "
                             f"any previous best.pt there is unchanged")
@@ -233,9 +236,9 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, mnist_root, mo
 def test_ctrl_c_in_a_forked_loader_worker_is_left_to_the_main_process(monkeypatch):
     """A terminal's Ctrl-C reaches the loader workers too (one process group); they inherit the
     handler, which must neither print nor act there."""
-    with train.SigintStop() as stop:
+    with cli.SigintStop() as stop:
         stop.armed = True
-        monkeypatch.setattr(train.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
+        monkeypatch.setattr(cli.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
         stop._handle(signal.SIGINT, None)
         assert not stop.requested
         monkeypatch.undo()

@@ -16,10 +16,12 @@ import sys
 import pytest
 import torch
 
+import augment as AU
+import checkpoint as CK
 from conftest import REPO
 import data as D
 import evaluate as E
-import model as M
+import report
 import train
 
 
@@ -34,7 +36,7 @@ def test_epoch_order_deals_one_shuffle_out_to_the_processes():
 
 def test_device_loader_follows_its_sampler():
     ds = D.TensorImageDataset(torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1), torch.arange(8))
-    loader = D.DeviceLoader(ds, 2, "cpu", lambda x: x)
+    loader = AU.DeviceLoader(ds, 2, "cpu", lambda x: x)
     loader.sampler = [5, 1, 6, 2, 0]  # e.g. the rest of a resumed epoch, or one process's share
     assert [b[1].tolist() for b in loader] == [[5, 1], [6, 2]]  # drop_last
 
@@ -65,7 +67,7 @@ def runs(tmp_path_factory, mnist_root):
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
         for plot in ("plot_history", "plot_inputs"):  # meanwhile, one process here, without figures
-            mp.setattr(train, plot, lambda *a, **k: None)
+            mp.setattr(report, plot, lambda *a, **k: None)
         train.main(train.get_args_parser().parse_args(list(map(str, ddp_args(mnist_root, tmp / "one", 64,
                                                                                 "--device-data")))))
     stdout, stderr = proc.communicate(timeout=300)
@@ -87,7 +89,7 @@ def test_torchrun_writes_one_set_of_outputs_from_rank_0(runs):
 def test_torchrun_trains_as_one_process_with_the_whole_batch(runs):
     rc, _, stderr, two, one = runs
     assert rc == 0, stderr[-3000:]
-    a, b = (M.load_checkpoint(str(d / "last.pt")) for d in (one, two))
+    a, b = (CK.load_checkpoint(str(d / "last.pt")) for d in (one, two))
     assert (a["world_size"], b["world_size"]) == (1, 2)
     assert b["state_dict"].keys() == a["state_dict"].keys()  # model.module's: no "module." prefix
     for k in a["state_dict"]:

@@ -12,9 +12,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import cli  # noqa: E402
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 import experiments  # noqa: E402
+import report  # noqa: E402
 import train  # noqa: E402
 from conftest import interrupt_at_epoch  # noqa: E402
 
@@ -29,8 +31,8 @@ MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download",
 
 def no_run_figures(mp):
     """train.py's per-run figures are tested in test_core; skipping them keeps this file fast."""
-    mp.setattr(train, "plot_inputs", lambda *a, **k: None)
-    mp.setattr(train, "plot_history", lambda *a, **k: None)
+    mp.setattr(report, "plot_inputs", lambda *a, **k: None)
+    mp.setattr(report, "plot_history", lambda *a, **k: None)
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +187,7 @@ def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
 
 def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digit_folder):
     forbid_training(monkeypatch)
-    with pytest.raises(D.DataError, match="no option --no-such-option"):
+    with pytest.raises(cli.UsageError, match="no option --no-such-option"):
         run("grid", "--grid", "lr=1e-3", "--grid", "no_such_option=1", "--out", tmp_path, *folder_args(digit_folder))
 
 

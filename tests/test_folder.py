@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import augment as AU  # noqa: E402
+import images as I  # noqa: E402
+import cli  # noqa: E402
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 import train  # noqa: E402
@@ -32,7 +35,7 @@ MNIST_RAW = SHARED / "MNIST" / "raw"
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason=f"MNIST not in {MNIST_RAW}")
 
 IMG = 16                       # img_size of the data tests
-S = D.cache_size(IMG)          # side of the decoded cache
+S = I.cache_size(IMG)          # side of the decoded cache
 SIZES = [(20, 30), (60, 40), (33, 21), (45, 45), (24, 52), (40, 20)]  # (width, height)
 EXTS = ["jpg", "jpeg", "png", "bmp", "webp", "PNG"]
 
@@ -101,20 +104,20 @@ def one_line(exc):
 
 def test_flat_layout_mixed_extensions_and_sizes(tmp_path, capsys):
     d = make_flat(tmp_path / "flat", ["7", "10", "2"], per_class=4)
-    paths, names = D.scan_folder(str(d))
+    paths, names = I.scan_folder(str(d))
     assert len(paths) == 12 and sorted(set(names)) == ["10", "2", "7"]
     assert {Path(p).suffix.lower() for p in paths} == {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
     for p, n in zip(paths, names):
         assert Path(p).name.endswith(f"_label{n}{Path(p).suffix}")
 
-    images, labels, classes, kept = D.load_folder(str(d), IMG)
+    images, labels, classes, kept = I.load_folder(str(d), IMG)
     assert classes == ["2", "7", "10"]  # natural order, not "10" < "2"
     assert images.dtype == torch.uint8 and images.shape == (12, 3, S, S)
     assert labels.dtype == torch.int64 and labels.shape == (12,)
     assert sorted(kept) == sorted(paths)
     for i, p in enumerate(kept):
-        assert classes[labels[i]] == D.LABEL_RE.search(Path(p).name).group(1)
-        assert torch.equal(images[i], D.decode_image(p, S)), p  # images line up with paths
+        assert classes[labels[i]] == I.LABEL_RE.search(Path(p).name).group(1)
+        assert torch.equal(images[i], I.decode_image(p, S)), p  # images line up with paths
     assert warning_lines(capsys.readouterr().err) == []
 
 
@@ -123,11 +126,11 @@ def test_subfolder_layout_sorted_classes(tmp_path, capsys):
     save(d / "cat" / "nested" / "deep.png", 25, 35, seed=99)   # class folders are searched recursively
     (d / "cat" / "notes.txt").write_text("not an image")       # ignored: not an image extension
     save(d / ".cache" / "ignored.png")                          # hidden folders are not classes
-    paths, names = D.scan_folder(str(d))
+    paths, names = I.scan_folder(str(d))
     assert len(paths) == 12 and set(names) == {"cat", "dog"}
     assert not any(".cache" in p or p.endswith(".txt") for p in paths)
 
-    images, labels, classes, kept = D.load_folder(str(d), IMG)
+    images, labels, classes, kept = I.load_folder(str(d), IMG)
     assert classes == ["cat", "dog"]
     assert images.shape == (12, 3, S, S) and images.dtype == torch.uint8
     assert torch.bincount(labels).tolist() == [7, 5]
@@ -137,7 +140,7 @@ def test_subfolder_layout_sorted_classes(tmp_path, capsys):
 
 
 def test_cache_size_margin():
-    assert D.cache_size(128) == 144 and D.cache_size(32) == 36 and D.cache_size(16) == 18
+    assert I.cache_size(128) == 144 and I.cache_size(32) == 36 and I.cache_size(16) == 18
 
 
 # ----------------------------------------------------------------------------- 2. bad input
@@ -148,7 +151,7 @@ def test_broken_files_are_one_warning_and_good_ones_load(tmp_path, capsys):
     (d / "trunc_label1.jpg").write_bytes(b[:len(b) // 2])   # a valid JPEG cut in half
     (d / "empty_label2.jpg").write_bytes(b"")                # zero bytes
     (d / "x_label3.jpg").write_text("this is not a JPEG\n")  # text with an image name
-    images, labels, classes, paths = D.load_folder(str(d), IMG)
+    images, labels, classes, paths = I.load_folder(str(d), IMG)
     assert images.shape == (9, 3, S, S) and classes == ["1", "2", "3"]
     assert not any(Path(p).name in ("trunc_label1.jpg", "empty_label2.jpg", "x_label3.jpg") for p in paths)
     err = capsys.readouterr().err
@@ -164,7 +167,7 @@ def test_many_broken_files_name_only_the_first_few(tmp_path, capsys):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=3)
     for i in range(5):
         (d / f"bad{i}_label1.png").write_bytes(b"\x89PNG garbage")
-    images, *_ = D.load_folder(str(d), IMG)
+    images, *_ = I.load_folder(str(d), IMG)
     assert len(images) == 6
     lines = warning_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "skipped 5 " in lines[0]
@@ -174,7 +177,7 @@ def test_many_broken_files_name_only_the_first_few(tmp_path, capsys):
 def test_truncated_jpeg_is_not_decoded_as_grey(tmp_path):
     b = jpeg_bytes(seed=3)
     (tmp_path / "t.jpg").write_bytes(b[:len(b) // 2])
-    images, kept = D.decode_folder([str(tmp_path / "t.jpg")], S)
+    images, kept = I.decode_folder([str(tmp_path / "t.jpg")], S)
     assert kept == [] and images.shape == (0, 3, S, S) and images.dtype == torch.uint8
 
 
@@ -182,8 +185,8 @@ def test_class_with_only_unreadable_files_is_a_data_error(tmp_path, capsys):
     d = make_subfolders(tmp_path / "pets", {"cat": 3})
     (d / "dog").mkdir()
     (d / "dog" / "a.jpg").write_bytes(b"")
-    with pytest.raises(D.DataError) as e:
-        D.load_folder(str(d), IMG)
+    with pytest.raises(cli.UsageError) as e:
+        I.load_folder(str(d), IMG)
     assert "dog" in one_line(e)
 
 
@@ -191,41 +194,41 @@ def test_empty_class_folder_is_a_data_error(tmp_path):
     d = make_subfolders(tmp_path / "pets", {"cat": 3, "dog": 3})
     (d / "emu").mkdir()
     (d / "emu" / "readme.txt").write_text("no images here")
-    with pytest.raises(D.DataError) as e:
-        D.scan_folder(str(d))
+    with pytest.raises(cli.UsageError) as e:
+        I.scan_folder(str(d))
     assert "emu" in one_line(e)
-    with pytest.raises(D.DataError):
-        D.load_folder(str(d), IMG)
+    with pytest.raises(cli.UsageError):
+        I.load_folder(str(d), IMG)
 
 
 def test_folder_without_images_is_a_data_error(tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
-    with pytest.raises(D.DataError) as e:
-        D.load_folder(str(tmp_path), IMG)
+    with pytest.raises(cli.UsageError) as e:
+        I.load_folder(str(tmp_path), IMG)
     assert str(tmp_path) in one_line(e)
 
 
 def test_flat_images_without_labels_are_a_data_error(tmp_path):
     save(tmp_path / "a.png")
     save(tmp_path / "b.jpg")
-    with pytest.raises(D.DataError) as e:
-        D.scan_folder(str(tmp_path))
+    with pytest.raises(cli.UsageError) as e:
+        I.scan_folder(str(tmp_path))
     assert "_label" in one_line(e)
 
 
 def test_missing_folder_is_a_data_error(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(D.DataError) as e:
-        D.load_folder(str(missing), IMG)
+    with pytest.raises(cli.UsageError) as e:
+        I.load_folder(str(missing), IMG)
     assert str(missing) in one_line(e)
-    with pytest.raises(D.DataError):
+    with pytest.raises(cli.UsageError):
         D.build_datasets(folder_cfg(missing))
 
 
 def test_unlabelled_flat_files_skipped_with_a_warning(tmp_path, capsys):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=2)
     save(d / "nolabel.png")
-    paths, _ = D.scan_folder(str(d))
+    paths, _ = I.scan_folder(str(d))
     assert len(paths) == 4
     lines = warning_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "1 images" in lines[0]
@@ -234,7 +237,7 @@ def test_unlabelled_flat_files_skipped_with_a_warning(tmp_path, capsys):
 def test_load_folder_warns_once_about_unlabelled_files(tmp_path, capsys):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=2)
     save(d / "nolabel.png")
-    D.load_folder(str(d), IMG)
+    I.load_folder(str(d), IMG)
     assert len(warning_lines(capsys.readouterr().err)) == 1
 
 
@@ -301,7 +304,7 @@ CONVERSIONS = [  # name, file, writer, (x, y) probed in the decoded image, expec
 def test_modes_become_rgb_uint8(tmp_path, name, fname, writer, xy, rgb, tol):
     p = tmp_path / fname
     writer(p)
-    t = D.decode_image(str(p), 30)
+    t = I.decode_image(str(p), 30)
     assert t is not None and t.dtype == torch.uint8 and t.shape == (3, 30, 30)
     got = t[:, xy[1], xy[0]].int()
     assert (got - torch.tensor(rgb)).abs().max() <= tol, (name, got.tolist())
@@ -313,7 +316,7 @@ def test_all_modes_through_load_folder(tmp_path):
         writer(tmp_path / "a" / f"{i}_{fname}")
     save(tmp_path / "b" / "x.png")
     save(tmp_path / "b" / "y.png", seed=1)
-    images, labels, classes, paths = D.load_folder(str(tmp_path), IMG)
+    images, labels, classes, paths = I.load_folder(str(tmp_path), IMG)
     assert images.shape == (len(CONVERSIONS) + 2, 3, S, S) and images.dtype == torch.uint8
     assert classes == ["a", "b"]
 
@@ -328,7 +331,7 @@ def test_exif_orientation_is_applied(tmp_path):
     im.save(tmp_path / "r.jpg", exif=exif, quality=95)
     with Image.open(tmp_path / "r.jpg") as check:
         assert check.getexif().get(0x0112) == 6 and check.size == (20, 40)
-    t = D.decode_image(str(tmp_path / "r.jpg"), 16).float()
+    t = I.decode_image(str(tmp_path / "r.jpg"), 16).float()
     # displayed upright it is 40 wide x 20 tall with the black half on top; unrotated, a square
     # resize would keep black on the left and top == bottom
     top, bottom = t[:, :8].mean(), t[:, 8:].mean()
@@ -340,9 +343,9 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_unreadable_decode_returns_none(tmp_path):
     (tmp_path / "z.jpg").write_bytes(b"")
     (tmp_path / "x.png").write_text("text")
-    assert D.decode_image(str(tmp_path / "z.jpg"), 8) is None
-    assert D.decode_image(str(tmp_path / "x.png"), 8) is None
-    assert D.decode_image(str(tmp_path / "missing.png"), 8) is None
+    assert I.decode_image(str(tmp_path / "z.jpg"), 8) is None
+    assert I.decode_image(str(tmp_path / "x.png"), 8) is None
+    assert I.decode_image(str(tmp_path / "missing.png"), 8) is None
 
 
 # ----------------------------------------------------------------------------- 4. the cache
@@ -350,64 +353,64 @@ def test_unreadable_decode_returns_none(tmp_path):
 def test_cache_second_call_skips_decoding(tmp_path, monkeypatch, capsys):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=3)
     (d / "bad_label1.jpg").write_bytes(b"")
-    paths, _ = D.scan_folder(str(d))
+    paths, _ = I.scan_folder(str(d))
     cache = tmp_path / "cache"
-    first, kept1 = D.decode_folder(paths, S, cache_dir=str(cache))
+    first, kept1 = I.decode_folder(paths, S, cache_dir=str(cache))
     files = sorted(cache.glob(f"images-{S}px-*.pt"))
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
     assert len(warning_lines(capsys.readouterr().err)) == 1
 
     def boom(*a, **k):
         raise AssertionError("decode_image called although the cache is valid")
-    monkeypatch.setattr(D, "decode_image", boom)
-    second, kept2 = D.decode_folder(paths, S, cache_dir=str(cache))
+    monkeypatch.setattr(I, "decode_image", boom)
+    second, kept2 = I.decode_folder(paths, S, cache_dir=str(cache))
     assert torch.equal(first, second) and list(kept1) == list(kept2) and len(kept2) == 6
     lines = warning_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "bad_label1.jpg" in lines[0]  # a cache hit still reports the skips
 
     # load_folder goes through the same cache
-    images, labels, classes, kept_paths = D.load_folder(str(d), IMG, cache_dir=str(cache))
+    images, labels, classes, kept_paths = I.load_folder(str(d), IMG, cache_dir=str(cache))
     assert torch.equal(images, first) and classes == ["1", "2"]
 
 
 def test_cache_key_changes_when_a_file_changes(tmp_path, monkeypatch):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=3)
-    paths, _ = D.scan_folder(str(d))
+    paths, _ = I.scan_folder(str(d))
     cache = tmp_path / "cache"
-    before, _ = D.decode_folder(paths, S, cache_dir=str(cache))
+    before, _ = I.decode_folder(paths, S, cache_dir=str(cache))
 
     calls = []
-    real = D.decode_image
-    monkeypatch.setattr(D, "decode_image", lambda p, s: calls.append(p) or real(p, s))
+    real = I.decode_image
+    monkeypatch.setattr(I, "decode_image", lambda p, s: calls.append(p) or real(p, s))
     # same content, new mtime
     st = os.stat(paths[0])
     os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    again, _ = D.decode_folder(paths, S, cache_dir=str(cache))
+    again, _ = I.decode_folder(paths, S, cache_dir=str(cache))
     assert len(calls) == len(paths) and torch.equal(again, before)
     assert len(list(cache.glob(f"images-{S}px-*.pt"))) == 2
 
     # new content (size changes): the new pixels come back, not the cached ones
     calls.clear()
     save(paths[1], 50, 50, seed=1234, lo=250)  # nearly white
-    changed, _ = D.decode_folder(paths, S, cache_dir=str(cache))
+    changed, _ = I.decode_folder(paths, S, cache_dir=str(cache))
     assert len(calls) == len(paths)
     assert changed[1].float().mean() > 240 and not torch.equal(changed[1], before[1])
 
     # a different size is a different cache entry
     calls.clear()
-    D.decode_folder(paths, S + 2, cache_dir=str(cache))
+    I.decode_folder(paths, S + 2, cache_dir=str(cache))
     assert len(calls) == len(paths)
 
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, capsys):
     d = make_flat(tmp_path / "flat", ["1", "2"], per_class=2)
-    paths, _ = D.scan_folder(str(d))
+    paths, _ = I.scan_folder(str(d))
     cache = tmp_path / "cache"
-    first, _ = D.decode_folder(paths, S, cache_dir=str(cache))
+    first, _ = I.decode_folder(paths, S, cache_dir=str(cache))
     (f,) = cache.glob("*.pt")
     f.write_bytes(b"garbage")
     capsys.readouterr()
-    again, kept = D.decode_folder(paths, S, cache_dir=str(cache))
+    again, kept = I.decode_folder(paths, S, cache_dir=str(cache))
     assert torch.equal(first, again) and len(kept) == 4
     lines = warning_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "cache" in lines[0]
@@ -450,7 +453,7 @@ def test_build_datasets_stratified_split(pets_dir):
 
 
 def test_synthetic_needs_digit_classes(pets_dir):
-    with pytest.raises(D.DataError) as e:
+    with pytest.raises(cli.UsageError) as e:
         D.build_datasets(folder_cfg(pets_dir, "--synthetic-n", "20"))
     assert "digit" in one_line(e)
 
@@ -500,10 +503,10 @@ def test_sample_weights_land_on_the_right_samples(pets_dir, tmp_path, capsys):
 
 def test_sample_weights_errors(tmp_path):
     paths = [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
-    with pytest.raises(D.DataError):
+    with pytest.raises(cli.UsageError):
         D.read_sample_weights(str(tmp_path / "missing.csv"), paths, 2)
     (tmp_path / "bad.csv").write_text("a.jpg,heavy\n")
-    with pytest.raises(D.DataError) as e:
+    with pytest.raises(cli.UsageError) as e:
         D.read_sample_weights(str(tmp_path / "bad.csv"), paths, 2)
     assert "heavy" in one_line(e)
     (tmp_path / "ok.csv").write_text("b.jpg,0.5\n")  # header optional
@@ -515,7 +518,7 @@ def test_sample_weights_same_name_in_two_classes(tmp_path, capsys):
     for c in ("cat", "dog"):
         for i in range(3):
             save(d / c / f"img{i}.png", seed=i + 10 * (c == "dog"))
-    _, _, _, paths = D.load_folder(str(d), IMG)
+    _, _, _, paths = I.load_folder(str(d), IMG)
     csv_path = tmp_path / "w.csv"
     csv_path.write_text("path,weight\ncat/img0.png,0\n")  # relative to the data folder
     w = D.read_sample_weights(str(csv_path), paths, len(paths))
@@ -531,9 +534,9 @@ def _batch(side, n=4, seed=0):
                          generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("preset", D.AUGMENT_PRESETS)
+@pytest.mark.parametrize("preset", AU.AUGMENT_PRESETS)
 def test_batch_augment_shape_dtype(preset):
-    aug = D.BatchAugment(preset, IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
+    aug = AU.BatchAugment(preset, IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
     out = aug(_batch(S, n=5))
     assert out.shape == (5, 3, IMG, IMG) and out.dtype == torch.float32 and torch.isfinite(out).all()
     lo = min((0 - m) / s for m, s in zip(D.IMAGENET_MEAN, D.IMAGENET_STD))
@@ -542,8 +545,8 @@ def test_batch_augment_shape_dtype(preset):
 
 
 def test_batch_augment_none_matches_build_transform():
-    tf = D.build_transform("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD, train=True)
-    aug = D.BatchAugment("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
+    tf = AU.build_transform("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD, train=True)
+    aug = AU.BatchAugment("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
     # at S == img_size neither resizes: identical up to float error
     x = _batch(IMG)
     ref = torch.stack([tf(i) for i in x])
@@ -559,7 +562,7 @@ def test_batch_augment_none_matches_build_transform():
 
 @pytest.mark.parametrize("preset", ["light", "strong"])
 def test_batch_augment_deterministic_under_seed(preset):
-    aug = D.BatchAugment(preset, IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
+    aug = AU.BatchAugment(preset, IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
     x = _batch(S, n=6)
     torch.manual_seed(123)
     a = aug(x)
@@ -572,12 +575,12 @@ def test_batch_augment_deterministic_under_seed(preset):
 
 def test_batch_augment_strong_changes_the_image():
     x = _batch(S, n=6, seed=2)
-    none = D.BatchAugment("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)(x)
+    none = AU.BatchAugment("none", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)(x)
     torch.manual_seed(0)
-    strong = D.BatchAugment("strong", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)(x)
+    strong = AU.BatchAugment("strong", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)(x)
     assert ((strong - none).abs().flatten(1).mean(1) > 0.1).all()
     with pytest.raises(ValueError):
-        D.BatchAugment("wild", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
+        AU.BatchAugment("wild", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
 
 
 @pytest.mark.parametrize("preset", ["light"])
@@ -586,11 +589,11 @@ def test_batch_augment_same_statistics_as_torchvision(preset):
     the perspective's margins): the batched preset must fill as much as torchvision's does,
     and move the pixels as much, on average over many draws."""
     size = 48  # large enough that border interpolation (nearest in torchvision) does not matter
-    x = torch.full((384, 3, D.cache_size(size), D.cache_size(size)), 128, dtype=torch.uint8)
+    x = torch.full((384, 3, I.cache_size(size), I.cache_size(size)), 128, dtype=torch.uint8)
     torch.manual_seed(0)
-    tf = D.build_transform(preset, size, (0, 0, 0), (1, 1, 1))
+    tf = AU.build_transform(preset, size, (0, 0, 0), (1, 1, 1))
     ref = torch.stack([tf(img) for img in x])
-    out = D.BatchAugment(preset, size, (0, 0, 0), (1, 1, 1))(x)
+    out = AU.BatchAugment(preset, size, (0, 0, 0), (1, 1, 1))(x)
     dark = lambda t: (t < 0.1).float().mean().item()  # noqa: E731
     assert dark(ref) > 0.03  # the fill is there to compare
     assert dark(out) == pytest.approx(dark(ref), abs=0.03)  # without the masks, strong: 0.09 vs 0.17
@@ -623,12 +626,12 @@ def test_batch_augment_strong_each_step_matches_torchvision():
     preset without any one step fails the comparison (so a step lost in either would be caught)."""
     from torchvision.transforms import v2
     size, n, mean, std = 80, 256, (0.5,) * 3, (1.0,) * 3
-    side = D.cache_size(size)
+    side = I.cache_size(size)
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     img = torch.tensor([0.45, 0.30, 0.20]).view(3, 1, 1) + 0.15 * ((xx + yy) % 2)  # saturated, textured
     img[:, (xx - 0.6 * side) ** 2 + (yy - 0.4 * side) ** 2 < (0.18 * side) ** 2] = 1.0  # a white blob
     x = (img * 255).round().to(torch.uint8).expand(n, 3, side, side).contiguous()
-    steps = D.build_transform("strong", size, mean, std).transforms
+    steps = AU.build_transform("strong", size, mean, std).transforms
 
     def tv(parts, images):
         torch.manual_seed(0)
@@ -638,7 +641,7 @@ def test_batch_augment_strong_each_step_matches_torchvision():
     tol = {"fill": 0.02, "erased": 0.08, "bright_sd": 0.015, "sat_sd": 0.015, "blob": 0.008, "hf": 0.01}
     ref = tv(steps, x)
     torch.manual_seed(0)
-    out = _strong_stats(D.BatchAugment("strong", size, mean, std)(x))
+    out = _strong_stats(AU.BatchAugment("strong", size, mean, std)(x))
     assert ref["fill"] > 0.05 and ref["erased"] > 0.1  # the marks are there to compare
     assert not _differs(out, ref, tol), (out, ref)
     for i, step in enumerate(steps):
@@ -649,7 +652,7 @@ def test_batch_augment_strong_each_step_matches_torchvision():
     board = ((0.3 + 0.4 * ((xx + yy) % 2))[:size, :size] * 255).round().to(torch.uint8).expand(n, 3, size, size)
     photo = [s for s in steps if not isinstance(s, (v2.RandomResizedCrop, v2.RandomRotation, v2.RandomPerspective,
                                                      v2.RandomAffine))]
-    aug = D.BatchAugment("strong", size, mean, std)
+    aug = AU.BatchAugment("strong", size, mean, std)
     aug.geometry = lambda b, device: [torch.eye(3, device=device).expand(b, 3, 3)]
     ref = tv(photo, board)
     torch.manual_seed(0)
@@ -667,7 +670,7 @@ def test_device_loader_covers_concat_once_per_epoch():
                                 weights=torch.arange(10, dtype=torch.float32) / 10)
     syn_imgs = torch.arange(5, dtype=torch.uint8).add(200).view(5, 1, 1, 1).expand(5, 3, 10, 10).clone()
     syn = D.TensorImageDataset(syn_imgs, torch.tensor([0, 1, 2, 0, 1]), source=1)
-    loader = D.DeviceLoader(ConcatDataset([real, syn]), 5, "cpu", lambda x: x, drop_last=False)
+    loader = AU.DeviceLoader(ConcatDataset([real, syn]), 5, "cpu", lambda x: x, drop_last=False)
     assert len(loader) == 3
     for seed in (0, 1):
         loader.generator = torch.Generator().manual_seed(seed)
@@ -696,15 +699,15 @@ def test_device_loader_covers_concat_once_per_epoch():
 @needs_mnist
 def test_device_loader_on_synthetic_build(digits_dir):
     data = D.build_datasets(folder_cfg(digits_dir, "--val-fraction", "0.34", "--synthetic-n", "20"))
-    aug = D.BatchAugment("none", data.img_size, data.mean, data.std)
-    loader = D.DeviceLoader(data.train, 16, "cpu", aug, drop_last=False)
+    aug = AU.BatchAugment("none", data.img_size, data.mean, data.std)
+    loader = AU.DeviceLoader(data.train, 16, "cpu", aug, drop_last=False)
     n, n_syn = 0, 0
     for imgs, y, src, w in loader:
         assert imgs.shape[1:] == (3, IMG, IMG) and imgs.dtype == torch.float32
         n += len(y)
         n_syn += int(src.sum())
     assert n == len(data.train) == 40 and n_syn == 20
-    assert len(D.DeviceLoader(data.train, 16, "cpu", aug)) == 2  # drop_last default
+    assert len(AU.DeviceLoader(data.train, 16, "cpu", aug)) == 2  # drop_last default
 
 
 # ----------------------------------------------------------------------------- edge cases of the split
@@ -713,7 +716,7 @@ def test_tiny_classes_never_give_an_empty_val(tmp_path):
     d = make_subfolders(tmp_path / "tiny", {"cat": 3, "dog": 3})
     try:
         data = D.build_datasets(folder_cfg(d))
-    except D.DataError:
+    except cli.UsageError:
         return
     assert len(data.val) > 0
 

@@ -11,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+import images as I
+import cli
 from conftest import run_script
 import analyze as A
 import data as D
 import evaluate as E
+import report
 import train
 
 N, FLIPPED, FOLDS = 1200, 120, 3  # 10% of the labels flipped
@@ -45,7 +48,7 @@ def make_folder(root, mnist_root):
         Image.fromarray(images[i, 0].numpy()).save(root / f"d{k:04d}_label{label}.png")
     # without --group-split the split depends on names and labels only, so a file's pixels can
     # change afterwards (the group split would keep the copy on its original's side: tested below)
-    paths, names = D.scan_folder(str(root))
+    paths, names = I.scan_folder(str(root))
     train_idx, val_idx = D.stratified_split(torch.tensor([int(n) for n in names]), 0.15, 0)
     clean = lambda idx: [paths[i] for i in idx.tolist() if os.path.basename(paths[i]) not in flipped]  # noqa: E731
     src = clean(train_idx)[0]
@@ -61,8 +64,8 @@ def run_analyze(ckpt, out, *extra):
 
 def quiet_figures(mp):
     """train.py's per-run figures and report.py's pages are tested elsewhere; skipping them keeps this fast."""
-    mp.setattr(train, "plot_inputs", lambda *a, **k: None)
-    mp.setattr(train, "plot_history", lambda *a, **k: None)
+    mp.setattr(report, "plot_inputs", lambda *a, **k: None)
+    mp.setattr(report, "plot_history", lambda *a, **k: None)
     mp.setattr(A, "write_pages", lambda *a, **k: None)
 
 
@@ -237,5 +240,5 @@ def test_fold_run_validates_on_its_fold(flipped_run, tmp_path):
         hashes.add(data.config["split_hash"])
     assert len(hashes) == FOLDS + 1
     for folds_, fold in ((FOLDS, FOLDS), (1, 0), (FOLDS, None), (0, 1)):
-        with pytest.raises(D.DataError, match="--folds K >= 2 and --fold k"):
+        with pytest.raises(cli.UsageError, match="--folds? must be"):
             D.build_datasets(dict(cfg, folds=folds_, fold=fold), check=False)

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+import augment as AU
+import cli
 import data as D
 import train
 
@@ -129,7 +131,7 @@ def test_folder_split_is_grouped_by_default_and_recorded(tmp_path):
     args.group_split = False
     assert D.build_datasets(D.data_config(args)).config["num_groups"] is None
     args.group_split, args.group_regex = True, "("
-    with pytest.raises(D.DataError, match="--group-regex"):
+    with pytest.raises(cli.UsageError, match="--group-regex"):
         D.build_datasets(D.data_config(args))
 
 
@@ -142,10 +144,10 @@ def _blur_of(tf):
 @pytest.mark.parametrize("size,kernel,sigma", [(128, 5, (0.1, 2.0)), (64, 3, (0.05, 1.0)), (32, 3, (0.025, 0.5)),
                                                (256, 9, (0.2, 4.0))])
 def test_strong_blur_scales_with_the_image_and_is_table_1_at_128(size, kernel, sigma):
-    blur = _blur_of(D.build_transform("strong", size, (0.5,) * 3, (0.5,) * 3))
+    blur = _blur_of(AU.build_transform("strong", size, (0.5,) * 3, (0.5,) * 3))
     assert list(blur.kernel_size) == [kernel, kernel]
     assert blur.sigma == pytest.approx(list(sigma))
-    assert D.strong_blur(size) == (kernel, pytest.approx(sigma))
+    assert AU.strong_blur(size) == (kernel, pytest.approx(sigma))
 
 
 def test_batched_strong_blurs_as_much_relative_to_the_image_at_every_size():
@@ -153,11 +155,11 @@ def test_batched_strong_blurs_as_much_relative_to_the_image_at_every_size():
     torch.manual_seed(0)
     widths = {}
     for size in (64, 128):
-        k, (lo, hi) = D.strong_blur(size)
+        k, (lo, hi) = AU.strong_blur(size)
         x = torch.zeros(64, 1, size, size)
         x[..., size // 2:] = 1
         sigma = torch.full((64,), hi)
-        y = D._blur(x, sigma, k)[:, 0, size // 2]
+        y = AU._blur(x, sigma, k)[:, 0, size // 2]
         widths[size] = ((y > 0.05) & (y < 0.95)).sum(1).float().mean().item()
     assert widths[128] == pytest.approx(2 * widths[64], rel=0.35)
 

@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import checkpoint as CK
+import device as DV
 import data as D
 import evaluate as E
 import model as M
+import report
 import train
 from conftest import fabricate_checkpoint, run_script, tiny_train_args
 
@@ -21,8 +24,8 @@ CPU = torch.device("cpu")
 
 
 def train_quiet(argv, mp):
-    mp.setattr(train, "plot_inputs", lambda *a, **k: None)
-    mp.setattr(train, "plot_history", lambda *a, **k: None)
+    mp.setattr(report, "plot_inputs", lambda *a, **k: None)
+    mp.setattr(report, "plot_history", lambda *a, **k: None)
     return train.main(train.get_args_parser().parse_args(list(map(str, argv))))
 
 
@@ -112,10 +115,10 @@ def test_tta_is_the_mean_softmax_of_its_views_in_the_run_layout():
     model.features[0].register_forward_pre_hook(
         lambda m, inp: layouts.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
     views = [lambda x: x, lambda x: x.flip(-1)]
-    out = M.predict(model, loader, CPU, views=views, temperature=2.0)
-    p = [M.predict(model, [(v(x), y) for x, y in loader], CPU, temperature=2.0)["logits"].softmax(1) for v in views]
+    out = E.predict(model, loader, CPU, views=views, temperature=2.0)
+    p = [E.predict(model, [(v(x), y) for x, y in loader], CPU, temperature=2.0)["logits"].softmax(1) for v in views]
     assert torch.allclose(out["logits"].softmax(1), (p[0] + p[1]) / 2, atol=1e-6)
-    assert layouts == [M.use_channels_last(CPU, "bf16", 28)] * 4
+    assert layouts == [DV.use_channels_last(CPU, "bf16", 28)] * 4
 
 
 def test_ensemble_is_the_mean_softmax_and_refuses_other_classes(mnist_run, mnist_root, tmp_path, capsys):
@@ -129,9 +132,9 @@ def test_ensemble_is_the_mean_softmax_and_refuses_other_classes(mnist_run, mnist
     mean = (outs[0] + outs[1]) / 2
     assert res["test"]["correct"] == int((mean.argmax(1) == data.test.targets).sum())
     assert "2-model ensemble Test set" in capsys.readouterr().out
-    ck = M.load_checkpoint(str(b))
+    ck = CK.load_checkpoint(str(b))
     ck["classes"] = [f"c{i}" for i in range(10)]
-    M.save_checkpoint(ck, str(tmp_path / "other.pt"))
+    CK.save_checkpoint(ck, str(tmp_path / "other.pt"))
     r = run_script("evaluate.py", a, tmp_path / "other.pt", "--out", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "same class list" in r.stderr
 
@@ -141,9 +144,9 @@ def test_calibration_error_and_temperature_fit():
     probs[:, 0] = 0.9
     labels = torch.zeros(100, dtype=torch.long)
     labels[:10] = 1  # 90% right at confidence 0.9: calibrated
-    assert M.calibration_bins(probs, labels)[3] == pytest.approx(0.0, abs=1e-6)
+    assert E.calibration_bins(probs, labels)[3] == pytest.approx(0.0, abs=1e-6)
     labels[:50] = 1  # 50% right at 0.9: 0.4 over-confident
-    assert M.calibration_bins(probs, labels)[3] == pytest.approx(0.4)
+    assert E.calibration_bins(probs, labels)[3] == pytest.approx(0.4)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4000, 5, generator=g) * 2
     y = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)  # labels drawn from softmax(z)
@@ -154,10 +157,10 @@ def test_temperature_auto_is_stored_and_lowers_ece(mnist_run, tmp_path, capsys):
     tmp, _ = mnist_run
     ck_path = tmp_path / "best.pt"
     ck_path.write_bytes((tmp / "run" / "best.pt").read_bytes())
-    before = M.load_checkpoint(str(ck_path))
+    before = CK.load_checkpoint(str(ck_path))
     E.main(E.get_args_parser().parse_args([str(ck_path), "--temperature", "auto", "--split", "val"]))
     out = capsys.readouterr().out
-    after = M.load_checkpoint(str(ck_path))
+    after = CK.load_checkpoint(str(ck_path))
     assert after["temperature"] > 0 and set(after) == set(before) | {"temperature"}
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     ece = [float(v) for v in __import__("re").search(r"val ECE ([\d.]+)% -> ([\d.]+)%", out).groups()]
@@ -189,7 +192,7 @@ def test_test_dir_is_the_test_split(tmp_path, monkeypatch, capsys):
                        "--save-dir", tmp_path / "run"], monkeypatch)
     out = capsys.readouterr().out
     assert res["test"]["total"] == 9 and "Test set:" in out and ", 9 test |" in out
-    ck = M.load_checkpoint(str(tmp_path / "run" / "best.pt"))
+    ck = CK.load_checkpoint(str(tmp_path / "run" / "best.pt"))
     assert ck["data"]["test_dir"] == str(test_dir)
     with open(tmp_path / "run" / "history.csv", newline="") as f:
         assert all(r["test_acc"] != "" for r in csv.DictReader(f))
@@ -201,7 +204,7 @@ def test_test_dir_is_the_test_split(tmp_path, monkeypatch, capsys):
                         "--epochs", 2, "--eval-test", "--augment", "none", "--quiet", "--workers", 0,
                         "--save-dir", tmp_path / "run2"], monkeypatch)
     assert res2["val"] == res["val"]
-    assert M.load_checkpoint(str(tmp_path / "run2" / "best.pt"))["epoch"] == ck["epoch"]
+    assert CK.load_checkpoint(str(tmp_path / "run2" / "best.pt"))["epoch"] == ck["epoch"]
 
 
 def test_test_dir_unknown_class_and_bad_use_are_one_line(tmp_path, mnist_root):
@@ -238,9 +241,9 @@ def test_clip_grad_clips_every_real_step(tmp_path, mnist_root, monkeypatch):
 def test_head_mlp_trains_and_reloads(tmp_path, mnist_root, monkeypatch):
     res = train_quiet(tiny_train_args(mnist_root, tmp_path, "--model", "resnet18", "--head", "mlp", "--epochs", 1,
                                       "--val-fraction", 0.02, "--augment", "none"), monkeypatch)
-    ck = M.load_checkpoint(str(tmp_path / "best.pt"))
+    ck = CK.load_checkpoint(str(tmp_path / "best.pt"))
     assert ck["model_args"]["head"] == "mlp"
-    net = M.model_from_checkpoint(ck)
+    net = CK.model_from_checkpoint(ck)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())  # the mlp head, not a Linear
     init = M.build_model("resnet18", 10, 1, **ck["model_args"]).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in ck["state_dict"].items() if ".bias" in k and "fc" in k)

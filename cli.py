@@ -1,0 +1,133 @@
+"""What every script shares at its edges: the usage error, option checks, the entry point that
+turns bad input into one line, and atomic writes.
+
+Every script ends with `cli.run_main(main, parser.parse_args)`, raises `UsageError` (or a
+subclass: `CheckpointError`, `TrainingError`) for bad input, and writes every file through
+`atomic_write`, so a crash or a full disk never leaves a half-written output.
+"""
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+
+
+class UsageError(Exception):
+    """Bad input (an option value, a missing or unreadable file, unusable data): one line, exit 2."""
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def check_args(args, *rules):
+    """Bad option values: one line (UsageError) before anything is loaded or trained. A rule is
+    (option dest, ok, what the value must be)."""
+    for name, ok, need in rules:
+        if not ok:
+            raise UsageError(f"--{name.replace('_', '-')} must be {need}, got {getattr(args, name)}")
+
+
+def check_folder_arg(path, option):
+    """An output folder option (--out, --save-dir, --cache-dir) that names an existing file."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a file, not a folder")
+
+
+def printable_stdout():
+    """A file name that is not valid UTF-8 is printed escaped, not a UnicodeEncodeError."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def run_main(main, parse_args, interrupted=None):
+    """A script's entry point: main(parse_args()). Bad input (UsageError) and failed file
+    operations (OSError: a full disk, an unwritable folder) are one line `error: ...` on stderr
+    and exit code 2; Ctrl-C is `interrupted` (plus `interrupted(exception)`, what to do next) and
+    exit code 130, what a shell reports for a program stopped by Ctrl-C. Never a traceback."""
+    printable_stdout()
+    try:
+        return main(parse_args())
+    except KeyboardInterrupt as e:
+        hint = interrupted(e) if interrupted else None
+        print(f"interrupted{f': {hint}' if hint else ''}", file=sys.stderr)
+        sys.exit(130)
+    except (UsageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", fsync=False):
+    """Open a temp file beside `path` and rename it over `path` when the block ends without an
+    error, so a crash, a full disk or a bad character never leaves a half-written file (and an
+    older `path` stays as it was). Text is UTF-8; file names that are not valid UTF-8 (surrogate
+    escapes) are written back as their original bytes. The file gets the usual mode (umask)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1)
+
+
+def save_figure(fig, path, **kwargs):
+    """matplotlib's savefig through `atomic_write` (the format from the file extension); closes `fig`."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
+    finally:
+        if "matplotlib.pyplot" in sys.modules:  # synth.py draws without pyplot
+            sys.modules["matplotlib.pyplot"].close(fig)
+
+
+class SigintStop:
+    """While `armed` (the epochs), the first Ctrl-C (SIGINT) only sets `requested`: the loop
+    finishes its optimizer step, writes last.pt and stops. Otherwise, and on a second Ctrl-C,
+    SIGINT raises KeyboardInterrupt as usual. A context manager, so the previous handler is back
+    however the block ends (experiments.py calls train.main in-process)."""
+
+    def __init__(self, enabled=True):
+        # only the main thread may set handlers; under torchrun, Ctrl-C reaches every process
+        # at a different step and torchrun stops them all, so there the default is kept
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.armed = self.requested = False
+
+    def __enter__(self):
+        if self.enabled:
+            self.pid = os.getpid()
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self.pid:
+            # a forked DataLoader worker inherits this handler, and a terminal's Ctrl-C reaches
+            # the whole process group: the main process stops the run, the worker carries on
+            return
+        if self.requested or not self.armed:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run in the middle of another write to stderr
+        os.write(2, b"\nCtrl-C: stopping after this step and saving last.pt (Ctrl-C again to abort)\n")

@@ -1,0 +1,255 @@
+"""Image folders: scanning both labelled layouts, robust decoding, and the decode cache.
+
+A folder is read once into one uint8 tensor [N, 3, S, S]; every file that is not used is named
+in one warning line (unreadable, hidden, not a regular file, outside the class folders).
+"""
+import errno
+import hashlib
+import os
+import re
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from cli import UsageError, atomic_write, warn
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
+LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
+                      re.IGNORECASE)
+JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
+CACHE_VERSION = 1
+
+
+def fingerprint(*parts):
+    """A short hash that pins a split (the file list and the val indices)."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(repr(p).encode() if not torch.is_tensor(p) else p.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def to_channels(images, channels):
+    """uint8 [N, C, H, W] -> `channels` channels (RGB <-> grayscale), for classifying
+    arbitrary images with a model trained on the other kind."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, channels, -1, -1).contiguous()
+
+
+def _skip_reason(path):
+    """None for a regular file (also behind a symlink), else why it is not read: a FIFO or device
+    would block or never end, a symlink loop or a dangling link cannot be opened."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        return "dangling link" if os.path.islink(path) else (e.strerror or type(e).__name__).lower()
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _warn_skipped_entries(root, skipped):
+    """One warning for the entries of `root` a scan left out: [(path, why)]."""
+    if skipped:
+        whys = ", ".join(f"{n} {why}" for why, n in sorted(
+            {w: sum(1 for _, x in skipped if x == w) for _, w in skipped}.items()))
+        names = ", ".join(os.path.basename(p) for p, _ in skipped[:3])
+        warn(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in {root} ({whys}): "
+             f"{names}{', ...' if len(skipped) > 3 else ''}")
+
+
+def _walk_images(top, skipped):
+    """Regular image files under `top`, recursively and sorted; hidden files and folders and
+    what `_skip_reason` refuses are added to `skipped` instead."""
+    files = []
+    for dp, dirs, fs in os.walk(top):
+        for d in sorted(dirs):
+            if d.startswith(".") or d in JUNK_DIRS:
+                skipped.append((os.path.join(dp, d), "hidden folder"))
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_DIRS))
+        for f in sorted(fs):
+            if not f.lower().endswith(IMG_EXTENSIONS):
+                continue
+            p = os.path.join(dp, f)
+            why = "hidden file" if f.startswith(".") else _skip_reason(p)
+            if why:
+                skipped.append((p, why))
+            else:
+                files.append(p)
+    return files
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def scan_folder(root):
+    """(paths, label names) of a labelled image folder, in either layout:
+    one subfolder per class (`7/x.jpg`, `muffin/y.jpg`) or flat files named `..._label7.jpg`.
+    Only regular files are read; hidden files and folders, `__MACOSX/`, FIFOs, symlink loops and
+    dangling links are skipped with one warning."""
+    if not os.path.isdir(root):
+        raise UsageError(f"data folder not found: {root}")
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    skipped = [(e.path, "hidden folder") for e in entries if _is_dir(e) and e.name in JUNK_DIRS]
+    subdirs = [e for e in entries if _is_dir(e) and not e.name.startswith(".") and e.name not in JUNK_DIRS]
+    flat = [e.path for e in entries if not _is_dir(e) and not e.name.startswith(".")
+            and e.name.lower().endswith(IMG_EXTENSIONS)]
+    labelled = [p for p in flat if LABEL_RE.search(os.path.basename(p))]
+    if subdirs and labelled:
+        with_images = [d.name for d in subdirs if _walk_images(d.path, [])]
+        if with_images:
+            raise UsageError(f"{root} mixes both layouts: {len(labelled)} files named like x_label7.jpg and "
+                             f"class folders with images ({', '.join(with_images[:3])}); move one kind out")
+        skipped += [(d.path, "folder without images") for d in subdirs]
+        subdirs = []
+    if subdirs:
+        paths, names = [], []
+        for d in subdirs:
+            files = _walk_images(d.path, skipped)
+            if not files:
+                raise UsageError(f"class folder {d.path} has no images ({'/'.join(IMG_EXTENSIONS)})")
+            paths += files
+            names += [d.name] * len(files)
+        skipped += [(p, "image outside the class folders") for p in flat]
+        _warn_skipped_entries(root, skipped)
+        return paths, names
+    paths, names, copies = [], [], []
+    for p in flat:
+        m = LABEL_RE.search(os.path.basename(p))
+        if not m:
+            continue
+        why = _skip_reason(p)
+        if why:
+            skipped.append((p, why))
+            continue
+        paths.append(p)
+        names.append(m.group(1))
+        if m.group(2):
+            copies.append(p)
+    if not paths:
+        raise UsageError(f"no labelled images in {root} (expected class subfolders or files "
+                         f"named like x_label7.jpg; found {len(flat)} image files)")
+    if len(labelled) < len(flat):
+        warn(f"{len(flat) - len(labelled)} images in {root} have no _label<name> in the file name; skipped")
+    if copies:
+        warn(f"{len(copies)} files in {root} are named like copies (e.g. {os.path.basename(copies[0])}): "
+             f"labelled as their originals; analyze.py lists near-duplicates")
+    _warn_skipped_entries(root, skipped)
+    return paths, names
+
+
+def list_images(root):
+    """All regular image files under `root` (recursively), sorted: for classifying an unlabelled folder."""
+    if not os.path.isdir(root):
+        raise UsageError(f"image folder not found: {root}")
+    skipped = []
+    paths = _walk_images(root, skipped)
+    if not paths:
+        raise UsageError(f"no images ({'/'.join(IMG_EXTENSIONS)}) in {root}"
+                        + (f" ({len(skipped)} skipped: {short_names([p for p, _ in skipped])})" if skipped else ""))
+    _warn_skipped_entries(root, skipped)
+    return paths
+
+
+def decode_image(path, size):
+    """One file -> uint8 RGB tensor [3, size, size], or None when it cannot be read.
+
+    EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and
+    16-bit images become 8-bit RGB. JPEGs are decoded at reduced scale when much larger."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                a = np.asarray(img, dtype=np.float32)
+                a = a / 257.0 if a.max() > 255 else a  # 16-bit -> 8-bit
+                img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img.alpha_composite(rgba)
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def cache_size(img_size):
+    """Side of the decoded cache: a little above img_size, so crops and resizes have margin."""
+    return img_size + img_size // 8
+
+
+def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
+    """Decode `paths` once into (uint8 [N, 3, size, size], kept index list), skipping unreadable
+    files with one warning. With `cache_dir`, the result is stored on disk keyed by the file
+    list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
+    key = None
+    if cache_dir:
+        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+        key = fingerprint(CACHE_VERSION, size, stats)
+        cache_file = os.path.join(cache_dir, f"images-{size}px-{key}.pt")
+        if os.path.isfile(cache_file):
+            try:
+                c = torch.load(cache_file, weights_only=True)
+                if warn_skipped:
+                    warn_unreadable([paths[i] for i in c["skipped"]])
+                return c["images"], c["kept"]
+            except Exception as e:  # a broken cache is rebuilt, never fatal
+                warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, not a grey image
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL releases the GIL
+        decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
+    kept = [i for i, t in enumerate(decoded) if t is not None]
+    skipped = [i for i, t in enumerate(decoded) if t is None]
+    if warn_skipped:
+        warn_unreadable([paths[i] for i in skipped])
+    images = torch.stack([decoded[i] for i in kept]) if kept else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    if key:
+        os.makedirs(cache_dir, exist_ok=True)
+        with atomic_write(cache_file, "wb") as f:  # a temp name of its own: runs may share a cache
+            torch.save({"images": images, "kept": kept, "skipped": skipped}, f)
+    return images, kept
+
+
+def warn_unreadable(bad):
+    if bad:
+        warn(f"skipped {len(bad)} unreadable image file(s): {short_names(bad)}")
+
+
+def short_names(paths):
+    return ", ".join(os.path.basename(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def load_folder(root, img_size, cache_dir=None):
+    """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
+    all_paths, all_names = scan_folder(root)
+    images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False)
+    paths, names = [all_paths[i] for i in kept], [all_names[i] for i in kept]
+    classes = sorted(set(names), key=_natural_key)
+    bad = [p for i, p in enumerate(all_paths) if i not in set(kept)]
+    if not paths:
+        raise UsageError(f"none of the images in {root} could be read ({short_names(bad)})")
+    lost = sorted(set(all_names) - set(classes))
+    if lost:
+        raise UsageError(f"class {lost[0]!r} in {root} has no readable images ({short_names(bad)})")
+    warn_unreadable(bad)
+    index = {c: i for i, c in enumerate(classes)}
+    return images, torch.tensor([index[n] for n in names]), classes, paths
+
+
+def _natural_key(name):
+    """Sort '2' before '10', names alphabetically."""
+    # the name breaks ties ('3' and '03'), so the order never depends on the hash seed
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
