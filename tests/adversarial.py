@@ -106,6 +106,11 @@ def cli(script, argv, cwd, timeout=HANG_S):
     return code, out.getvalue(), err.getvalue()
 
 
+def slow(case):
+    """The same case (a pytest.param) with the slow mark (pytest.ini): left out of pytest -m "not slow"."""
+    return pytest.param(*case.values, marks=[*case.marks, pytest.mark.slow], id=case.id)
+
+
 def cli_subprocess(script, argv, cwd, timeout=HANG_S):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:

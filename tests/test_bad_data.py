@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import images as I
 import cli
-from adversarial import TRAIN, case_dir, check, make_folder, save_png, snapshot, world  # noqa: F401 (fixtures)
+import images as I
+from adversarial import TRAIN, case_dir, check, make_folder, save_png, slow, snapshot, world  # noqa: F401 (fixtures)
 
 DRY = ["--data-dir", "d", *TRAIN[2:], "--dry-run"]           # train.py --dry-run on folder d/
 EVAL = ["run/best.pt", "--data-dir", "data", "--out", "ev"]  # evaluate.py / analyze.py of the trained run
@@ -155,12 +155,14 @@ CASES = [
     C("good symlink", then(sub, lambda w: os.symlink(w / "d/0/img0.png", w / "d/1/l.png")), "train.py", DRY, 0, None),
     C("folder symlink loop", then(sub, link("d/0/up", "..")), "train.py", DRY, 0, None),
     C("data dir is a symlink loop", link("d", "d"), "train.py", DRY, 2, "data folder not found"),
-    C("FIFO in class", then(sub, fifo("d/0/pipe.png")), "train.py", DRY, 0, "not a regular file", subprocess=True),
-    C("FIFO flat", then(flat, fifo("d/p_label0.png")), "train.py", DRY, 0, "not a regular file", subprocess=True),
-    C("FIFO + cache", then(sub, fifo("d/1/pipe.jpg")), "train.py", [*DRY, "--cache-dir", "c"], 0, "not a regular file",
-      subprocess=True),
-    C("FIFO in --images", then(sub, fifo("d/0/pipe.png")), "evaluate.py", [*EVAL, "--images", "d"], 0,
-      "not a regular file", ("ev/*",), subprocess=True),
+    slow(C("FIFO in class", then(sub, fifo("d/0/pipe.png")), "train.py", DRY, 0, "not a regular file",
+           subprocess=True)),
+    slow(C("FIFO flat", then(flat, fifo("d/p_label0.png")), "train.py", DRY, 0, "not a regular file",
+           subprocess=True)),
+    slow(C("FIFO + cache", then(sub, fifo("d/1/pipe.jpg")), "train.py", [*DRY, "--cache-dir", "c"], 0,
+           "not a regular file", subprocess=True)),
+    slow(C("FIFO in --images", then(sub, fifo("d/0/pipe.png")), "evaluate.py", [*EVAL, "--images", "d"], 0,
+           "not a regular file", ("ev/*",), subprocess=True)),
     # --- sample weights: Excel's BOM, Latin-1, harmful values
     C("weights BOM", then(sub, weights("\ufeffpath,weight\nimg0.png,0.5\n")), "train.py",
       [*DRY, "--sample-weights", "w.csv"], 0, "not in the dataset"),
@@ -187,19 +189,20 @@ CASES = [
     # --- classes changed after training: refused by name, or mapped by name when unambiguous
     C("class renamed", move("data/2", "data/two"), "evaluate.py", EVAL, 2, "not in the checkpoint: two; not in the data: 2"),
     C("class added", then(png("data/3/a.png"), png("data/3/b.png", 8)), "evaluate.py", EVAL, 2, "not in the checkpoint: 3"),
-    C("class removed", remove("data/2"), "evaluate.py", EVAL, 0, "no images of the checkpoint's class(es) 2",
-      ("ev/*",)),
-    C("class removed analyze", remove("data/2"), "analyze.py", ANALYZE, 0, "class(es) 2", ("an/*",)),
-    C("files added since training", png("data/0/new.png"), "evaluate.py", EVAL, 0, "not the same split", ("ev/*",)),
+    slow(C("class removed", remove("data/2"), "evaluate.py", EVAL, 0, "no images of the checkpoint's class(es) 2",
+           ("ev/*",))),
+    slow(C("class removed analyze", remove("data/2"), "analyze.py", ANALYZE, 0, "class(es) 2", ("an/*",))),
+    slow(C("files added since training", png("data/0/new.png"), "evaluate.py", EVAL, 0, "not the same split",
+           ("ev/*",))),
     C("class renamed analyze", move("data/2", "data/two"), "analyze.py", ANALYZE, 2, "not in the checkpoint: two"),
     C("class added analyze", then(png("data/3/a.png"), png("data/3/b.png", 8)), "analyze.py", ANALYZE, 2, "not in the checkpoint: 3"),
     # --- evaluate: --images edge cases
     C("--images all unreadable", then(text("im/a.png", "x"), text("im/b.jpg", b"")), "evaluate.py",
       [*EVAL, "--images", "im"], 2, "none of the 2 images"),
     C("--images no images", text("im/a.txt", "x"), "evaluate.py", [*EVAL, "--images", "im"], 2, "no images"),
-    C("analyze prints a non-UTF-8 name", lambda w: os.link(w / "data/0/img0.png", os.path.join(os.fsencode(w / "data/0"),
-                                                                                              b"\xff.png")),
-      "analyze.py", ANALYZE, 0, "not the same split", ("an/*",), subprocess=True, stdout="duplicate"),
+    slow(C("analyze prints a non-UTF-8 name",
+           lambda w: os.link(w / "data/0/img0.png", os.path.join(os.fsencode(w / "data/0"), b"\xff.png")),
+           "analyze.py", ANALYZE, 0, "not the same split", ("an/*",), subprocess=True, stdout="duplicate")),
     C("--images non-UTF-8", bytes_name("im", b"\xff.png"), "evaluate.py", [*EVAL, "--images", "im"], 0, None, ("ev/*",),
       stdout="classified 1 images"),
     C("--images hidden only", png("im/.a.png"), "evaluate.py", [*EVAL, "--images", "im"], 2, "no images"),
@@ -211,22 +214,24 @@ CASES = [
     C("second run default dir", copy_run("checkpoints"), "train.py", TRAIN[:-4], 2, "holds a run"),
     C("second run only history", lambda w: [remove(f"run/{f}")(w) for f in ("best.pt", "last.pt")], "train.py",
       [*TRAIN, "--save-dir", "run"], 2, "holds a run (history.csv)"),
-    C("second run --overwrite", None, "train.py", [*TRAIN, "--save-dir", "run", "--overwrite"], 0, None, RUN_FILES),
+    slow(C("second run --overwrite", None, "train.py", [*TRAIN, "--save-dir", "run", "--overwrite"], 0, None,
+           RUN_FILES)),
     C("resume elsewhere into a run", copy_run("run2"), "train.py", [*TRAIN, "--save-dir", "run", "--resume",
                                                                     "run2/last.pt"], 2, "holds a run"),
-    C("resume in place", None, "train.py", [*TRAIN, "--save-dir", "run", "--resume", "run/last.pt", "--epochs", 2], 0,
-      "--epochs 1 -> 2", RUN_FILES),
+    slow(C("resume in place", None, "train.py", [*TRAIN, "--save-dir", "run", "--resume", "run/last.pt", "--epochs", 2],
+           0, "--epochs 1 -> 2", RUN_FILES)),
     C("dry run into a run", None, "train.py", [*TRAIN, "--save-dir", "run", "--dry-run"], 0, None),
-    C("analyze keeps user files in mistakes/", then(text("an/mistakes/notes.txt", "mine"), png("an/mistakes/0/mine.png")),
-      "analyze.py", ANALYZE, 0, None, ("an/*.*", "an/mistakes/.analyze-files")),
+    slow(C("analyze keeps user files in mistakes/",
+           then(text("an/mistakes/notes.txt", "mine"), png("an/mistakes/0/mine.png")),
+           "analyze.py", ANALYZE, 0, None, ("an/*.*", "an/mistakes/.analyze-files"))),
     C("analyze mistakes/ is a file", text("an/mistakes", "mine"), "analyze.py", ANALYZE, 2, "is a file"),
     # --- datasets smaller than a figure, a batch or a k-NN needs: the figures degrade
-    C("tiny dataset: train", lambda w: make_folder(w / "t", ("0", "1"), 2), "train.py", ["--data-dir", "t", *TRAIN[2:]],
-      0, None, TRAIN_OUT, stdout="2 train, 2 val"),
-    C("tiny dataset: analyze --folds", tiny_run, "analyze.py", ["tr/best.pt", "--out", "an", "--folds", 2,
-                                                                "--fold-epochs", 1, "--dashboard-points", 3], 0, None,
-      ("an/*",), stdout="wrote metrics.json"),
-    C("tiny dataset: evaluate", tiny_run, "evaluate.py", ["tr/best.pt", "--out", "ev"], 0, None, ("ev/*",)),
+    slow(C("tiny dataset: train", lambda w: make_folder(w / "t", ("0", "1"), 2), "train.py",
+           ["--data-dir", "t", *TRAIN[2:]], 0, None, TRAIN_OUT, stdout="2 train, 2 val")),
+    slow(C("tiny dataset: analyze --folds", tiny_run, "analyze.py",
+           ["tr/best.pt", "--out", "an", "--folds", 2, "--fold-epochs", 1, "--dashboard-points", 3], 0, None,
+           ("an/*",), stdout="wrote metrics.json")),
+    slow(C("tiny dataset: evaluate", tiny_run, "evaluate.py", ["tr/best.pt", "--out", "ev"], 0, None, ("ev/*",))),
     # --- damaged outputs that report.py reads
     C("report: history truncated", history("epoch,val_acc,seconds\n1,0.5"), "report.py", ["run"], 0, "lacks columns",
       ("run/report.*",)),
@@ -272,6 +277,7 @@ def test_copies_are_labelled_as_their_originals(tmp_path):
     assert sorted(set(names)) == ["0", "1"] and len(names) == 7
 
 
+@pytest.mark.slow  # trains a run, ~4 s
 def test_outputs_get_the_umask_mode(world, tmp_path):
     """Checkpoints and every other output: the usual mode, so a group can read a shared run folder."""
     import train
@@ -287,6 +293,7 @@ def test_outputs_get_the_umask_mode(world, tmp_path):
     assert not [p for p in os.listdir(tmp_path / "r") if p.startswith(".tmp")]
 
 
+@pytest.mark.slow  # analyze.py twice, ~12 s
 def test_analyze_removes_only_its_own_mistakes(case_dir):
     """A second analyze.py into the same --out: the first run's mistake images go, a user's files stay."""
     check(case_dir, "analyze.py", ANALYZE, 0, None, ("an/*",))

@@ -7,7 +7,7 @@ or model trained, and changes no file. See tests/adversarial.py for how a case i
 import pytest
 import torch
 
-from adversarial import TRAIN, case_dir, check, world  # noqa: F401 (fixtures)
+from adversarial import TRAIN, case_dir, check, slow, world  # noqa: F401 (fixtures)
 
 BASE = {
     "train.py": TRAIN,
@@ -153,6 +153,13 @@ MODEL_CASES += [pytest.param("model.py", ["--model-as", *args], text, id=f"model
 
 ALL = (TRAIN_CASES + EVALUATE_CASES + ANALYZE_CASES + REPORT_CASES + EXPERIMENT_CASES + SYNTH_CASES + BENCH_CASES
        + MODEL_CASES)
+# marked slow (pytest.ini), measured with pytest --durations=0: a bad --img-size has the model tried at
+# every size up to 64 (model.img_size_error). train.py caches that per model, so its first case per model
+# pays (~1 s for net: marked; the convnet and mnist_example ones stay); model.py runs afresh each time,
+# so each of its cases pays (0.4-1.4 s): marked, train.py's cases keep the check in the fast loop.
+SLOW = {"train:--model net --img-size 7", "model:--img-size 0", "model:--img-size 9", "model:--img-size -5",
+        "model:mnist_example --img-size 32", "model:mnist_example --img-size 14", "model:net --img-size 7"}
+ALL = [slow(case) if case.id in SLOW else case for case in ALL]
 
 
 def command_line(script, args):

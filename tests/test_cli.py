@@ -11,6 +11,8 @@ import pytest
 
 from conftest import run_script, tiny_train_args
 
+pytestmark = pytest.mark.slow  # every case is a script run as a subprocess (the module fixture cli)
+
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, mnist_root, fake_convnet_dir):

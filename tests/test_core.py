@@ -135,6 +135,7 @@ def test_resnet18_parameter_count():
         assert M.count_parameters(net) == 11_181_642, drop
 
 
+@pytest.mark.slow  # model.py as a subprocess
 def test_model_py_prints_parameter_count():
     proc = run_script("model.py", "convnet")
     assert proc.returncode == 0, proc.stderr
@@ -352,6 +353,7 @@ def _nested_equal(a, b, where=""):
         assert a == b, where
 
 
+@pytest.mark.slow  # trains MNIST twice (interrupted + resumed, and whole), ~13 s
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_resume_equals_uninterrupted_run(tmp_path, mnist_root, monkeypatch, capsys, no_test_split, amp):
     """Run A: 3 epochs straight. Run B: the same, interrupted at the start of epoch 2, then
@@ -403,6 +405,7 @@ def tiny_run(tmp_path_factory, mnist_root):
     return d, buf.getvalue(), results
 
 
+@pytest.mark.slow  # fixture tiny_run: train.py on MNIST with --eval-test and its figures, ~4 s
 def test_train_outputs(tiny_run):
     d, out, results = tiny_run
     for f in ("best.pt", "last.pt", "history.csv"):
@@ -417,6 +420,7 @@ def test_train_outputs(tiny_run):
     assert float(row["test_loss"]) == pytest.approx(results["test"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # evaluate.py on the 1% run: every split and its figures, ~2 s
 def test_evaluate(tiny_run, tmp_path, capsys):
     d, train_out, results = tiny_run
     E.main(E.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path)]))
@@ -439,6 +443,7 @@ def test_evaluate(tiny_run, tmp_path, capsys):
     assert summary_lines(out) == summary_lines(train_out)  # train and val lines too
 
 
+@pytest.mark.slow  # analyze.py: t-SNE, neighbours and figures, ~11 s
 def test_analyze(tiny_run, tmp_path, capsys):
     d, _, _ = tiny_run
     A.main(A.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path), "--tsne-samples", "300",
@@ -449,6 +454,7 @@ def test_analyze(tiny_run, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # fixture tiny_run: train.py on MNIST with --eval-test and its figures, ~4 s
 def test_evaluate_classifies_an_image_folder(tiny_run, tmp_path, mnist_root, capsys):
     d, _, _ = tiny_run
     images, labels = D.load_mnist(str(mnist_root), train=False, download=False)

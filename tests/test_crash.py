@@ -104,6 +104,7 @@ def assert_same_run(a_dir, b_dir):
         assert {k: v for k, v in ra.items() if not timing(k)} == {k: v for k, v in rb.items() if not timing(k)}
 
 
+@pytest.mark.slow  # train.py subprocesses stopped in epoch 2 and resumed (fixture runs), ~30 s
 def test_kill_9_in_an_epoch_then_resume_equals_uninterrupted_run(runs):
     rc, stderr = runs["killed"]
     assert rc == -signal.SIGKILL, stderr[-2000:]
@@ -114,6 +115,7 @@ def test_kill_9_in_an_epoch_then_resume_equals_uninterrupted_run(runs):
     assert_same_run(runs["dirs"]["whole"], runs["dirs"]["killed"])
 
 
+@pytest.mark.slow  # train.py subprocesses stopped in epoch 2 and resumed (fixture runs), ~30 s
 def test_ctrl_c_saves_last_pt_exits_130_and_resumes_exactly(runs):
     rc, stderr = runs["interrupted"]
     assert rc == 130, stderr[-2000:]
@@ -217,6 +219,7 @@ def test_a_folder_in_the_way_of_best_pt_stops_training_with_one_line(tmp_path, m
                             f"any previous best.pt there is unchanged")
 
 
+@pytest.mark.slow  # train.py as a subprocess
 def test_cli_save_dir_that_is_a_file_is_one_line(tmp_path, mnist_root):
     (tmp_path / "file").write_text("not a folder")
     proc = run_script("train.py", *tiny_train_args(mnist_root, tmp_path / "file", "--epochs", 1))

@@ -74,6 +74,7 @@ def runs(tmp_path_factory, mnist_root):
     return proc.returncode, stdout, stderr, tmp / "two", tmp / "one"
 
 
+@pytest.mark.slow  # torchrun: 2 processes + a 1-process run (fixture runs), ~40 s
 def test_torchrun_writes_one_set_of_outputs_from_rank_0(runs):
     rc, stdout, stderr, two, _ = runs
     assert rc == 0, stderr[-3000:]
@@ -86,6 +87,7 @@ def test_torchrun_writes_one_set_of_outputs_from_rank_0(runs):
     assert len(read_history(two)) == 2
 
 
+@pytest.mark.slow  # torchrun: 2 processes + a 1-process run (fixture runs), ~40 s
 def test_torchrun_trains_as_one_process_with_the_whole_batch(runs):
     rc, _, stderr, two, one = runs
     assert rc == 0, stderr[-3000:]
@@ -101,6 +103,7 @@ def test_torchrun_trains_as_one_process_with_the_whole_batch(runs):
         assert hb["val_acc"] == ha["val_acc"]
 
 
+@pytest.mark.slow  # torchrun: 2 processes + a 1-process run (fixture runs), ~40 s
 def test_torchrun_checkpoint_reproduces_its_accuracy_in_evaluate(runs, tmp_path, capsys):
     rc, stdout, stderr, two, _ = runs
     assert rc == 0, stderr[-3000:]

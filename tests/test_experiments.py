@@ -150,6 +150,7 @@ def test_interrupted_run_is_resumed(digit_folder, tmp_path, monkeypatch, capsys)
 
 # ----------------------------------------------------------------------------- grid, seeds
 
+@pytest.mark.slow  # trains a 2-cell grid x 2 seeds, over 1 s
 def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
     run("grid", "--grid", "lr=1e-3,3e-2", "--grid", "batch-size=16", "--seeds", 2, "--out", tmp_path,
         *folder_args(digit_folder, "--augment", "none"))
@@ -193,6 +194,7 @@ def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digi
 
 # ----------------------------------------------------------------------------- ablation
 
+@pytest.mark.slow  # trains 4 ablation cells, ~2 s
 @needs_mnist
 def test_ablation_on_folder_with_synthetic_data(digit_folder, tmp_path):
     run("ablation", "--synthetic-on", 20, "--out", tmp_path, *folder_args(digit_folder, "--mnist-root", MNIST_ROOT,

@@ -583,6 +583,7 @@ def test_batch_augment_strong_changes_the_image():
         AU.BatchAugment("wild", IMG, D.IMAGENET_MEAN, D.IMAGENET_STD)
 
 
+@pytest.mark.slow  # torchvision on 384 images one by one, ~1 s
 @pytest.mark.parametrize("preset", ["light"])
 def test_batch_augment_same_statistics_as_torchvision(preset):
     """On a uniform grey image every black pixel is geometric fill (a rotated crop's corners,
@@ -620,6 +621,7 @@ def _differs(a, b, tol):
     return [k for k in tol if abs(a[k] - b[k]) > tol[k]]
 
 
+@pytest.mark.slow  # torchvision per image, every step, ~21 s
 def test_batch_augment_strong_each_step_matches_torchvision():
     """Every step of `strong` leaves its mark on a statistic, and the batched preset matches
     torchvision's on each of them; the tolerances are checked to be tight enough that torchvision's
@@ -723,6 +725,7 @@ def test_tiny_classes_never_give_an_empty_val(tmp_path):
 
 # ----------------------------------------------------------------------------- 8. end to end
 
+@pytest.mark.slow  # trains and evaluates a folder run, ~8 s
 def test_train_then_evaluate_on_a_folder(tmp_path, capsys):
     d = tmp_path / "data"
     make_subfolders(d, {"dark": 20}, seed=0, lo=0, hi=60)

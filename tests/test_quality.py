@@ -86,6 +86,7 @@ def flipped_run(tmp_path_factory, mnist_root):
 
 # ----------------------------------------------------------------------------- the label-issue finder
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_flipped_labels_rank_first(flipped_run, capsys):
     suspects = [os.path.basename(r["path"]) for r in read_csv(flipped_run["out"] / "suspects.csv")]
     flipped = flipped_run["flipped"]
@@ -109,6 +110,7 @@ def test_confident_learning_uses_per_class_thresholds():
 
 # ----------------------------------------------------------------------------- the files
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_samples_csv(flipped_run):
     rows = read_csv(flipped_run["out"] / "samples.csv")
     assert list(rows[0]) == ["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
@@ -126,6 +128,7 @@ def test_samples_csv(flipped_run):
     assert [float(s["margin"]) for s in suspects] == sorted(float(s["margin"]) for s in suspects)
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_suspects_csv_is_a_sample_weights_file(flipped_run, tmp_path, capsys):
     rows = read_csv(flipped_run["out"] / "suspects.csv")
     assert list(rows[0])[:2] == ["path", "weight"] and {r["weight"] for r in rows} == {"1"}
@@ -143,6 +146,7 @@ def test_suspects_csv_is_a_sample_weights_file(flipped_run, tmp_path, capsys):
     assert {p for p, w in weights.items() if w == 0} == drop and set(weights.values()) == {0.0, 1.0}
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_leakage_pair_found(flipped_run):
     src, dst = flipped_run["dup"]
     pairs = read_csv(flipped_run["out"] / "duplicates.csv")
@@ -153,6 +157,7 @@ def test_leakage_pair_found(flipped_run):
     assert "duplicate" in flags[src] and "duplicate" in flags[dst]
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_group_split_keeps_the_copy_with_its_original(flipped_run):
     src, dst = flipped_run["dup"]
     cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], group_split=True, split_hash=None)
@@ -168,6 +173,7 @@ def flipped_run_val(flipped_run):
     return [data.val.path(i) for i in range(len(data.val))]
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_mistakes_on_disk(flipped_run):
     rows = read_csv(flipped_run["out"] / "samples.csv")
     wrong = {(r["label"], f"val_{r['index']}_pred-{r['prediction']}") for r in rows
@@ -178,6 +184,7 @@ def test_mistakes_on_disk(flipped_run):
         assert im.format == "PNG" and min(im.size) >= 112
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_rerun_reuses_the_fold_runs(flipped_run, tmp_path, monkeypatch, capsys):
     def boom(args):
         raise AssertionError(f"trained {args.save_dir} again")
@@ -191,6 +198,7 @@ def test_rerun_reuses_the_fold_runs(flipped_run, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "suspects.csv").read_text() == (flipped_run["out"] / "suspects.csv").read_text()
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_without_folds_only_val_is_reviewed(flipped_run, tmp_path):
     model, _, data = E.load_run(str(flipped_run["ckpt"]), "cpu")
     splits = E.eval_splits(data)
@@ -208,6 +216,7 @@ def test_without_folds_only_val_is_reviewed(flipped_run, tmp_path):
     assert saved == sorted(round(float(c), 2) for c in top)
 
 
+@pytest.mark.slow  # analyze.py as a subprocess; fixture flipped_run: 3 fold runs + analyze.py, ~35 s
 def test_bad_option_is_one_line(flipped_run):
     proc = run_script("analyze.py", flipped_run["ckpt"], "--folds", 1)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -227,6 +236,7 @@ def test_stratified_folds_cover_the_split_once_per_class_balanced():
     assert all(torch.equal(a, b) for a, b in zip(folds, D.stratified_folds(labels, 3, seed=0)))
 
 
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_fold_run_validates_on_its_fold(flipped_run, tmp_path):
     cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], cache_dir=str(tmp_path))  # decode once
     base = D.build_datasets(cfg, check=False)

@@ -110,6 +110,7 @@ EXTERNAL_PAGE = """<!doctype html><html><head><link rel="stylesheet" href="https
 </body></html>"""
 
 
+@pytest.mark.slow  # headless chromium
 def test_negative_control_external_page_is_detected(tmp_path):
     page = tmp_path / "cdn.html"
     page.write_text(EXTERNAL_PAGE)
@@ -121,6 +122,7 @@ def test_negative_control_external_page_is_detected(tmp_path):
     assert "https://api.example.com/data" in requests  # a URL built at run time: only the browser sees it
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_dashboard_is_self_contained_static(run_dir):
     page = (run_dir / "dashboard.html").read_text()
     assert external_refs(page) == []
@@ -129,11 +131,13 @@ def test_dashboard_is_self_contained_static(run_dir):
     assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
 
 
+@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
 @needs_chromium
 def test_dashboard_loads_no_external_url(run_dir):
     assert page_requests(run_dir / "dashboard.html") == []
 
 
+@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
 @needs_chromium
 def test_dashboard_renders_in_headless_chromium(run_dir, tmp_path):
     shot = tmp_path / "dashboard.png"
@@ -147,6 +151,7 @@ def test_dashboard_renders_in_headless_chromium(run_dir, tmp_path):
     assert len(palette & colours) >= 5, "the class colours of the points are not on the screen"
 
 
+@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
 @needs_chromium
 def test_dashboard_script_builds_points_tabs_and_legend(run_dir):
     page = (run_dir / "dashboard.html").read_text()
@@ -159,6 +164,7 @@ def test_dashboard_script_builds_points_tabs_and_legend(run_dir):
     assert {"train", "val"} <= set(d["split"]) and set(d["source"]) == {0, 1}
 
 
+@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
 @needs_chromium
 def test_dashboard_hover_tab_and_controls(run_dir, tmp_path):
     """Drives the page with synthetic DOM events (a copy with a script appended): hovering a point
@@ -202,6 +208,7 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
 
 # ----------------------------------------------------------------------------- dashboard data
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_dashboard_points_balanced_over_split_and_class(run_dir):
     d = page_data((run_dir / "dashboard.html").read_text())
     assert len(d["label"]) == 80
@@ -214,6 +221,7 @@ def test_dashboard_points_balanced_over_split_and_class(run_dir):
     assert real.max() <= 5 and real.max() - real.min() <= 1
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_dashboard_confidences_are_made_as_evaluate_makes_them(run_dir):
     """analyze.py --tta and a fitted temperature reach the dashboard's hover card, not only metrics.json."""
     import evaluate as E
@@ -229,6 +237,7 @@ def test_dashboard_confidences_are_made_as_evaluate_makes_them(run_dir):
     assert not torch.allclose(plain, pts["conf"], atol=1e-3)  # TTA and T = 0.5 change the confidences
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_heat_maps_explain_the_prediction_shown(run_dir, tmp_path, monkeypatch):
     """With TTA the shown prediction need not be the plain model's argmax: the dashboard's and
     gradcam.png's heat maps are Grad-CAMs of the class shown beside them."""
@@ -283,6 +292,7 @@ SECTIONS = ["# Run report: seed0", "## Command", "## Data", "## Model", "## Trai
             "## Mistakes", "## What the network learned", "## Suspects", "## Sweeps"]
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_report_sections_and_links(run_dir):
     md = (run_dir / "report.md").read_text()
     page = (run_dir / "report.html").read_text()
@@ -302,6 +312,7 @@ def test_report_sections_and_links(run_dir):
     assert missing == []
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_report_command_repeats_the_run(run_dir):
     ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     md = (run_dir / "report.md").read_text()
@@ -311,6 +322,7 @@ def test_report_command_repeats_the_run(run_dir):
     assert vars(train.resolve_defaults(train.get_args_parser().parse_args(argv))) == ckpt["args"]
 
 
+@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
 def test_report_includes_data_quality_files_that_exist(run_dir, tmp_path):
     """The data-quality outputs analyze.py may write are included when present, whatever their columns."""
     folder = tmp_path / "run"
@@ -337,6 +349,7 @@ def test_markdown_to_html():
     assert "<pre><code>raw **not bold** &lt;tag&gt;</code></pre>" in page and "<ul><li>one</li><li>two</li></ul>" in page
 
 
+@pytest.mark.slow  # report.py as a subprocess; fixture run_dir: a trained and analysed run, ~17 s
 def test_report_cli(run_dir, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("report.*"))

@@ -259,6 +259,7 @@ def test_preview_grid_writes_png(tmp_path):
             assert im.format == "PNG" and im.size[0] > 64
 
 
+@pytest.mark.slow  # a fresh interpreter as a subprocess
 def test_library_does_not_import_data():
     r = subprocess.run([sys.executable, "-c", "import sys, composite; assert 'data' not in sys.modules"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -304,6 +305,7 @@ def test_backgrounds_dir_crops_come_from_that_folder(tmp_path):
                                 "--synthetic-source", "fonts", "--backgrounds", tmp_path / "missing"))
 
 
+@pytest.mark.slow  # train.py as a subprocess
 def test_mnist_with_synthetic_is_one_error_line(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--mnist-root", str(MNIST_ROOT),
                         "--no-download", "--synthetic-n", "10", "--epochs", "1", "--save-dir", str(tmp_path / "run")],
@@ -319,6 +321,7 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # synth.py as two subprocesses, ~38 s
 @needs_mnist
 def test_cli_preview_and_export_use_only_training_photos(tmp_path):
     # 20 flat grey photos, grey level 4 + 12i for file i: the median of a tile's border names its photo

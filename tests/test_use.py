@@ -54,6 +54,7 @@ def read_predictions(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 @pytest.mark.parametrize("layout", ["sub", "flat"])
 def test_images_predictions_are_right_and_scored(mnist_run, layout, tmp_path, capsys):
     tmp, labels = mnist_run
@@ -74,6 +75,7 @@ def test_images_predictions_are_right_and_scored(mnist_run, layout, tmp_path, ca
         assert "cat (1)" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 def test_images_preprocess_exactly_like_evaluation(mnist_run, mnist_root):
     """The PNGs of test digits through --images' path give the logits of the test split itself."""
     tmp, _ = mnist_run
@@ -85,6 +87,7 @@ def test_images_preprocess_exactly_like_evaluation(mnist_run, mnist_root):
     assert torch.equal(probs, ref["probs"])  # identical, not merely close
 
 
+@pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 def test_tta_views_are_deterministic_shifts_and_help_or_keep(mnist_run):
     x = torch.zeros(1, 1, 50, 50)
     x[0, 0, 25, 25] = 1.0
@@ -121,6 +124,7 @@ def test_tta_is_the_mean_softmax_of_its_views_in_the_run_layout():
     assert layouts == [DV.use_channels_last(CPU, "bf16", 28)] * 4
 
 
+@pytest.mark.slow  # evaluate.py as a subprocess; fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 def test_ensemble_is_the_mean_softmax_and_refuses_other_classes(mnist_run, mnist_root, tmp_path, capsys):
     tmp, _ = mnist_run
     a, b = tmp / "run" / "best.pt", fabricate_checkpoint(tmp_path / "best.pt", mnist_root, "net", seed=1)
@@ -153,6 +157,7 @@ def test_calibration_error_and_temperature_fit():
     assert E.fit_temperature(z * 3, y) == pytest.approx(3.0, rel=0.1)  # logits 3x too sharp
 
 
+@pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 def test_temperature_auto_is_stored_and_lowers_ece(mnist_run, tmp_path, capsys):
     tmp, _ = mnist_run
     ck_path = tmp_path / "best.pt"
@@ -184,6 +189,7 @@ def digit_folder(folder, classes, per_class, seed, layout="flat"):
     return folder
 
 
+@pytest.mark.slow  # trains two runs and evaluates one, over 1 s
 def test_test_dir_is_the_test_split(tmp_path, monkeypatch, capsys):
     photos = digit_folder(tmp_path / "photos", list("0123"), 8, 0)
     test_dir = digit_folder(tmp_path / "test", list("012"), 3, 1, layout="sub")  # a subset of the classes
@@ -207,6 +213,7 @@ def test_test_dir_is_the_test_split(tmp_path, monkeypatch, capsys):
     assert CK.load_checkpoint(str(tmp_path / "run2" / "best.pt"))["epoch"] == ck["epoch"]
 
 
+@pytest.mark.slow  # train.py as subprocesses, ~26 s
 def test_test_dir_unknown_class_and_bad_use_are_one_line(tmp_path, mnist_root):
     photos = digit_folder(tmp_path / "photos", list("01"), 4, 0)
     odd = digit_folder(tmp_path / "odd", ["0", "cat"], 2, 1)
@@ -221,6 +228,7 @@ def test_test_dir_unknown_class_and_bad_use_are_one_line(tmp_path, mnist_root):
 
 # ----------------------------------------------------------------------------- real training steps
 
+@pytest.mark.slow  # trains 6 MNIST steps, ~1 s
 def test_clip_grad_clips_every_real_step(tmp_path, mnist_root, monkeypatch):
     norms, real = [], torch.nn.utils.clip_grad_norm_
 
@@ -238,6 +246,7 @@ def test_clip_grad_clips_every_real_step(tmp_path, mnist_root, monkeypatch):
     assert np.isfinite(res["val"]["loss"])
 
 
+@pytest.mark.slow  # trains MNIST with --head mlp, ~19 s
 def test_head_mlp_trains_and_reloads(tmp_path, mnist_root, monkeypatch):
     res = train_quiet(tiny_train_args(mnist_root, tmp_path, "--model", "resnet18", "--head", "mlp", "--epochs", 1,
                                       "--val-fraction", 0.02, "--augment", "none"), monkeypatch)
@@ -251,6 +260,7 @@ def test_head_mlp_trains_and_reloads(tmp_path, mnist_root, monkeypatch):
     assert m["val"]["correct"] == res["val"]["correct"]
 
 
+@pytest.mark.slow  # trains two MNIST runs (1 epoch on all 2,000 digits), ~5 s
 def test_sample_weights_steer_a_real_run(tmp_path, mnist_root, monkeypatch):
     """Weight 0 on every training digit but the 3s: the trained model calls most val digits 3."""
     _, labels = D.load_mnist(str(mnist_root), train=True, download=False)
@@ -268,6 +278,7 @@ def test_sample_weights_steer_a_real_run(tmp_path, mnist_root, monkeypatch):
 
 # ----------------------------------------------------------------------------- export
 
+@pytest.mark.slow  # export.py as a subprocess; fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is marked deprecated (torch >= 2.9)
 def test_export_torchscript_metadata_and_parity(mnist_run, tmp_path):
     import export
@@ -292,6 +303,7 @@ def test_export_torchscript_metadata_and_parity(mnist_run, tmp_path):
     assert diff > 0.1 and same < total
 
 
+@pytest.mark.slow  # export.py as a subprocess; fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
 def test_export_onnx_exports_or_says_how_to_install(mnist_run, tmp_path):
     tmp, _ = mnist_run
     r = run_script("export.py", tmp / "run" / "best.pt", "--format", "onnx", "--out", tmp_path / "m.onnx",
@@ -321,6 +333,7 @@ def test_dashboard_map_fills_its_box_keeping_the_aspect_ratio():
 
 # ----------------------------------------------------------------------------- Grad-CAM
 
+@pytest.mark.slow  # trains net on 3,000 synthetic composites, ~40 s
 def test_grad_cam_lands_on_the_digit_of_synthetic_composites(mnist_root):
     """A `net` trained a little on composites (MNIST digits pasted with their own alpha, in a random
     colour, at a random place, on textured colour backgrounds): its Grad-CAM correlates with each
@@ -404,6 +417,7 @@ def test_a_mixed_run_says_which_photos_it_leaves_out(tmp_path, mnist_root, monke
     assert "4 steps of 34 per epoch (the last partial batch, 2 photos, is left out" in out
 
 
+@pytest.mark.slow  # trains two MNIST runs, over 1 s
 def test_train_prints_the_steps_and_what_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
     train_quiet(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--train-fraction", 0.25, "--augment", "none"),
                 monkeypatch)
