@@ -326,13 +326,13 @@ def add_data_args(parser):
                         "photos (training only; val and test stay real)")
     g.add_argument("--synthetic-source", default="fonts", choices=composite.SOURCES,
                    help="the synthetic digits: printed (fonts, no MNIST needed), handwritten (mnist) or half "
-                        "each (both); default fonts, the best synthetic-to-real score (README)")
+                        "each (both); default fonts, the best synthetic-to-real score (RESULTS.md)")
     g.add_argument("--backgrounds", default="field", metavar="{" + ",".join(composite.BACKGROUNDS) + "} or DIR",
                    help="synthetic backgrounds: field (the training photos' colours and texture, no digit), "
                         "shuffle (their patches shuffled), photo-crops (crops of the photos as they are: "
                         "each shows the photo's own digit too; the reference recipe), or a folder of "
                         "digit-free photos of any size, randomly cropped (default: field, the best "
-                        "synthetic-to-real score in README)")
+                        "synthetic-to-real score in RESULTS.md)")
     g.add_argument("--synthetic-ratio", type=float, default=0.5, metavar="R",
                    help="with --synthetic-n: the share of synthetic images in every training batch "
                         "(an epoch is one pass over the real training images; 1 = synthetic only)")

@@ -48,7 +48,7 @@ def _conv_bn(cin, cout):
 
 
 class Net(nn.Module):
-    """The project's small MNIST CNN (see README, "Models").
+    """The project's small MNIST CNN (docs/training.md, "Models").
 
     Three stages of 3x3 conv + BatchNorm + ReLU, widening 16 -> 32 -> 64 (default width) while max-pooling
     28 -> 14 -> 7 -> 3, then global average pooling, dropout and one linear layer. The first

@@ -97,7 +97,7 @@ def get_args_parser(add_help=True):
                    help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
                         "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training model (default: off, see README \"Speed on a CPU\")")
+                   help="torch.compile the training model (default: off: RESULTS.md, \"Speed on a CPU\")")
     g.add_argument("--device-data", action="store_true",
                    help="hold the training images on the device and augment whole batches there "
                         "(much faster, also on CPU; random streams differ from the torchvision presets)")
