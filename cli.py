@@ -6,6 +6,7 @@ subclass: `CheckpointError`, `TrainingError`) for bad input, and writes every fi
 `atomic_write`, so a crash or a full disk never leaves a half-written output.
 """
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -34,6 +35,24 @@ def check_folder_arg(path, option):
     """An output folder option (--out, --save-dir, --cache-dir) that names an existing file."""
     if path and os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{option} {path} is a file, not a folder")
+
+
+def memory_available():
+    """Bytes of memory this machine can give a new allocation (MemAvailable where Linux tells it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(nbytes, what):
+    """Refuse, before the work starts, what cannot fit in memory: one line with the estimate, never
+    a MemoryError traceback or a machine swapping for minutes."""
+    available = memory_available()
+    if nbytes > 0.9 * available:
+        raise UsageError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; this machine has "
+                         f"{available / 2**30:.1f} GiB available")
 
 
 def printable_stdout():
@@ -82,6 +101,32 @@ def atomic_write(path, mode="w", fsync=False):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder, option, user):
+    """Hold `folder` (created if missing) for the block: a second process that would write the same
+    outputs there at the same time is refused with one line, instead of both mixing their files.
+    The lock is the kernel's (flock on the folder itself: no lock file, released however the
+    process ends); a folder this call created and nothing filled is removed again."""
+    created = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise UsageError(f"cannot create {option} {folder}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{option} {folder} is in use by another {user} (started earlier and still "
+                             f"running): wait for it, or choose another {option}") from None
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when still empty
 
 
 def write_json(path, obj):

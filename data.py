@@ -7,6 +7,7 @@ checkpoint's `data` dict.
 """
 import argparse
 import csv
+import hashlib
 import io
 import math
 import os
@@ -20,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 import composite
 from augment import build_transform
-from cli import UsageError, check_args, check_folder_arg, warn
+from cli import UsageError, check_args, check_folder_arg, check_memory, warn
 from images import cache_size, decode_folder, fingerprint, list_images, load_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,11 +48,23 @@ def check_data_args(args):
     check_folder_arg(args.cache_dir, "--cache-dir")
     if args.dataset == "folder" and not os.path.isdir(args.data_dir):
         raise UsageError(f"data folder not found: {args.data_dir}")
+    if args.group_regex is not None and not (args.group_split and args.dataset == "folder"):
+        raise UsageError("--group-regex groups photos for the group-aware split of a folder: it does nothing "
+                         "with --no-group-split or --dataset mnist")
     if getattr(args, "test_dir", None):
         if args.dataset != "folder":
             raise UsageError("--test-dir is for --dataset folder (MNIST brings its own test split)")
         if not os.path.isdir(args.test_dir):
             raise UsageError(f"--test-dir folder not found: {args.test_dir}")
+        if nested(args.test_dir, args.data_dir):
+            raise UsageError(f"--test-dir {args.test_dir} and --data-dir {args.data_dir} overlap: a test split "
+                             f"must hold photos training never saw")
+
+
+def nested(a, b):
+    """Whether folders a and b are the same folder or one holds the other (symlinks resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
 def check_data_config(cfg):
@@ -77,6 +90,7 @@ def check_data_config(cfg):
     if c.dataset == "mnist" and c.synthetic_n > 0:
         raise UsageError("--synthetic-n composites digits onto photos of a folder (--dataset folder "
                          "--data-dir D); MNIST is handwritten digits already")
+    check_memory(c.synthetic_n * 3 * c.img_size ** 2, f"--synthetic-n {c.synthetic_n} at --img-size {c.img_size}")
 
 
 # ----------------------------------------------------------------------------- split
@@ -410,11 +424,19 @@ def build_datasets(cfg, augment="none", check=True):
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg["sample_weights"] else None
     if weights is not None and not weights[train_idx].any():
         raise UsageError(f"every training sample has weight 0 in {cfg['sample_weights']}: nothing to learn from")
+    if weights is not None and (weights[val_idx] != 1).any() and check:
+        warn(f"{int((weights[val_idx] != 1).sum())} weight(s) in {cfg['sample_weights']} are of val photos: they "
+             f"change nothing (validation is scored unweighted)")
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
     if cfg["test_dir"]:
         test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg["cache_dir"])
+        shared = same_pixels(images, test.images)
+        if shared:
+            raise UsageError(f"--test-dir {cfg['test_dir']} holds {len(shared)} image(s) with the same pixels as "
+                             f"photos of --data-dir (e.g. {os.path.basename(test.paths[shared[0]])}): a test split "
+                             f"must hold photos training never saw")
     if cfg["synthetic_n"] > 0:
         train = ConcatDataset([train, _synthetic(cfg, images[train_idx], classes, train_tf)])
     config = dict(cfg, num_samples=len(labels), split_hash=split_hash,
@@ -440,6 +462,14 @@ def split_indices(cfg, labels, classes, paths):
     if cfg["folds"]:  # a cross-validation run: fold k is its val
         train_idx, val_idx = _fold_split(train_idx, labels, cfg["folds"], cfg["fold"], cfg["split_seed"])
     return train_idx, val_idx, groups
+
+
+def same_pixels(images, others):
+    """Positions in `others` (uint8 [M, C, H, W]) of images whose pixels equal one of `images`: the
+    same photo under another name, compared by content."""
+    digest = lambda x: hashlib.sha1(x.numpy().tobytes()).digest()  # noqa: E731
+    seen = {digest(x) for x in images}
+    return [i for i, x in enumerate(others) if digest(x) in seen]
 
 
 def load_test_folder(root, classes, img_size, transform, cache_dir=None):
@@ -520,6 +550,7 @@ def read_sample_weights(csv_path, paths, n):
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as e:  # e.g. a NUL byte: not a text CSV
         raise UsageError(f"--sample-weights {csv_path} is not a CSV file ({e})") from None
+    given = {}  # sample -> the row's path, to refuse a sample listed twice
     for row in rows:
         if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
             continue
@@ -538,8 +569,10 @@ def read_sample_weights(csv_path, paths, n):
             raise UsageError(f"{csv_path}: weight {row[1]!r} of {key} must be a finite number >= 0")
         if i is None or i >= n:
             unknown.append(key)
+        elif i in given:
+            raise UsageError(f"{csv_path}: {key} is listed twice (as {given[i]!r} and {row[0]!r}): one row per image")
         else:
-            weights[i] = w
+            weights[i], given[i] = w, row[0]
     if unknown:
         warn(f"{len(unknown)} path(s) in {csv_path} are not in the dataset, e.g. {unknown[0]}")
     return weights

@@ -166,6 +166,16 @@ def run_data(ckpt, data_dir=None, mnist_root=None):
     if mnist_root:
         cfg["mnist_root"] = os.path.abspath(mnist_root)
     cfg["download"] = False
+    # inputs that only training needs: scoring goes on without them, saying what is left out
+    for key, left_out, off in (("sample_weights", "the sample weights (training only)", None),
+                               ("test_dir", "the test split", None),
+                               ("backgrounds", "the synthetic training images", "field")):
+        path = cfg.get(key)
+        if path and os.path.isabs(path) and not os.path.exists(path) and (key != "backgrounds" or cfg.get("synthetic_n")):
+            cli.warn(f"{path} (--{key.replace('_', '-')} in training) is gone: {left_out} left out")
+            cfg[key] = off
+            if key == "backgrounds":
+                cfg["synthetic_n"] = 0
     data = D.build_datasets(dict(cfg, split_hash=None), augment="none")  # the split is checked below
     if match_classes(data, ckpt["classes"], cfg.get("data_dir") or cfg.get("mnist_root")) and \
             cfg.get("split_hash") and cfg["split_hash"] != data.config["split_hash"]:
@@ -478,6 +488,10 @@ def main(args):
     members, data = [], None
     for path, (model, ckpt) in zip(paths, load_members(paths, device, args.amp)):  # class lists checked first
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        if data is not None and data_k.config["split_hash"] != data.config["split_hash"]:  # the images, not labels
+            raise cli.UsageError(f"{path} was trained on another split than {paths[0]} (other data, --val-fraction, "
+                                 f"--split-seed or --train-fraction): an ensemble averages predictions of the same "
+                                 f"images, so its members need the same split")
         if args.temperature:
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
         t = ckpt["temperature"]

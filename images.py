@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cli import UsageError, atomic_write, warn
+from cli import UsageError, atomic_write, check_memory, warn
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
 LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
                       re.IGNORECASE)
+SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}  # a split, never a class
 JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
 CACHE_VERSION = 1
 
@@ -113,6 +114,13 @@ def scan_folder(root):
                              f"class folders with images ({', '.join(with_images[:3])}); move one kind out")
         skipped += [(d.path, "folder without images") for d in subdirs]
         subdirs = []
+    split_dirs = sorted(d.name for d in subdirs if d.name.lower() in SPLIT_DIRS)
+    if subdirs and len(split_dirs) == len(subdirs):
+        train = next((d for d in split_dirs if d.lower() in ("train", "training")), split_dirs[0])
+        test = next((d for d in split_dirs if d.lower() in ("test", "testing")), None)
+        raise UsageError(f"{root} holds split folders ({', '.join(split_dirs)}), not class folders: pass "
+                         f"--data-dir {os.path.join(root, train)}"
+                         + (f" --test-dir {os.path.join(root, test)}" if test else ""))
     if subdirs:
         paths, names = [], []
         for d in subdirs:
@@ -235,6 +243,8 @@ def short_names(paths):
 def load_folder(root, img_size, cache_dir=None):
     """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
     all_paths, all_names = scan_folder(root)
+    check_memory(len(all_paths) * 3 * cache_size(img_size) ** 2, f"{len(all_paths)} photos decoded at "
+                 f"{cache_size(img_size)} px (--img-size {img_size})")
     images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False)
     paths, names = [all_paths[i] for i in kept], [all_names[i] for i in kept]
     classes = sorted(set(names), key=_natural_key)

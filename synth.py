@@ -15,6 +15,7 @@ import torch
 import cli
 import composite
 import data
+from images import IMG_EXTENSIONS
 
 PREVIEW_MAX = 64  # tiles in a preview grid
 
@@ -69,8 +70,19 @@ def check_args(args):
     if args.out and os.path.isdir(args.out):
         raise cli.UsageError(f"--out {args.out} is a folder; it names the preview PNG file")
     cli.check_folder_arg(args.export, "--export")
-    if not args.benchmark:
-        data.check_data_args(args)
+    if args.benchmark:
+        return
+    data.check_data_args(args)
+    inputs = [("--data-dir", args.data_dir), ("--test-dir", args.test_dir), ("--mnist-root", args.mnist_root),
+              ("--backgrounds", args.backgrounds if os.path.isdir(args.backgrounds) else None)]
+    for option, out in (("--export", args.export), ("--out", args.out and os.path.dirname(os.path.abspath(args.out)))):
+        for name, folder in inputs:
+            if out and folder and os.path.isdir(folder) and data.nested(out, folder):
+                raise cli.UsageError(f"{option} {out} is inside {name} {folder}: synth.py never writes into its inputs "
+                                     f"(composites there would be read as real photos)")
+    if args.export and any(f.lower().endswith(IMG_EXTENSIONS) for _, _, fs in os.walk(args.export) for f in fs):
+        raise cli.UsageError(f"--export {args.export} already holds images: export into an empty folder, so "
+                             f"two exports never mix")
 
 
 def main(args):
@@ -99,7 +111,8 @@ def main(args):
         tag = f"{source}_{os.path.basename(os.path.normpath(backgrounds))}"  # a DIR by its name
         if args.export:
             folder = os.path.join(args.export, tag) if args.all else args.export
-            export(syn.images, names, folder)
+            with cli.folder_lock(folder, "--export", "synth.py export"):
+                export(syn.images, names, folder)
             print(f"wrote {len(syn)} synthetic images to {folder}/ ({source} on {backgrounds}, "
                   f"{n_photos} training photos)")
         if out:

@@ -160,9 +160,12 @@ def check_args(args):
         ("width", args.width is None or args.width >= 1, ">= 1"),
         ("threads", args.threads is None or args.threads >= 1, ">= 1"))
     check_device(args.device)
-    too_small = img_size_error(args.model, args.img_size or (28 if args.dataset == "mnist" else 128))
+    img_size = args.img_size or (28 if args.dataset == "mnist" else 128)
+    too_small = img_size_error(args.model, img_size)
     if too_small:
         raise cli.UsageError(too_small)
+    # a lower bound: one float batch and its augmented copy, before any activation
+    cli.check_memory(2 * args.batch_size * 3 * img_size ** 2 * 4, f"a batch of {args.batch_size} at --img-size {img_size}")
     if args.sample_weights and not os.path.isfile(args.sample_weights):
         raise cli.UsageError(f"--sample-weights file not found: {args.sample_weights}")
     if args.resume and not os.path.isfile(args.resume):
@@ -306,34 +309,35 @@ RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "curves_detail.p
 def check_save_dir(args):
     """A second run into the folder of an earlier one would replace its checkpoints and mix its files
     with the new ones: refused, unless it continues that run (--resume one of its checkpoints) or
-    --overwrite says to replace it (train.py's own files are removed first)."""
+    --overwrite says to replace it. Returns whether an earlier run's files are to be replaced."""
     folder = args.save_dir
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise TrainingError(f"cannot create --save-dir {folder}: File exists")
-    if args.dry_run:  # writes nothing
-        return
     if args.resume and os.path.realpath(os.path.dirname(os.path.abspath(args.resume))) == os.path.realpath(folder):
-        return
+        return False
     found = [f for f in RUN_FILES[:3] if os.path.isfile(os.path.join(folder, f))]
     if found and not getattr(args, "overwrite", False):
         raise TrainingError(f"--save-dir {folder} holds a run ({', '.join(found)}): continue it with --resume "
                             f"{os.path.join(folder, 'last.pt')}, replace it with --overwrite, or choose another --save-dir")
-    if found and is_main_process():
-        for f in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, f))
+    return bool(found)
 
 
 def main(args):
     """Train and report; returns the final report's results (None on processes other than rank 0)."""
     args = resolve_defaults(args)
-    check_save_dir(args)
-    with distributed(args.device) as device, cli.SigintStop(enabled=not is_distributed()) as stop:
-        r = setup(args, device)
-        dry = train_epochs(r, stop)
-        if dry is not None or not r.main_process:
-            return dry
-        return final_report(r)
+    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
+        raise TrainingError(f"cannot create --save-dir {args.save_dir}: File exists")
+    writes = not args.dry_run and int(os.environ.get("RANK", "0")) == 0  # rank 0 writes the run's files
+    with cli.folder_lock(args.save_dir, "--save-dir", "train.py run") if writes else contextlib.nullcontext():
+        replace = writes and check_save_dir(args)
+        with distributed(args.device) as device, cli.SigintStop(enabled=not is_distributed()) as stop:
+            r = setup(args, device)
+            if replace:  # only now: a new run that cannot start leaves the earlier one whole
+                for f in RUN_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(args.save_dir, f))
+            dry = train_epochs(r, stop)
+            if dry is not None or not r.main_process:
+                return dry
+            return final_report(r)
 
 
 @dataclass

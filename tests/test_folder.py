@@ -498,7 +498,8 @@ def test_sample_weights_land_on_the_right_samples(pets_dir, tmp_path, capsys):
         assert data.train[i][3] == expect.get(data.train.path(i), 1.0), data.train.path(i)
     assert all(data.val[i][3] == 1.0 for i in range(len(data.val)))  # val is never weighted
     lines = warning_lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "ghost.jpg" in lines[0] and "1 path" in lines[0]
+    assert len(lines) == 2 and "ghost.jpg" in lines[0] and "1 path" in lines[0]
+    assert "1 weight(s)" in lines[1] and "of val photos: they change nothing" in lines[1]  # said, not silent
 
 
 def test_sample_weights_errors(tmp_path):

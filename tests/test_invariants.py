@@ -1,0 +1,161 @@
+"""The invariants of the "what happens when" contract that hold across scripts: no tool writes into
+its inputs or destroys before it has succeeded, data that must be the same are compared by content,
+and resources are checked before the work starts."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cli
+import data as D
+import evaluate as E
+import images as I
+import synth
+import train
+from checkpoint import save_checkpoint
+from conftest import tiny_train_args
+from model import build_model, model_kwargs
+
+
+def photo_folder(root, classes=("0", "1"), per_class=6, side=20, seed=0):
+    """Class subfolders of random RGB PNGs (no two alike), sorted by class: root/<class>/p<k>.png."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / c / f"p{k}.png")
+    return root
+
+
+def folder_args(data_dir, save_dir, *extra):
+    return train.resolve_defaults(train.get_args_parser().parse_args(
+        ["--data-dir", str(data_dir), "--model", "convnet", "--img-size", "16", "--epochs", "1", "--batch-size", "4",
+         "--workers", "0", "--quiet", "--no-download", "--save-dir", str(save_dir), *map(str, extra)]))
+
+
+def folder_checkpoint(path, args):
+    """A checkpoint of an untrained convnet for the folder run `args` (what train.py would store)."""
+    data = D.build_datasets(D.data_config(args))
+    kwargs = model_kwargs("convnet", img_size=16, drop_rate=args.drop_rate)
+    net = build_model("convnet", len(data.classes), 3, **kwargs)
+    save_checkpoint({"model": "convnet", "model_args": kwargs, "state_dict": net.state_dict(),
+                     "classes": data.classes, "in_channels": 3, "img_size": 16, "mean": list(data.mean),
+                     "std": list(data.std), "data": D.data_config(args), "args": vars(args), "epoch": 1,
+                     "best_val_acc": 0.5}, str(path))
+    return path
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- inputs stay, nothing lost
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_started(tmp_path):
+    pets = photo_folder(tmp_path / "pets", ("cat", "dog"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.pt", "last.pt", "history.csv"):
+        (run / name).write_bytes(b"the earlier run's " + name.encode())
+    before = snapshot(run)
+    with pytest.raises(cli.UsageError, match="digit classes"):  # the new run cannot start: cats are not digits
+        train.main(folder_args(pets, run, "--synthetic-n", 5, "--overwrite"))
+    assert snapshot(run) == before
+
+
+def test_a_save_dir_in_use_is_refused(tmp_path, mnist_root):
+    run = tmp_path / "run"
+    with cli.folder_lock(str(run), "--save-dir", "train.py run"):  # another run, still writing there
+        with pytest.raises(cli.UsageError, match="in use by another train.py run"):
+            train.main(train.get_args_parser().parse_args(tiny_train_args(mnist_root, run, "--epochs", 1)))
+    assert not run.exists()  # the refused run left nothing; the folder the lock made is gone with it
+
+
+def test_synth_never_exports_into_its_inputs_nor_over_an_export(tmp_path):
+    digits = photo_folder(tmp_path / "digits", [str(d) for d in range(10)], per_class=2)
+    before = snapshot(digits)
+    base = ["--data-dir", digits, "--img-size", 16, "--n", 4, "--val-fraction", 0.5, "--no-group-split"]
+    for export in (digits, digits / "3", digits / "new"):
+        with pytest.raises(cli.UsageError, match="never writes into its inputs"):
+            synth.check_args(synth.get_args_parser().parse_args(list(map(str, [*base, "--export", export]))))
+    assert snapshot(digits) == before
+    old = photo_folder(tmp_path / "old_export", ("0",), per_class=1)
+    with pytest.raises(cli.UsageError, match="already holds images"):
+        synth.check_args(synth.get_args_parser().parse_args(list(map(str, [*base, "--export", old]))))
+
+
+# ----------------------------------------------------------------------------- the same data, by content
+
+def test_ensemble_members_need_the_same_images(tmp_path):
+    # class subfolders: every split has the same label sequence (0...0 1...1), so labels cannot tell
+    digits = photo_folder(tmp_path / "d", per_class=10)
+    a = folder_checkpoint(tmp_path / "a.pt", folder_args(digits, tmp_path / "ra", "--split-seed", 0))
+    b = folder_checkpoint(tmp_path / "b.pt", folder_args(digits, tmp_path / "rb", "--split-seed", 1))
+    with pytest.raises(cli.UsageError, match="another split"):
+        E.main(E.get_args_parser().parse_args([str(a), str(b), "--out", str(tmp_path / "ens")]))
+    assert not (tmp_path / "ens" / "metrics.json").exists()
+
+
+def test_a_test_folder_shares_no_photo_with_the_data(tmp_path):
+    digits = photo_folder(tmp_path / "d")
+    with pytest.raises(cli.UsageError, match="overlap"):  # by path
+        folder_args(digits, tmp_path / "r", "--test-dir", digits)
+    test = photo_folder(tmp_path / "t", seed=1)
+    shutil.copy(digits / "1" / "p3.png", test / "1" / "renamed.png")  # by content: a copy under another name
+    with pytest.raises(cli.UsageError, match="same pixels"):
+        D.build_datasets(D.data_config(folder_args(digits, tmp_path / "r", "--test-dir", test)))
+    (test / "1" / "renamed.png").unlink()
+    assert len(D.build_datasets(D.data_config(folder_args(digits, tmp_path / "r", "--test-dir", test))).test) == 12
+
+
+def test_split_folders_are_not_classes(tmp_path):
+    photo_folder(tmp_path / "kaggle" / "train")
+    photo_folder(tmp_path / "kaggle" / "test", seed=1)
+    with pytest.raises(cli.UsageError, match="--data-dir .*train --test-dir .*test"):
+        I.scan_folder(str(tmp_path / "kaggle"))
+
+
+# ----------------------------------------------------------------------------- options that change nothing
+
+def test_group_regex_needs_the_group_split(tmp_path, mnist_root):
+    with pytest.raises(cli.UsageError, match="--group-regex"):
+        folder_args(photo_folder(tmp_path / "d"), tmp_path / "r", "--group-regex", "p", "--no-group-split")
+    with pytest.raises(cli.UsageError, match="--group-regex"):
+        train.resolve_defaults(train.get_args_parser().parse_args(
+            tiny_train_args(mnist_root, tmp_path / "r", "--group-regex", "x")))
+
+
+def test_sample_weights_name_each_image_once(tmp_path):
+    digits = photo_folder(tmp_path / "d")
+    weights = tmp_path / "w.csv"
+    weights.write_text("path,weight\n0/p1.png,0\np1.png,1\n")  # 0/p1.png and p1.png: p1.png is ambiguous (no match)
+    D.read_sample_weights(str(weights), I.scan_folder(str(digits))[0], 12)
+    weights.write_text("path,weight\n0/p1.png,0\n0/p1.png,1\n")
+    with pytest.raises(cli.UsageError, match="listed twice"):
+        D.read_sample_weights(str(weights), I.scan_folder(str(digits))[0], 12)
+
+
+# ----------------------------------------------------------------------------- resources, before the work
+
+@pytest.mark.parametrize("extra", [("--synthetic-n", 10 ** 9), ("--img-size", 100_000)])
+def test_memory_is_checked_before_the_work_starts(tmp_path, extra):
+    with pytest.raises(cli.UsageError, match="GiB of memory"):
+        folder_args(photo_folder(tmp_path / "d", [str(d) for d in range(10)], per_class=2), tmp_path / "r", *extra)
+
+
+# ----------------------------------------------------------------------------- inputs that only training needs
+
+def test_scoring_goes_on_without_the_training_only_inputs(tmp_path, capsys):
+    digits, test = photo_folder(tmp_path / "d"), photo_folder(tmp_path / "t", seed=1)
+    weights = tmp_path / "w.csv"
+    weights.write_text("path,weight\n0/p1.png,0\n")
+    ck = folder_checkpoint(tmp_path / "a.pt", folder_args(digits, tmp_path / "r", "--sample-weights", weights,
+                                                          "--test-dir", test))
+    weights.unlink()
+    shutil.rmtree(test)
+    _, ckpt, data = E.load_run(str(ck), torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert "sample weights (training only) left out" in err and "the test split left out" in err
+    assert data.test is None and len(data.val) == 2
