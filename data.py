@@ -7,11 +7,13 @@ checkpoint's `data` dict.
 """
 import argparse
 import csv
+import gzip
 import hashlib
 import io
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +92,9 @@ def check_data_config(cfg):
     if c.dataset == "mnist" and c.synthetic_n > 0:
         raise UsageError("--synthetic-n composites digits onto photos of a folder (--dataset folder "
                          "--data-dir D); MNIST is handwritten digits already")
+    if c.synthetic_n and c.backgrounds not in composite.BACKGROUNDS and not os.path.isdir(c.backgrounds):
+        raise UsageError(f"--backgrounds must be one of {', '.join(composite.BACKGROUNDS)} or a folder, "
+                         f"got {c.backgrounds} (no such folder)")
     check_memory(c.synthetic_n * 3 * c.img_size ** 2, f"--synthetic-n {c.synthetic_n} at --img-size {c.img_size}")
 
 
@@ -284,23 +289,62 @@ def real_part(dataset):
     return dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
 
 
-def load_mnist(root, train=True, download=True):
-    """MNIST as (uint8 images [N, 1, 28, 28], int64 labels [N]) via torchvision.
+def read_idx(path):
+    """An IDX file (MNIST's format, plain or gzipped) as a uint8 tensor of its dimensions."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:3] != b"\0\0\x08":
+        raise ValueError("not a uint8 IDX file")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(data[3])]
+    body = data[4 + 4 * len(dims):]
+    if len(body) != math.prod(dims):
+        raise ValueError(f"{len(body)} bytes of data for dimensions {dims}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*dims)
 
-    The download is attempted only when the files are missing under root/MNIST/raw/."""
-    from torchvision import datasets
+
+def mnist_files(raw):
+    """{name: the file's path under `raw` (plain or .gz) or None} of MNIST_FILES."""
+    return {f: next((p for p in (os.path.join(raw, f), os.path.join(raw, f + ".gz")) if os.path.isfile(p)), None)
+            for f in MNIST_FILES}
+
+
+def load_mnist(root, train=True, download=True):
+    """MNIST as (uint8 images [N, 1, 28, 28], int64 labels [N]) from root/MNIST/raw/ (the IDX files,
+    plain or gzipped). Downloaded there (torchvision) only when missing and `download`."""
     raw = os.path.join(root, "MNIST", "raw")
-    have = all(os.path.isfile(os.path.join(raw, f)) or os.path.isfile(os.path.join(raw, f + ".gz"))
-               for f in MNIST_FILES)
-    if not have and not download:
-        raise UsageError(f"MNIST not found in {raw}/ (needs {', '.join(MNIST_FILES)}; "
-                         f"--download fetches them)")
+    found = mnist_files(raw)
+    if not all(found.values()):
+        if all(mnist_files(root).values()):  # --mnist-root names the files' own folder
+            parent = os.path.dirname(os.path.dirname(os.path.abspath(root)))
+            at_raw = os.path.abspath(root) == os.path.join(parent, "MNIST", "raw")
+            where = f"pass --mnist-root {parent}" if at_raw else f"move them to {raw}/"
+            raise UsageError(f"--mnist-root is the folder that holds MNIST/raw/, and the files are in {root}: {where}")
+        if not download:
+            raise UsageError(f"MNIST not found in {raw}/ (needs {', '.join(MNIST_FILES)}; --download fetches them)")
+        download_mnist(root, raw)
+        found = mnist_files(raw)
+    split = "train" if train else "t10k"
     try:
-        ds = datasets.MNIST(root, train=train, download=not have)
-    except Exception as e:  # offline, a bad mirror, a corrupt file: one line, not a traceback
-        why = f"download failed ({type(e).__name__})" if not have else f"unreadable ({type(e).__name__})"
-        raise UsageError(f"MNIST not found in {raw}/ (needs {', '.join(MNIST_FILES)}): {why}") from None
-    return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
+        images, labels = read_idx(found[f"{split}-images-idx3-ubyte"]), read_idx(found[f"{split}-labels-idx1-ubyte"])
+    except (OSError, EOFError, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        raise UsageError(f"MNIST in {raw}/ is unreadable ({type(e).__name__}: {e})") from None
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise UsageError(f"MNIST in {raw}/ is unreadable: {tuple(images.shape)} images, {tuple(labels.shape)} labels")
+    return images.unsqueeze(1).contiguous(), labels.long()
+
+
+def download_mnist(root, raw):
+    """torchvision's download into root/MNIST/raw/; a failure removes the folders it made, so a wrong
+    --mnist-root is left as it was."""
+    from torchvision import datasets
+    made = next((d for d in (root, os.path.join(root, "MNIST"), raw) if not os.path.isdir(d)), None)
+    try:
+        datasets.MNIST(root, train=True, download=True)
+    except Exception as e:  # offline, a bad mirror, a full disk: one line, not a traceback
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        raise UsageError(f"MNIST is not in {raw}/ and downloading it failed ({type(e).__name__}; no network "
+                         f"here?): pass --mnist-root the folder that holds MNIST/raw/") from None
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -586,10 +630,7 @@ def _synthetic(cfg, photos, classes, transform):
     source, backgrounds = cfg["synthetic_source"], cfg["backgrounds"]
     mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg["download"]) if source != "fonts" else None
     mode = backgrounds
-    if backgrounds not in composite.BACKGROUNDS:  # a folder: decoded at twice the size, crops of a quarter
-        if not os.path.isdir(backgrounds):
-            raise UsageError(f"--backgrounds must be one of {', '.join(composite.BACKGROUNDS)} or a folder, "
-                             f"got {backgrounds} (no such folder)")
+    if backgrounds not in composite.BACKGROUNDS:  # a folder (checked): decoded at twice the size, crops of a quarter
         photos, _ = decode_folder(list_images(backgrounds), 2 * cfg["img_size"], cfg["cache_dir"])
         if len(photos) == 0:
             raise UsageError(f"none of the images in --backgrounds {backgrounds} could be read")

@@ -102,39 +102,70 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- running the cells
 
+NO_EFFECT = ("quiet", "workers", "threads", "cache_dir", "save_dir", "resume", "overwrite")  # change no number
+
+
+def comparable(record):
+    """A run's settings (train.py arguments, or their parsed dict) without the options that change no
+    result, so that adding --quiet does not count as other settings."""
+    if not isinstance(record, dict):
+        try:
+            record = vars(train.get_args_parser().parse_args(record))
+        except SystemExit:  # arguments of another version of train.py
+            return record
+    return {k: v for k, v in record.items() if k not in NO_EFFECT}
+
+
+def stored_result(folder, key, record, label):
+    """The result.json of a finished run in `folder` (None when there is none). A run made with other
+    settings is refused, never reported under this command's: its numbers answer another question."""
+    done = os.path.join(folder, "result.json")
+    if not os.path.isfile(done):
+        return None
+    try:
+        with open(done) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
+    if comparable(stored.get(key)) != comparable(record):
+        raise cli.UsageError(f"{folder} holds {label} run with other settings ({stored.get(key)}): delete it, "
+                             f"or choose another --out, to run it with these")
+    return stored
+
+
 def run_in_folder(folder, key, record, run, label):
     """The bookkeeping of one run folder of a sweep (experiments.py's cells, analyze.py --folds):
-    a finished run (FOLDER/result.json) is not run again and its stored result is returned (with a
-    warning when it was run with another `record`); an interrupted one (FOLDER/last.pt) resumes.
-    `run(resume)` (resume: the last.pt or None) trains and returns a dict, stored with
-    {key: record} in result.json, so running the same command again continues a sweep."""
-    done, last = os.path.join(folder, "result.json"), os.path.join(folder, "last.pt")
-    if os.path.isfile(done):
-        try:
-            with open(done) as f:
-                stored = json.load(f)
-        except (OSError, ValueError) as e:
-            raise cli.UsageError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
+    a finished run (FOLDER/result.json) of the same settings is not run again and its stored result
+    is returned; an interrupted one (FOLDER/last.pt) resumes. `run(resume)` (resume: the last.pt or
+    None) trains and returns a dict, stored with {key: record} in result.json, so running the same
+    command again continues a sweep."""
+    stored = stored_result(folder, key, record, label)
+    if stored is not None:
         print(f"== {label}: finished before, skipped")
-        if stored.get(key) != record:
-            cli.warn(f"{folder} was run with other settings; delete it to run it again")
         return stored
+    last = os.path.join(folder, "last.pt")
     resume = last if os.path.isfile(last) else None
     print(f"== {label}{': resuming' if resume else ''}", flush=True)
     result = {key: record, **run(resume)}
     os.makedirs(folder, exist_ok=True)
-    cli.write_json(done, result)
+    cli.write_json(os.path.join(folder, "result.json"), result)
     return result
 
 
 def run_cell(args, name, overrides):
     """Run cell `name` (train.py arguments `overrides` on top of the passed-through ones) with
-    seeds 0..K-1 in <out>/<name>/seed<k>/; returns the runs' result.json contents."""
+    seeds 0..K-1 in <out>/<name>/seed<k>/; returns the runs' result.json contents. While
+    `args.planning`, only checks the cell (its options, a finished run's settings) and returns []."""
     runs = []
-    args.__dict__.setdefault("cells", []).append(name)
+    if not args.planning:
+        args.__dict__.setdefault("cells", []).append(name)
     for seed in range(args.seeds):
         folder = os.path.join(args.out, name, f"seed{seed}")
         argv = args.train_args + overrides + ["--seed", str(seed)]
+        if args.planning:
+            train.resolve_defaults(train.get_args_parser().parse_args(argv + ["--save-dir", folder]))  # checks it
+            stored_result(folder, "argv", argv, f"{name} seed {seed}")
+            continue
 
         def run_one(resume):
             targs = train.get_args_parser().parse_args(argv + ["--save-dir", folder])
@@ -144,8 +175,7 @@ def run_cell(args, name, overrides):
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
                 print(f"error: {e}", file=sys.stderr)
                 return {"error": str(e)}
-        run = run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}")
-        runs.append(run)
+        runs.append(run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}"))
     return runs
 
 
@@ -365,7 +395,7 @@ EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": g
 
 
 def main(args):
-    for k, v in (("train_args", []), ("command", f"python experiments.py {args.experiment} ...")):
+    for k, v in (("train_args", []), ("command", f"python experiments.py {args.experiment} ..."), ("planning", False)):
         if not hasattr(args, k):
             setattr(args, k, v)
     args.out = args.out or os.path.join("runs", args.experiment)
@@ -382,14 +412,14 @@ def main(args):
         args.grid = args.grid or DEFAULT_GRID
         if len(args.grid) != 2 or args.grid[0][0] == args.grid[1][0]:
             raise cli.UsageError("grid takes two different --grid NAME=V1,V2,...")
-        for name, values in args.grid:
+        for name, _ in args.grid:  # (its values are checked with every cell's options, below)
             if name in ("seed", "save_dir", "resume"):
                 raise cli.UsageError(f"--{name.replace('_', '-')} is set by experiments.py, not a grid axis")
-            for v in values:  # a bad name or value fails here, before any training
-                if f"--{name.replace('_', '-')}" not in train.get_args_parser()._option_string_actions:
-                    raise cli.UsageError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
-                train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(
-                    args.train_args + [f"--{name.replace('_', '-')}", v])))
+            if f"--{name.replace('_', '-')}" not in train.get_args_parser()._option_string_actions:
+                raise cli.UsageError(f"--grid {name}: train.py has no option --{name.replace('_', '-')}")
+    args.planning = True  # every cell's options and folder are checked before the first one trains
+    EXPERIMENTS[args.experiment](args, base)
+    args.planning = False
     os.makedirs(args.out, exist_ok=True)
 
     title, table, rows, plot = EXPERIMENTS[args.experiment](args, base)

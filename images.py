@@ -16,13 +16,13 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cli import UsageError, atomic_write, check_memory, warn
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
 LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\))(?:\s*\(\d+\))?)?\.[^.]+$",
                       re.IGNORECASE)
 SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}  # a split, never a class
 JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key holds ctimes too (a chmod that makes a photo readable changes it)
 
 
 def fingerprint(*parts):
@@ -67,18 +67,23 @@ def _warn_skipped_entries(root, skipped):
 
 
 def _walk_images(top, skipped):
-    """Regular image files under `top`, recursively and sorted; hidden files and folders and
-    what `_skip_reason` refuses are added to `skipped` instead."""
+    """Regular image files under `top`, recursively and sorted. What is left out is added to `skipped`
+    with why: hidden files and folders, symlinked or unreadable folders, files that are not images
+    (hidden ones, OS metadata such as .DS_Store, aside) and what `_skip_reason` refuses."""
     files = []
-    for dp, dirs, fs in os.walk(top):
+    for dp, dirs, fs in os.walk(top, onerror=lambda e: skipped.append((e.filename, "unreadable folder"))):
         for d in sorted(dirs):
             if d.startswith(".") or d in JUNK_DIRS:
                 skipped.append((os.path.join(dp, d), "hidden folder"))
+            elif os.path.islink(os.path.join(dp, d)):  # os.walk does not follow it: a loop would never end
+                skipped.append((os.path.join(dp, d), "symlinked folder, not followed"))
         dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_DIRS))
         for f in sorted(fs):
-            if not f.lower().endswith(IMG_EXTENSIONS):
-                continue
             p = os.path.join(dp, f)
+            if not f.lower().endswith(IMG_EXTENSIONS):
+                if not f.startswith("."):
+                    skipped.append((p, "not an image file"))
+                continue
             why = "hidden file" if f.startswith(".") else _skip_reason(p)
             if why:
                 skipped.append((p, why))
@@ -205,7 +210,7 @@ def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
     list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
     key = None
     if cache_dir:
-        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+        stats = [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p, st in ((p, os.stat(p)) for p in paths)]
         key = fingerprint(CACHE_VERSION, size, stats)
         cache_file = os.path.join(cache_dir, f"images-{size}px-{key}.pt")
         if os.path.isfile(cache_file):

@@ -124,7 +124,7 @@ def test_flat_layout_mixed_extensions_and_sizes(tmp_path, capsys):
 def test_subfolder_layout_sorted_classes(tmp_path, capsys):
     d = make_subfolders(tmp_path / "pets", {"dog": 5, "cat": 6})
     save(d / "cat" / "nested" / "deep.png", 25, 35, seed=99)   # class folders are searched recursively
-    (d / "cat" / "notes.txt").write_text("not an image")       # ignored: not an image extension
+    (d / "cat" / "notes.txt").write_text("not an image")       # left out, and named: not an image extension
     save(d / ".cache" / "ignored.png")                          # hidden folders are not classes
     paths, names = I.scan_folder(str(d))
     assert len(paths) == 12 and set(names) == {"cat", "dog"}
@@ -136,7 +136,8 @@ def test_subfolder_layout_sorted_classes(tmp_path, capsys):
     assert torch.bincount(labels).tolist() == [7, 5]
     for i, p in enumerate(kept):
         assert Path(p).relative_to(d).parts[0] == classes[labels[i]]
-    assert warning_lines(capsys.readouterr().err) == []
+    lines = warning_lines(capsys.readouterr().err)
+    assert len(lines) == 2 and all("(1 not an image file): notes.txt" in line for line in lines)  # scanned twice
 
 
 def test_cache_size_margin():

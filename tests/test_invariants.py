@@ -1,6 +1,7 @@
 """The invariants of the "what happens when" contract that hold across scripts: no tool writes into
 its inputs or destroys before it has succeeded, data that must be the same are compared by content,
 and resources are checked before the work starts."""
+import json
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ import images as I
 import synth
 import train
 from checkpoint import save_checkpoint
-from conftest import tiny_train_args
+from conftest import MNIST_ROOT, tiny_train_args
 from model import build_model, model_kwargs
 
 
@@ -159,3 +160,99 @@ def test_scoring_goes_on_without_the_training_only_inputs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sample weights (training only) left out" in err and "the test split left out" in err
     assert data.test is None and len(data.val) == 2
+
+
+# ----------------------------------------------------------------------------- a sweep's numbers are its own
+
+def grid_args(out, *extra):
+    import experiments
+    return experiments.parse_args(["grid", "--grid", "lr=1e-3,2e-3", "--grid", "batch_size=8", "--out", str(out),
+                                   "--dataset", "mnist", "--mnist-root", str(MNIST_ROOT), "--no-download",
+                                   "--model", "convnet", "--epochs", "1", *map(str, extra)])
+
+
+def finished(out, cell, argv, acc):
+    (out / cell / "seed0").mkdir(parents=True)
+    result = {"argv": argv, "results": {s: {"acc": acc, "loss": 1.0, "correct": 1, "total": 2} for s in ("train", "val")}}
+    (out / cell / "seed0" / "result.json").write_text(json.dumps(result))
+
+
+def test_a_sweep_never_reports_runs_made_with_other_settings(tmp_path, monkeypatch):
+    import experiments
+    monkeypatch.setattr(train, "main", lambda *a: pytest.fail("a finished cell was trained again"))
+    out = tmp_path / "grid"
+    args = grid_args(out)
+    for lr in ("1e-3", "2e-3"):  # finished with these settings, but without --quiet: the same numbers
+        finished(out, f"lr={lr}_batch_size=8", args.train_args + ["--lr", lr, "--batch-size", "8", "--seed", "0"], 0.5)
+    rows = experiments.main(grid_args(out, "--quiet"))
+    assert [r["val_acc"] for r in rows] == [0.5, 0.5]
+    with pytest.raises(cli.UsageError, match="other settings"):  # --epochs 6 would report the 1-epoch numbers
+        experiments.main(grid_args(out, "--epochs", 6))
+
+
+def test_a_sweep_checks_every_cell_before_the_first_trains(tmp_path, monkeypatch):
+    import experiments
+    monkeypatch.setattr(train, "main", lambda *a: pytest.fail("a cell trained before the bad one was found"))
+    digits = photo_folder(tmp_path / "d", [str(d) for d in range(10)], per_class=2)
+    args = experiments.parse_args(["synth-to-real", "--sources", "fonts", "--backgrounds-list",
+                                   f"field,{tmp_path / 'missing'}", "--out", str(tmp_path / "s2r"),
+                                   "--data-dir", str(digits), "--img-size", "16", "--epochs", "1"])
+    with pytest.raises(cli.UsageError, match="no such folder"):
+        experiments.main(args)
+    assert not (tmp_path / "s2r").exists()
+
+
+# ----------------------------------------------------------------------------- every file not used is named
+
+def test_every_file_left_out_of_a_folder_is_named(tmp_path, capsys):
+    digits = photo_folder(tmp_path / "d")
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(digits / "0" / "scan.tif")  # a TIFF is read
+    Image.new("P", (20, 20), 3).save(digits / "1" / "anim.gif")            # and so is a GIF
+    (digits / "1" / "notes.txt").write_text("not an image")
+    (digits / "0" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    paths, names = I.scan_folder(str(digits))
+    assert {"scan.tif", "anim.gif"} <= {p.split("/")[-1] for p in paths} and len(paths) == 14
+    err = capsys.readouterr().err
+    assert "not an image file" in err
+    assert "symlinked folder" in err and err.count("warning:") == 1
+
+
+def test_mnist_is_read_gzipped_and_a_root_one_level_off_is_named(tmp_path):
+    import gzip
+    raw = tmp_path / "m" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in D.MNIST_FILES:
+        (raw / (f + ".gz")).write_bytes(gzip.compress((MNIST_ROOT / "MNIST" / "raw" / f).read_bytes()))
+    images, labels = D.load_mnist(str(tmp_path / "m"), train=False, download=False)
+    plain = D.load_mnist(str(MNIST_ROOT), train=False, download=False)
+    assert torch.equal(images, plain[0]) and torch.equal(labels, plain[1])
+    with pytest.raises(cli.UsageError, match=f"pass --mnist-root {tmp_path / 'm'}"):
+        D.load_mnist(str(raw), download=True)  # never a download into the user's MNIST/raw/
+
+
+def test_a_failed_download_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        (tmp_path / "empty" / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)  # what a download makes first
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(cli.UsageError, match="no network"):
+        D.load_mnist(str(tmp_path / "empty"), download=True)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+@pytest.mark.parametrize("raised,code,line", [(KeyboardInterrupt(), 130, "interrupted\n"),
+                                              (PermissionError(13, "Permission denied", "out/x.png"), 2,
+                                               "error: [Errno 13] Permission denied: 'out/x.png'\n"),
+                                              (cli.UsageError("bad"), 2, "error: bad\n")])
+def test_every_script_ends_in_one_line(raised, code, line, capsys):
+    def main(args):
+        raise raised
+    with pytest.raises(SystemExit) as e:
+        cli.run_main(main, lambda: None)
+    assert e.value.code == code and capsys.readouterr().err == line
