@@ -566,7 +566,8 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
     {split: collect() output}), dashboard.html, report.md and report.html; the dashboard's
     predictions made as `outs` were (`tta` views, the checkpoint's temperature)."""
-    E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs)
+    E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs,
+                   settings=E.eval_settings([checkpoint], [ckpt], data, tta))
     points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"])
     maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"

@@ -308,10 +308,17 @@ def plot_calibration(probs, labels, path, title=""):
     cli.save_figure(fig, path, dpi=90)
 
 
-def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None):
-    """Score the `which` splits and write metrics.json, confusion.png, mistakes.png and calibration.png
-    (of `shown_split`) to out_dir. `outs` ({split: collect() output}) skips splits already
-    predicted. Returns (results, outs)."""
+def eval_settings(paths, ckpts, data, tta):
+    """What produced a metrics.json, stored in it as "settings": the checkpoints, the split (its hash),
+    the TTA views and each checkpoint's softmax temperature."""
+    return {"checkpoints": [os.path.abspath(p) for p in paths], "split_hash": data.config["split_hash"],
+            "tta": tta, "temperature": [ck["temperature"] for ck in ckpts]}
+
+
+def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs=None, settings=None):
+    """Score the `which` splits and write metrics.json (with `settings`, what produced it), confusion.png,
+    mistakes.png and calibration.png (of `shown_split`) to out_dir. `outs` ({split: collect() output})
+    skips splits already predicted. Returns (results, outs)."""
     outs, results = dict(outs or {}), {}
     if not eval_splits(data, which):  # before metrics.json is touched
         raise cli.UsageError(f"--split {which}: these data have no {which} split (they have "
@@ -320,7 +327,7 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
-    cli.write_json(os.path.join(out_dir, "metrics.json"), results)
+    cli.write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, **results})
     shown = shown_split(results)
     plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
     plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
@@ -411,16 +418,22 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
     return len(kept), labels, probs[known] if known else None, classes, unknown
 
 
-def score_images(labels, probs, classes, unknown, out_dir, folder):
-    """The labelled part of an --images folder: accuracy line, images_metrics.json and images_confusion.png."""
+def score_images(labels, probs, classes, unknown, out_dir, settings):
+    """images_metrics.json, always, with `settings` (what produced predictions.csv: the folder, the
+    checkpoints, TTA); for a labelled folder also its scores, the accuracy line and images_confusion.png."""
+    folder = settings["folder"]
     if unknown:
         cli.warn(f"{sum(unknown.values())} image(s) in {folder} are of class(es) the model does not know, not scored: "
-               + ", ".join(f"{c} ({n})" for c, n in sorted(unknown.items())))
-    if labels is None:
+                 + ", ".join(f"{c} ({n})" for c, n in sorted(unknown.items())))
+    r = None if labels is None else metrics(probs.clamp_min(1e-12).log(), labels, classes)
+    cli.write_json(os.path.join(out_dir, "images_metrics.json"), {"settings": settings, "images": r})
+    confusion = os.path.join(out_dir, "images_confusion.png")
+    if r is None:
+        if os.path.isfile(confusion):  # an earlier --images folder's: it would pass for this one's
+            os.unlink(confusion)
+        print(f"wrote images_metrics.json to {out_dir} (no labels in {folder}: nothing scored)")
         return None
-    r = metrics(probs.clamp_min(1e-12).log(), labels, classes)
-    cli.write_json(os.path.join(out_dir, "images_metrics.json"), {"images": r})
-    plot_confusion(r["confusion"], classes, os.path.join(out_dir, "images_confusion.png"))
+    plot_confusion(r["confusion"], classes, confusion)
     print(summary_line("Images", r["loss"], r["correct"], r["total"]))
     print(f"wrote images_metrics.json, images_confusion.png to {out_dir}")
     return r
@@ -483,10 +496,13 @@ def main(args):
                                                              os.path.join(out_dir, "predictions.csv"),
                                                              args.batch_size, args.tta)
         print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
-        score_images(labels, probs, classes, unknown, out_dir, args.images)
+        settings = {"folder": os.path.abspath(args.images), "checkpoints": [os.path.abspath(p) for p in paths],
+                    "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
+        score_images(labels, probs, classes, unknown, out_dir, settings)
         return
     members, data = [], None
-    for path, (model, ckpt) in zip(paths, load_members(paths, device, args.amp)):  # class lists checked first
+    runs = load_members(paths, device, args.amp)  # class lists checked first
+    for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
         if data is not None and data_k.config["split_hash"] != data.config["split_hash"]:  # the images, not labels
             raise cli.UsageError(f"{path} was trained on another split than {paths[0]} (other data, --val-fraction, "
@@ -504,7 +520,8 @@ def main(args):
         members.append(outs)
         data = data or data_k
     outs = members[0] if len(members) == 1 else ensemble_outs(members)
-    results, _ = evaluate_run(None, data, device, out_dir, args.split, args.batch_size, outs=outs)
+    settings = eval_settings(paths, [ck for _, ck in runs], data, args.tta)
+    results, _ = evaluate_run(None, data, device, out_dir, args.split, args.batch_size, outs=outs, settings=settings)
     label = f"{len(paths)}-model ensemble " if len(paths) > 1 else ""
     for name, r in results.items():
         print(label + summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))

@@ -3,8 +3,9 @@
     python export.py checkpoints/best.pt                      # -> checkpoints/best.torchscript.pt
     python export.py checkpoints/best.pt --format onnx        # -> checkpoints/best.onnx (pip install onnx onnxruntime)
 
-The exported model takes float32 images [N, C, S, S], already resized to S = img_size and
-normalised ((pixel / 255 - mean) / std), and returns logits [N, classes]. Its metadata
+The exported model takes float32 images [N, C, S, S], already resized to S = img_size (in two steps,
+as evaluate.py does: see the metadata's "input") and normalised ((pixel / 255 - mean) / std), and
+returns logits [N, classes]. Its metadata
 (TorchScript: the extra file metadata.json; ONNX: metadata_props) holds the class names and that
 preprocessing, so a deployment needs nothing else. The parity check runs both models on the
 checkpoint's own held-out images (test, else val) and prints the largest logit difference and
@@ -18,6 +19,7 @@ import warnings
 import torch
 
 import cli
+import data as D
 import evaluate as E
 from checkpoint import CheckpointError
 
@@ -40,8 +42,10 @@ def metadata(ckpt):
     return {"classes": list(ckpt["classes"]), "img_size": ckpt["img_size"], "in_channels": ckpt["in_channels"],
             "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "model": ckpt["model"],
             "temperature": ckpt["temperature"],
-            "input": "float32 [N, in_channels, img_size, img_size]: RGB (or grey) resized to img_size "
-                     "(bilinear, antialiased), scaled to [0, 1], then (x - mean) / std",
+            "decode_size": D.decode_size(ckpt["data"]),
+            "input": "float32 [N, in_channels, img_size, img_size], made as evaluate.py makes it: the image "
+                     "(EXIF-rotated, RGB; grey for 1 channel) resized to decode_size x decode_size (PIL, bilinear), "
+                     "then to img_size (bilinear, antialiased), scaled to [0, 1], then (x - mean) / std",
             "output": "logits [N, len(classes)]; probabilities = softmax(logits / temperature)"}
 
 

@@ -397,19 +397,35 @@ def read_history(path, ckpt):
     return ckpt["history"]
 
 
-def read_metrics(path, classes):
-    """metrics.json as evaluate.py wrote it, or {} (with a warning) when it is damaged."""
+def read_metrics(path, classes, checkpoint):
+    """(metrics.json's {split: metrics}, what produced them) as evaluate.py wrote it; ({}, None) with a
+    warning when it is damaged or holds another checkpoint's (or an ensemble's) scores."""
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
+        settings = results.pop("settings", None) if isinstance(results, dict) else None
         if isinstance(results, dict) and all(
                 isinstance(r, dict) and {"loss", "correct", "total", "per_class", "confusion"} <= r.keys()
                 and set(r["per_class"]) == set(classes) for r in results.values()):
-            return results
-        cli.warn(f"{path} is not evaluate.py's metrics of this checkpoint's classes; left out")
+            if settings is None or settings.get("checkpoints") == [os.path.abspath(checkpoint)]:
+                return results, settings
+            cli.warn(f"{path} holds the scores of {', '.join(settings.get('checkpoints') or ['other checkpoints'])}, "
+                     f"not of {checkpoint}; left out")
+        else:
+            cli.warn(f"{path} is not evaluate.py's metrics of this checkpoint's classes; left out")
     except (OSError, ValueError) as e:
         cli.warn(f"{path} is damaged ({type(e).__name__}); left out")
-    return {}
+    return {}, None
+
+
+def produced_by(settings):
+    """The report's line on what produced its scores: the TTA views and temperature where they are not plain."""
+    if settings is None:
+        return "Scored by an evaluate.py that recorded no settings."
+    tta, t = settings.get("tta", 1), (settings.get("temperature") or [1.0])[0]
+    how = [f"test-time augmentation over {tta} views" if tta > 1 else "no test-time augmentation",
+           f"softmax temperature {t:.3f}" if t != 1.0 else "no temperature"]
+    return f"Scored with {' and '.join(how)} (metrics.json, split {settings.get('split_hash')})."
 
 
 # ----------------------------------------------------------------------------- report
@@ -434,9 +450,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
         return [" ".join(images), ""] if images else []
 
     args, cfg, classes = ckpt["args"], ckpt["data"], ckpt["classes"]
-    results = {}
+    results, scored_by = {}, None
     if find("metrics.json"):
-        results = read_metrics(find("metrics.json"), classes)
+        results, scored_by = read_metrics(find("metrics.json"), classes, checkpoint)
     history = read_history(find("history.csv"), ckpt)
     name = os.path.basename(os.path.dirname(checkpoint))
     source = f"MNIST from `{cfg['mnist_root']}`" if cfg["dataset"] == "mnist" else f"photo folder `{cfg['data_dir']}`"
@@ -493,7 +509,8 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     md += ["## Results", ""]
     if results:
         shown = E.shown_split(results)
-        md += ["```"] + [summary_line(s.capitalize(), r["loss"], r["correct"], r["total"]) for s, r in results.items()]
+        md += [produced_by(scored_by), "", "```"]
+        md += [summary_line(s.capitalize(), r["loss"], r["correct"], r["total"]) for s, r in results.items()]
         md += ["```", "", f"Per class on the {shown} split:", ""]
         md += md_table(["class", "precision", "recall", "F1", "support"],
                                    [[cell(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]

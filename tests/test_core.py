@@ -427,7 +427,8 @@ def test_evaluate(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     with open(tmp_path / "metrics.json") as f:
         m = json.load(f)
-    assert set(m) == {"train", "val", "test"}
+    assert set(m) == {"settings", "train", "val", "test"}
+    assert m.pop("settings")["checkpoints"] == [str(d / "best.pt")]  # what produced the numbers
     for split, r in m.items():
         assert r["total"] == results[split]["total"], split
         assert r["correct"] == results[split]["correct"], split

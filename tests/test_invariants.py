@@ -256,3 +256,37 @@ def test_every_script_ends_in_one_line(raised, code, line, capsys):
     with pytest.raises(SystemExit) as e:
         cli.run_main(main, lambda: None)
     assert e.value.code == code and capsys.readouterr().err == line
+
+
+# ----------------------------------------------------------------------------- every number says what produced it
+
+def test_the_report_says_what_produced_its_scores(tmp_path, mnist_root, capsys):
+    import report
+    from conftest import fabricate_checkpoint
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other").mkdir()
+    ck = fabricate_checkpoint(tmp_path / "run" / "best.pt", mnist_root)
+    E.main(E.get_args_parser().parse_args([str(ck), "--tta", "3", "--split", "val"]))
+    settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
+    assert settings["checkpoints"] == [str(ck)] and settings["tta"] == 3 and settings["temperature"] == [1.0]
+    report.write_report(str(tmp_path / "run"), str(ck))
+    assert "Scored with test-time augmentation over 3 views" in (tmp_path / "run" / "report.md").read_text()
+    other = fabricate_checkpoint(tmp_path / "other" / "best.pt", mnist_root, seed=1)
+    shutil.copy(tmp_path / "run" / "metrics.json", tmp_path / "other" / "metrics.json")  # another run's scores
+    capsys.readouterr()
+    report.write_report(str(tmp_path / "other"), str(other))
+    assert "holds the scores of" in capsys.readouterr().err
+    assert "Scored with" not in (tmp_path / "other" / "report.md").read_text()
+
+
+def test_images_metrics_always_name_their_folder(tmp_path, mnist_root):
+    from conftest import fabricate_checkpoint
+    ck = fabricate_checkpoint(tmp_path / "best.pt", mnist_root)
+    labelled, unlabelled = photo_folder(tmp_path / "labelled"), tmp_path / "unlabelled"
+    shutil.copytree(labelled / "0", unlabelled)
+    out = tmp_path / "out"
+    for folder in (labelled, unlabelled):
+        E.main(E.get_args_parser().parse_args([str(ck), "--images", str(folder), "--out", str(out)]))
+        m = json.loads((out / "images_metrics.json").read_text())
+        assert m["settings"]["folder"] == str(folder) and m["settings"]["checkpoints"] == [str(ck)]
+    assert m["images"] is None and not (out / "images_confusion.png").exists()  # not the labelled folder's
