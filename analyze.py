@@ -582,7 +582,8 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
 def main(args):
     check_args(args)
     device = get_device(args.device)
-    model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp)
+    model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
+                                   synthetic=True)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)

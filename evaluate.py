@@ -150,17 +150,20 @@ def tta_views(n):
     return [functools.partial(tta_view, dx=dx, dy=dy, scale=scale) for dx, dy, scale in TTA_VIEWS[:n]]
 
 
-def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=None):
+def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=None, synthetic=False):
     """(model, checkpoint, Data) from a checkpoint; the datasets use the eval transforms. The model
     predicts under `amp` (an --amp choice), by default the checkpoint's (see model_from_checkpoint)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, device, amp=amp)
-    return model, ckpt, run_data(ckpt, data_dir, mnist_root) if with_data else None
+    return model, ckpt, run_data(ckpt, data_dir, mnist_root, synthetic) if with_data else None
 
 
-def run_data(ckpt, data_dir=None, mnist_root=None):
-    """The checkpoint's Data (the same split, eval transforms), from where the data are now."""
+def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False):
+    """The checkpoint's Data (the same split, eval transforms), from where the data are now. The
+    synthetic training images are made only when `synthetic` (analyze.py shows them; a score never uses them)."""
     cfg = dict(ckpt["data"])
+    if not synthetic:
+        cfg["synthetic_n"] = 0
     if data_dir:
         cfg["data_dir"] = os.path.abspath(data_dir)
     if mnist_root:

@@ -290,3 +290,12 @@ def test_images_metrics_always_name_their_folder(tmp_path, mnist_root):
         m = json.loads((out / "images_metrics.json").read_text())
         assert m["settings"]["folder"] == str(folder) and m["settings"]["checkpoints"] == [str(ck)]
     assert m["images"] is None and not (out / "images_confusion.png").exists()  # not the labelled folder's
+
+
+def test_scoring_a_synthetic_run_on_other_classes_names_the_classes(tmp_path):
+    digits = photo_folder(tmp_path / "d", [str(d) for d in range(10)], per_class=2)
+    ck = folder_checkpoint(tmp_path / "a.pt", folder_args(digits, tmp_path / "r", "--synthetic-n", 4,
+                                                          "--val-fraction", 0.5, "--no-group-split"))
+    pets = photo_folder(tmp_path / "pets", ("cat", "dog"))
+    with pytest.raises(cli.UsageError, match="differ from the checkpoint's"):  # not "--synthetic-n needs digits"
+        E.main(E.get_args_parser().parse_args([str(ck), "--data-dir", str(pets), "--out", str(tmp_path / "ev")]))
