@@ -183,7 +183,7 @@ def _fits(name, img_size, in_channels=1):
         try:
             model(torch.zeros(2, in_channels, img_size, img_size))
             return True
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, TypeError, OverflowError):  # (a size past int64: TypeError)
             return False
 
 
