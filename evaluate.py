@@ -22,7 +22,7 @@ import data as D
 from augment import build_transform
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, update_checkpoint
 from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
-from images import decode_folder, list_images, scan_folder, short_names, to_channels, warn_unreadable
+from images import decode_folder, fingerprint, list_images, scan_folder, short_names, to_channels, warn_unreadable
 
 SPLITS = ("train", "val", "test")
 
@@ -503,19 +503,22 @@ def main(args):
                     "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
         score_images(labels, probs, classes, unknown, out_dir, settings)
         return
-    members, data = [], None
+    members, data, scored = [], None, None
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
-        if data is not None and data_k.config["split_hash"] != data.config["split_hash"]:  # the images, not labels
-            raise cli.UsageError(f"{path} was trained on another split than {paths[0]} (other data, --val-fraction, "
-                                 f"--split-seed or --train-fraction): an ensemble averages predictions of the same "
-                                 f"images, so its members need the same split")
         if args.temperature:
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
         t = ckpt["temperature"]
+        splits = eval_splits(data_k, args.split)
+        same = {name: fingerprint(ds.images[ds.indices]) for name, ds in splits.items()}  # by pixels, not labels
+        if members and same != scored:
+            raise cli.UsageError(f"{path} has other {'/'.join(k for k in same if same[k] != scored.get(k))} images "
+                                 f"than {paths[0]} (other data, --val-fraction, --split-seed or --train-fraction): an "
+                                 f"ensemble averages predictions of the same images")
+        scored = same
         outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t)
-                for name, ds in eval_splits(data_k, args.split).items()}
+                for name, ds in splits.items()}
         if len(paths) > 1:
             for name, o in outs.items():
                 r = metrics(o["logits"], o["labels"], data_k.classes)

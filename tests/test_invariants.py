@@ -94,7 +94,7 @@ def test_ensemble_members_need_the_same_images(tmp_path):
     digits = photo_folder(tmp_path / "d", per_class=10)
     a = folder_checkpoint(tmp_path / "a.pt", folder_args(digits, tmp_path / "ra", "--split-seed", 0))
     b = folder_checkpoint(tmp_path / "b.pt", folder_args(digits, tmp_path / "rb", "--split-seed", 1))
-    with pytest.raises(cli.UsageError, match="another split"):
+    with pytest.raises(cli.UsageError, match="other train/val images"):
         E.main(E.get_args_parser().parse_args([str(a), str(b), "--out", str(tmp_path / "ens")]))
     assert not (tmp_path / "ens" / "metrics.json").exists()
 
