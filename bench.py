@@ -231,6 +231,7 @@ def check_args(args):
     check_device(args.device)
     if os.path.isdir(args.out):
         raise cli.UsageError(f"--out {args.out} is a folder; it names the JSON file")
+    cli.check_writable(args.out, "--out")  # before, not after, the benchmarks
     if not os.path.isdir(args.data_dir):
         raise cli.UsageError(f"data folder not found: {args.data_dir}")
 

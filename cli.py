@@ -55,6 +55,17 @@ def check_memory(nbytes, what):
                          f"{available / 2**30:.1f} GiB available")
 
 
+def check_writable(path, option):
+    """Refuse now, not after the work, an output file whose folder cannot take a file: a probe file
+    is made there and removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot write into {folder} ({e.strerror})") from None
+
+
 def printable_stdout():
     """A file name that is not valid UTF-8 is printed escaped, not a UnicodeEncodeError."""
     if hasattr(sys.stdout, "reconfigure"):

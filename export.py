@@ -30,7 +30,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
     p.add_argument("checkpoint")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
-    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    p.add_argument("--out", default=None, help="output file, or a folder (default: beside the checkpoint)")
     p.add_argument("--parity-images", type=int, default=512, help="held-out images of the parity check")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
@@ -102,7 +102,9 @@ def main(args):
     n = min(args.parity_images, len(held))
     images = torch.stack([held[i][0] for i in range(n)])  # the evaluation path's tensors
     stem = os.path.splitext(os.path.abspath(args.checkpoint))[0]
-    path = args.out or stem + (".torchscript.pt" if args.format == "torchscript" else ".onnx")
+    path = stem + (".torchscript.pt" if args.format == "torchscript" else ".onnx")
+    if args.out:  # a folder gets the default name inside it
+        path = os.path.join(args.out, os.path.basename(path)) if os.path.isdir(args.out) else args.out
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:

@@ -299,3 +299,18 @@ def test_scoring_a_synthetic_run_on_other_classes_names_the_classes(tmp_path):
     pets = photo_folder(tmp_path / "pets", ("cat", "dog"))
     with pytest.raises(cli.UsageError, match="differ from the checkpoint's"):  # not "--synthetic-n needs digits"
         E.main(E.get_args_parser().parse_args([str(ck), "--data-dir", str(pets), "--out", str(tmp_path / "ev")]))
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, mnist_root):
+    import bench
+    import export
+    from conftest import fabricate_checkpoint
+    args = bench.get_args_parser().parse_args(["--out", str(tmp_path / "missing" / "b.json"), "--only", "synth",
+                                               "--data-dir", str(tmp_path)])
+    with pytest.raises(cli.UsageError, match="cannot write into"):  # before the benchmarks, not after them
+        bench.check_args(args)
+    ck = fabricate_checkpoint(tmp_path / "best.pt", mnist_root)
+    (tmp_path / "deploy").mkdir()
+    r = export.main(export.get_args_parser().parse_args([str(ck), "--out", str(tmp_path / "deploy"),
+                                                         "--parity-images", "8"]))
+    assert r["path"] == str(tmp_path / "deploy" / "best.torchscript.pt")  # a folder takes the default name
