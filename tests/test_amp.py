@@ -12,7 +12,7 @@ import torch
 
 import meters
 import device as DV
-from conftest import tiny_train_args
+from helpers import tiny_train_args
 import evaluate as E
 import train
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_script, tiny_train_args
+from helpers import run_script, tiny_train_args
 
 pytestmark = pytest.mark.slow  # every case is a script run as a subprocess (the module fixture cli)
 

@@ -19,7 +19,7 @@ from PIL import Image
 import checkpoint as CK
 import device as DV
 import cli
-from conftest import REPO, interrupt_at_epoch, run_script, tiny_train_args
+from helpers import REPO, interrupt_at_epoch, run_script, tiny_train_args
 import analyze as A
 import data as D
 import evaluate as E

@@ -23,7 +23,7 @@ import torch
 
 import cli
 import checkpoint as CK
-from conftest import REPO, fabricate_checkpoint, run_script, tiny_train_args
+from helpers import REPO, fabricate_checkpoint, run_script, tiny_train_args
 import model as M
 import report
 import train

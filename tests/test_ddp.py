@@ -18,7 +18,7 @@ import torch
 
 import augment as AU
 import checkpoint as CK
-from conftest import REPO
+from helpers import REPO
 import data as D
 import evaluate as E
 import report

@@ -18,9 +18,9 @@ import evaluate as E  # noqa: E402
 import experiments  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
-from conftest import interrupt_at_epoch  # noqa: E402
+from helpers import interrupt_at_epoch  # noqa: E402
 
-from conftest import MNIST_ROOT, have_mnist  # noqa: E402  (the tests' MNIST subset)
+from helpers import MNIST_ROOT, have_mnist  # noqa: E402  (the tests' MNIST subset)
 
 HAVE_MNIST = have_mnist()
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not in {MNIST_ROOT}")

@@ -29,7 +29,7 @@ import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 import train  # noqa: E402
 
-from conftest import MNIST_ROOT as SHARED, have_mnist  # noqa: E402  (the tests' MNIST subset)
+from helpers import MNIST_ROOT as SHARED, have_mnist  # noqa: E402  (the tests' MNIST subset)
 
 MNIST_RAW = SHARED / "MNIST" / "raw"
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason=f"MNIST not in {MNIST_RAW}")

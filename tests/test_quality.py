@@ -13,7 +13,7 @@ from PIL import Image
 
 import images as I
 import cli
-from conftest import run_script
+from helpers import run_script
 import analyze as A
 import data as D
 import evaluate as E

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 import analyze
 import report
 import train
-from conftest import run_script
+from helpers import run_script
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

@@ -17,7 +17,7 @@ import evaluate as E
 import model as M
 import report
 import train
-from conftest import fabricate_checkpoint, run_script, tiny_train_args
+from helpers import fabricate_checkpoint, run_script, tiny_train_args
 
 N_IMAGES = 100  # test digits written out as image files
 CPU = torch.device("cpu")
