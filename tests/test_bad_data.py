@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 
-import cli
 import images as I
 from adversarial import TRAIN, case_dir, check, slow, snapshot, world  # noqa: F401 (fixtures)
 from helpers import photo_folder, run_train, save_image
@@ -300,16 +299,6 @@ def test_analyze_removes_only_its_own_mistakes(case_dir):
     check(case_dir, "analyze.py", ANALYZE, 0, None, ("an/*",))
     assert mine.is_file() and not stale.exists()
     assert (case_dir / "an" / "mistakes" / ".analyze-files").read_text().split() == written
-
-
-def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
-    p = tmp_path / "a.csv"
-    p.write_text("old")
-    with pytest.raises(UnicodeEncodeError):
-        with cli.atomic_write(p) as f:
-            f.write("half,")
-            f.write("\ud800 a lone surrogate")  # not an escaped byte: cannot be encoded
-    assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.csv"]
 
 
 def test_snapshot_sees_a_changed_file(tmp_path):

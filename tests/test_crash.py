@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import cli
 import checkpoint as CK
 from helpers import REPO, fabricate_checkpoint, run_script, run_train, tiny_train_args
 import model as M
@@ -122,18 +121,6 @@ def test_ctrl_c_saves_last_pt_exits_130_and_resumes_exactly(runs):
     assert_same_run(runs["dirs"]["whole"], runs["dirs"]["interrupted"])
 
 
-def test_second_ctrl_c_aborts_and_the_previous_handler_comes_back():
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), cli.SigintStop() as stop:
-        stop.armed = True
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested  # the first one only asks to stop
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt), cli.SigintStop():
-        os.kill(os.getpid(), signal.SIGINT)  # not armed (set-up, final report): as usual
-
-
 def test_resume_command_replaces_any_resume():
     argv = ["train.py", "--model", "net", "--resume", "old/last.pt", "--resume=x.pt", "--save-dir", "my runs"]
     assert train.resume_command(argv, "my runs/last.pt") == \
@@ -223,14 +210,3 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, mnist_root, mo
     assert str(e.value) == "out of memory on cpu at --batch-size 48: lower --batch-size (or --img-size)"
 
 
-def test_ctrl_c_in_a_forked_loader_worker_is_left_to_the_main_process(monkeypatch):
-    """A terminal's Ctrl-C reaches the loader workers too (one process group); they inherit the
-    handler, which must neither print nor act there."""
-    with cli.SigintStop() as stop:
-        stop.armed = True
-        monkeypatch.setattr(cli.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
-        stop._handle(signal.SIGINT, None)
-        assert not stop.requested
-        monkeypatch.undo()
-        stop._handle(signal.SIGINT, None)
-        assert stop.requested
