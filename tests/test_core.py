@@ -8,7 +8,6 @@ import csv
 import dataclasses
 import io
 import json
-import random
 import re
 from pathlib import Path
 
@@ -16,14 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoint as CK
-import device as DV
 import cli
-from helpers import REPO, interrupt_at_epoch, run_script, tiny_train_args
+from helpers import interrupt_at_epoch, tiny_train_args
 import analyze as A
 import data as D
 import evaluate as E
-import model as M
 import report
 import train
 
@@ -122,26 +118,6 @@ def test_stratified_subset_fractions(mnist_labels):
                            D.stratified_subset(train_idx, mnist_labels, 0.1, 1))
 
 
-# ----------------------------------------------------------------------------- parameter counts
-
-def test_convnet_parameter_count():
-    net = M.build_model("convnet", 10, 1, img_size=28)
-    assert M.count_parameters(net) == 14_178
-
-
-def test_resnet18_parameter_count():
-    for drop in (None, 0.0, 0.2):
-        net = M.build_model("resnet18", 10, 3, drop_rate=drop)
-        assert M.count_parameters(net) == 11_181_642, drop
-
-
-@pytest.mark.slow  # model.py as a subprocess
-def test_model_py_prints_parameter_count():
-    proc = run_script("model.py", "convnet")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "parameters: 14178"
-
-
 # ----------------------------------------------------------------------------- schedule
 
 def schedule_args(**kw):
@@ -184,125 +160,6 @@ def test_restarts_schedule_returns_to_peak():
             assert train.lr_factor(boundary - 1, SPE, a) < 0.01  # end of the previous cycle
     mid = train.lr_factor(warm + 2 * SPE + 2 * SPE, SPE, a)  # half-way through the 4-epoch cycle
     assert mid == pytest.approx(0.5, abs=0.01)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def make_checkpoint(net, name, **over):
-    ck = {"model": name, "model_args": {}, "state_dict": net.state_dict(), "classes": [str(i) for i in range(10)],
-          "in_channels": 1, "img_size": 28, "mean": [0.1307], "std": [0.3081],
-          "data": {"dataset": "mnist", "mnist_root": "/x", "val_fraction": 0.15}, "args": {"lr": 1e-3},
-          "epoch": 3, "best_val_acc": 0.5}
-    ck.update(over)
-    return ck
-
-
-@pytest.fixture
-def saved_net(tmp_path):
-    """A `net` (BatchNorm: buffers matter) with non-default running stats, saved to tmp."""
-    torch.manual_seed(0)
-    net = M.build_model("net", 10, 1)
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(8, 1, 28, 28))  # move the BatchNorm running statistics
-    net.eval()
-    path = tmp_path / "ck.pt"
-    CK.save_checkpoint(make_checkpoint(net, "net"), str(path))
-    return net, path
-
-
-def test_checkpoint_round_trip(saved_net):
-    net, path = saved_net
-    raw = load_raw(path)  # plain types only
-    assert set(CK.CHECKPOINT_KEYS) <= set(raw)
-    ck = CK.load_checkpoint(str(path))
-    loaded = CK.model_from_checkpoint(ck, expect="net")
-    assert not loaded.training
-    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    if DV.use_channels_last(torch.device("cpu"), loaded.amp, 28):
-        net = net.to(memory_format=torch.channels_last)  # the layout train.py trains and evaluates in
-    with torch.no_grad():
-        assert torch.equal(net(x), loaded(x))
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, loaded.state_dict()[k]), k
-    assert not any(p.name.startswith(".tmp-") for p in path.parent.iterdir())  # no temp files left
-
-
-def test_checkpoint_corrupt_file_raises(tmp_path):
-    bad = tmp_path / "random.pt"
-    bad.write_bytes(random.Random(0).randbytes(4096))
-    with pytest.raises(CK.CheckpointError):
-        CK.load_checkpoint(str(bad))
-
-
-def test_checkpoint_truncated_file_raises(saved_net, tmp_path):
-    _, path = saved_net
-    blob = path.read_bytes()
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(CK.CheckpointError):
-        CK.load_checkpoint(str(cut))
-
-
-def test_checkpoint_corrupt_file_message_says_unreadable(tmp_path):
-    bad = tmp_path / "random.pt"
-    bad.write_bytes(random.Random(0).randbytes(4096))
-    with pytest.raises(CK.CheckpointError) as e:
-        CK.load_checkpoint(str(bad))
-    assert "not a readable checkpoint" in str(e.value)
-
-
-def test_checkpoint_missing_path_raises(tmp_path):
-    with pytest.raises(CK.CheckpointError, match="not found"):
-        CK.load_checkpoint(str(tmp_path / "nope.pt"))
-
-
-def test_checkpoint_missing_keys_or_not_a_dict_raise(saved_net, tmp_path):
-    net, _ = saved_net
-    torch.save({"state_dict": net.state_dict()}, tmp_path / "partial.pt")
-    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
-    for name in ("partial.pt", "tensor.pt"):
-        with pytest.raises(CK.CheckpointError):
-            CK.load_checkpoint(str(tmp_path / name))
-
-
-def test_checkpoint_other_architecture_raises(saved_net):
-    _, path = saved_net
-    ck = CK.load_checkpoint(str(path))
-    with pytest.raises(CK.CheckpointError, match="convnet"):
-        CK.model_from_checkpoint(ck, expect="convnet")
-
-
-def test_checkpoint_weights_that_do_not_fit_raise(saved_net):
-    _, path = saved_net
-    ck = CK.load_checkpoint(str(path))
-    ck["classes"] = ck["classes"][:5]  # a 5-class model cannot take 10-class weights
-    with pytest.raises(CK.CheckpointError):
-        CK.model_from_checkpoint(ck)
-
-
-UNPICKLED = []
-
-
-def _record(x):
-    UNPICKLED.append(x)
-    return x
-
-
-class Payload:
-    """Unpickling this would call _record: weights_only loading must refuse it first."""
-
-    def __reduce__(self):
-        return (_record, ("unpickled",))
-
-
-def test_checkpoint_with_pickled_object_is_refused(tmp_path):
-    net = M.build_model("convnet", 10, 1)
-    ck = make_checkpoint(net, "convnet", args={"evil": Payload()})
-    torch.save(ck, tmp_path / "evil.pt")
-    with pytest.raises(CK.CheckpointError):
-        CK.load_checkpoint(str(tmp_path / "evil.pt"))
-    assert UNPICKLED == []
 
 
 # ----------------------------------------------------------------------------- early stopping
