@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers import (MIXED_EXTS, MIXED_SIZES, MNIST_ROOT, MNIST_RUN_IMAGES, fabricate_checkpoint,  # noqa: E402
+from helpers import (MIXED, MNIST_ROOT, MNIST_RUN_IMAGES, fabricate_checkpoint,  # noqa: E402
                      have_mnist, no_figures, photo_folder, run_analyze, run_train, tiny_train_args)
 
 
@@ -66,7 +66,7 @@ def fake_convnet_dir(tmp_path_factory, mnist_root):
 def digits_dir(tmp_path_factory):
     """A flat folder of the digit classes 0-9, 3 noise photos each (mixed sizes and formats)."""
     return photo_folder(tmp_path_factory.mktemp("digits"), [str(c) for c in range(10)], 3, layout="flat",
-                        stem="img{k:03d}", ext=MIXED_EXTS, size=MIXED_SIZES)
+                        stem="img{k:03d}", **MIXED)
 
 
 @pytest.fixture(scope="session")

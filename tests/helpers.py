@@ -43,8 +43,9 @@ MNIST_RUN_IMAGES = 100  # conftest's mnist_run: its test digits written out as i
 
 # ----------------------------------------------------------------------------- images and photo folders
 
-MIXED_SIZES = [(20, 30), (60, 40), (33, 21), (45, 45), (24, 52), (40, 20)]  # (width, height): photo_folder(size=)
-MIXED_EXTS = ["jpg", "jpeg", "png", "bmp", "webp", "PNG"]                    # photo_folder(ext=)
+# photo_folder(**MIXED): formats and sizes (width, height) cycled over a folder's images
+MIXED = {"ext": ["jpg", "jpeg", "png", "bmp", "webp", "PNG"],
+         "size": [(20, 30), (60, 40), (33, 21), (45, 45), (24, 52), (40, 20)]}
 
 def save_image(path, size=(30, 20), seed=0, lo=0, hi=256, mode="RGB"):
     """A random-content image at `path` (the format from the extension): uniform RGB noise in
@@ -54,6 +55,16 @@ def save_image(path, size=(30, 20), seed=0, lo=0, hi=256, mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(lo, hi, (h, w, 3), dtype=np.uint8)).convert(mode).save(path)
     return path
+
+
+def save_rgba(path):
+    """A 30 x 20 RGBA PNG (or any format with alpha): the right half opaque dark red, the left half
+    fully transparent."""
+    a = np.zeros((20, 30, 4), np.uint8)
+    a[..., 0] = 200
+    a[:, 15:, 3] = 255     # right half opaque dark red, left half fully transparent
+    Image.fromarray(a, "RGBA").save(path)
+    return Path(path)
 
 
 def photo_folder(root, classes=("0", "1", "2"), per_class=5, layout="sub", stem="img{i}", ext="png", size=16,

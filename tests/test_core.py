@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
 from helpers import interrupt_at_epoch, tiny_train_args
 import analyze as A
 import data as D
@@ -52,70 +51,8 @@ def summary_lines(text):
 
 # ----------------------------------------------------------------------------- MNIST loading
 
-@pytest.fixture(scope="module")
-def mnist_labels(mnist_root):
-    _, labels = D.load_mnist(str(mnist_root), train=True, download=False)
-    return labels
-
-
-def test_load_mnist_local_files(mnist_root):
-    images, labels = D.load_mnist(str(mnist_root), train=True, download=False)
-    # the tests' subset (tests/data/make_mnist_subset.py): 200 train and 50 test digits per class
-    assert images.shape == (2000, 1, 28, 28) and images.dtype == torch.uint8
-    assert labels.shape == (2000,) and labels.dtype == torch.int64
-    assert labels.bincount().tolist() == [200] * 10
-    test_images, test_labels = D.load_mnist(str(mnist_root), train=False, download=False)
-    assert test_images.shape == (500, 1, 28, 28) and test_labels.bincount().tolist() == [50] * 10
-
-
-def test_load_mnist_missing_names_folder_and_files(tmp_path):
-    with pytest.raises(cli.UsageError) as e:
-        D.load_mnist(str(tmp_path), train=True, download=False)
-    msg = str(e.value)
-    assert str(tmp_path / "MNIST" / "raw") in msg
-    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte"):
-        assert f in msg
-    assert "\n" not in msg
-    assert list(tmp_path.iterdir()) == []  # nothing fetched or created
-
 
 # ----------------------------------------------------------------------------- split
-
-def test_stratified_split_is_stratified_disjoint_and_complete(mnist_labels):
-    train_idx, val_idx = D.stratified_split(mnist_labels, 0.15, seed=0)
-    n_c = torch.bincount(mnist_labels, minlength=10)
-    val_c = torch.bincount(mnist_labels[val_idx], minlength=10)
-    for c in range(10):
-        assert abs(val_c[c].item() - 0.15 * n_c[c].item()) <= 1, (c, val_c[c], n_c[c])
-    both = torch.cat([train_idx, val_idx])
-    assert torch.equal(both.sort().values, torch.arange(len(mnist_labels)))  # disjoint and covering
-    assert torch.equal(train_idx, train_idx.sort().values) and torch.equal(val_idx, val_idx.sort().values)
-
-
-def test_stratified_split_seeded(mnist_labels):
-    a = D.stratified_split(mnist_labels, 0.15, seed=0)
-    b = D.stratified_split(mnist_labels, 0.15, seed=0)
-    c = D.stratified_split(mnist_labels, 0.15, seed=1)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[1], c[1])
-
-
-def test_stratified_subset_fractions(mnist_labels):
-    train_idx, _ = D.stratified_split(mnist_labels, 0.15, seed=0)
-    n_c = torch.bincount(mnist_labels[train_idx], minlength=10)
-    assert torch.equal(D.stratified_subset(train_idx, mnist_labels, 1.0, 0), train_idx)
-    for k in range(2, 17):
-        frac = 1 / k
-        sub = D.stratified_subset(train_idx, mnist_labels, frac, seed=0)
-        assert len(sub.unique()) == len(sub)
-        assert torch.isin(sub, train_idx).all()
-        sub_c = torch.bincount(mnist_labels[sub], minlength=10)
-        for c in range(10):
-            assert abs(sub_c[c].item() - frac * n_c[c].item()) <= 1, (k, c)
-        assert torch.equal(sub, D.stratified_subset(train_idx, mnist_labels, frac, seed=0))
-    assert not torch.equal(D.stratified_subset(train_idx, mnist_labels, 0.1, 0),
-                           D.stratified_subset(train_idx, mnist_labels, 0.1, 1))
 
 
 # ----------------------------------------------------------------------------- schedule

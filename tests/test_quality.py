@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import images as I
-import cli
 from helpers import run_script
 import analyze as A
 import data as D
@@ -158,22 +157,6 @@ def test_leakage_pair_found(flipped_run):
 
 
 @pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
-def test_group_split_keeps_the_copy_with_its_original(flipped_run):
-    src, dst = flipped_run["dup"]
-    cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], group_split=True, split_hash=None)
-    data = D.build_datasets(cfg)
-    val = {data.val.path(i) for i in range(len(data.val))}
-    assert (src in val) == (dst in val)
-    assert data.config["num_groups"] < data.config["num_samples"]
-    assert len(val) == len(flipped_run_val(flipped_run))  # the same val size as the plain split
-
-
-def flipped_run_val(flipped_run):
-    data = D.build_datasets(torch.load(flipped_run["ckpt"], weights_only=True)["data"])
-    return [data.val.path(i) for i in range(len(data.val))]
-
-
-@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_mistakes_on_disk(flipped_run):
     rows = read_csv(flipped_run["out"] / "samples.csv")
     wrong = {(r["label"], f"val_{r['index']}_pred-{r['prediction']}") for r in rows
@@ -225,30 +208,4 @@ def test_bad_option_is_one_line(flipped_run):
 
 # ----------------------------------------------------------------------------- data.py: cross-validation folds
 
-def test_stratified_folds_cover_the_split_once_per_class_balanced():
-    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 2)
-    folds = D.stratified_folds(labels, 3, seed=0)
-    assert torch.equal(torch.cat(folds).sort().values, torch.arange(len(labels)))
-    for c in range(3):
-        counts = [int((labels[f] == c).sum()) for f in folds]
-        assert max(counts) - min(counts) <= 1, (c, counts)
-    assert sorted(len(f) for f in folds) == [6, 6, 7]  # the 2-sample class does not pile onto fold 0
-    assert all(torch.equal(a, b) for a, b in zip(folds, D.stratified_folds(labels, 3, seed=0)))
 
-
-@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
-def test_fold_run_validates_on_its_fold(flipped_run, tmp_path):
-    cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], cache_dir=str(tmp_path))  # decode once
-    base = D.build_datasets(cfg, check=False)
-    train_idx = base.train.indices
-    folds = D.stratified_folds(base.train.targets, FOLDS, cfg["split_seed"])
-    hashes = {base.config["split_hash"]}
-    for k in range(FOLDS):
-        data = D.build_datasets(dict(cfg, folds=FOLDS, fold=k), check=False)
-        assert torch.equal(data.val.indices, train_idx[folds[k]])
-        assert torch.equal(torch.cat([data.train.indices, data.val.indices]).sort().values, train_idx)
-        hashes.add(data.config["split_hash"])
-    assert len(hashes) == FOLDS + 1
-    for folds_, fold in ((FOLDS, FOLDS), (1, 0), (FOLDS, None), (0, 1)):
-        with pytest.raises(cli.UsageError, match="--folds? must be"):
-            D.build_datasets(dict(cfg, folds=folds_, fold=fold), check=False)

@@ -386,18 +386,6 @@ def test_grad_cam_lands_on_the_digit_of_synthetic_composites(mnist_root):
 
 # ----------------------------------------------------------------------------- the last partial batch
 
-def test_last_partial_batch_is_kept_when_it_is_more_than_a_few_percent():
-    assert D.epoch_length(856, 32) == 832   # 24 of 856 (2.8%): dropped, 26 steps
-    assert D.epoch_length(856, 128) == 856  # 88 of 856 (10%): kept, 7 steps
-    assert D.epoch_length(54, 32) == 54     # 1/16 of the photos: 22 of 54 (41%) kept, 2 steps
-    assert D.epoch_length(51000, 128) == 50944  # MNIST: 56 of 51,000 dropped
-    assert D.epoch_length(20, 64) == 20     # less than one batch: one step of all
-    assert D.epoch_length(41, 20) == 40     # a partial batch of 1 sample is never a step (BatchNorm)
-    data = D.Data(D.TensorImageDataset(torch.zeros(54, 1, 2, 2, dtype=torch.uint8), torch.zeros(54, dtype=torch.long)),
-                  None, None, ["0"], 1, 2, (0,), (1,), {})
-    order = D.train_order(data, 32, seed=0, epoch=1)
-    assert sorted(order) == list(range(54))
-
 
 def test_a_mixed_run_says_which_photos_it_leaves_out(tmp_path, mnist_root, monkeypatch, capsys):
     """Photos + composites: the photos left after whole batches are a step of their own when they
