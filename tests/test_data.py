@@ -234,7 +234,7 @@ def test_tiny_classes_never_give_an_empty_val(tmp_path):
     assert len(data.val) > 0
 
 
-# ----------------------------------------------------------------------------- synthetic digits (--synthetic-n, --backgrounds)
+# ----------------------------------------------------------------------------- synthetic digits, --backgrounds
 
 def test_synthetic_needs_digit_classes(pets_dir):
     with pytest.raises(cli.UsageError) as e:
@@ -334,7 +334,7 @@ def test_sample_weights_same_name_in_two_classes(tmp_path, capsys):
     assert w[dog0] == 1.0
 
 
-# ----------------------------------------------------------------------------- epoch orders: --synthetic-ratio, the last partial batch
+# ----------------------------------------------------------------------------- epoch orders, --synthetic-ratio
 
 @pytest.mark.parametrize("ratio,batch", [(0.5, 32), (0.25, 16), (0.9, 10)])
 def test_every_batch_holds_the_ratio_and_an_epoch_is_one_pass_over_the_photos(ratio, batch):

@@ -6,7 +6,7 @@ The runs are tiny: 1% of the tests' MNIST subset with the 14k-parameter convnet 
 or a few drawn-digit photos, in this process (helpers.run_train) unless the command line is the point."""
 import pytest
 
-from helpers import assert_one_line_error, run_scripts, tiny_train_args
+from helpers import MNIST_ROOT, assert_one_line_error, run_script, run_scripts, tiny_train_args
 
 
 # ----------------------------------------------------------------------------- the command line (subprocesses)
@@ -54,3 +54,11 @@ def test_dry_run(script_errors):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dry run" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # train.py as a subprocess
+def test_mnist_with_synthetic_is_one_error_line(tmp_path):
+    r = run_script("train.py", "--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--synthetic-n", 10,
+                   "--epochs", 1, "--save-dir", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "--synthetic-n" in r.stderr and "Traceback" not in r.stderr
