@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers import (MIXED, MNIST_ROOT, MNIST_RUN_IMAGES, fabricate_checkpoint,  # noqa: E402
+from helpers import (DRAWN, MIXED, MNIST_ROOT, MNIST_RUN_IMAGES, fabricate_checkpoint,  # noqa: E402
                      have_mnist, no_figures, photo_folder, run_analyze, run_train, tiny_train_args)
 
 
@@ -111,8 +111,7 @@ def analysed_run(tmp_path_factory, mnist_root):
     that sweep (a fake experiments --out folder). Returns the run folder."""
     import analyze
     tmp = tmp_path_factory.mktemp("report")
-    photos = photo_folder(tmp / "photos", [str(d) for d in range(10)], 6, layout="flat", stem="d{i}", size=(24, 32),
-                          content="digit")
+    photos = photo_folder(tmp / "photos", [str(d) for d in range(10)], 6, layout="flat", **DRAWN)
     sweep = tmp / "sweep"
     run = sweep / "cell" / "seed0"
     run_train(["--data-dir", photos, "--mnist-root", mnist_root, "--no-download", "--img-size", 16, "--model",

@@ -46,6 +46,7 @@ MNIST_RUN_IMAGES = 100  # conftest's mnist_run: its test digits written out as i
 # photo_folder(**MIXED): formats and sizes (width, height) cycled over a folder's images
 MIXED = {"ext": ["jpg", "jpeg", "png", "bmp", "webp", "PNG"],
          "size": [(20, 30), (60, 40), (33, 21), (45, 45), (24, 52), (40, 20)]}
+DRAWN = {"stem": "d{i}", "size": (24, 32), "content": "digit"}  # photo_folder(**DRAWN): `d<i>`, the class drawn
 
 def save_image(path, size=(30, 20), seed=0, lo=0, hi=256, mode="RGB"):
     """A random-content image at `path` (the format from the extension): uniform RGB noise in
@@ -80,8 +81,9 @@ def photo_folder(root, classes=("0", "1", "2"), per_class=5, layout="sub", stem=
     ext, size: one value, or a list cycled over k; the extension picks the format, a size is
         (width, height) or a side.
     content: "noise" (uniform RGB in [lo, hi)) or "digit" (the class name drawn in a light colour
-        on a dark one: 24 x 32 px fits it); image i of entry e draws from default_rng(seed + 100 e + i),
-        so a class's images do not change when another class gets more.
+        on a dark one: 24 x 32 px fits it, helpers.DRAWN); image i of entry e draws from
+        default_rng(10000 seed + 100 e + i): the images differ between folders of different seeds,
+        and a class's images do not change when another class gets more.
     colours: one RGB per image (by k): flat images of those colours instead.
     pixels: one uint8 array per image (by k; H x W greyscale or H x W x 3 RGB), written as it is."""
     root = Path(root)
@@ -103,9 +105,9 @@ def photo_folder(root, classes=("0", "1", "2"), per_class=5, layout="sub", stem=
             elif colours is not None:
                 Image.new("RGB", (w, h), tuple(int(v) for v in colours[k])).save(path)
             elif content == "noise":
-                save_image(path, (w, h), seed + 100 * e + i, lo, hi)
+                save_image(path, (w, h), 10000 * seed + 100 * e + i, lo, hi)
             elif content == "digit":
-                rng = np.random.default_rng(seed + 100 * e + i)
+                rng = np.random.default_rng(10000 * seed + 100 * e + i)
                 im = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 120, 3)))
                 ImageDraw.Draw(im).text((8, 10), str(c), fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
                 im.save(path)
