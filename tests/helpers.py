@@ -7,6 +7,7 @@ and 500 test digits, written by tests/data/make_mnist_subset.py)."""
 import contextlib
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -147,6 +148,12 @@ def summary_lines(text):
 def summary_by_split(text):
     """{"Train" / "Val" / "Test": its (last) `... set: ...` line}."""
     return {m.group(1): m.group(0) for m in re.finditer(r"^(Train|Val|Test) set: .*$", text, re.M)}
+
+
+def page_data(page):
+    """The JSON a dashboard.html embeds (report.write_dashboard)."""
+    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
 
 
 def warning_lines(err):
