@@ -22,32 +22,10 @@ import subprocess
 import sys
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def save_png(path, size=16, seed=0):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def make_folder(root, classes=("0", "1", "2"), per_class=5, flat=False, size=16):
-    """A tiny labelled photo folder: class subfolders, or flat files named x<i>_label<c>.png."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for k, c in enumerate(classes):
-        for i in range(per_class):
-            name = f"img{i}_label{c}.png" if flat else f"{c}/img{i}.png"
-            save_png(root / name, size, seed=100 * k + i)
-    return root
+from helpers import REPO, photo_folder, run_train
 
 
 def snapshot(folder):
@@ -157,12 +135,9 @@ TRAIN = ["--data-dir", "data", "--model", "convnet", "--img-size", 12, "--epochs
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """data/ (3 classes x 5 PNGs) and run/ (1 epoch of convnet on it: best.pt, last.pt, history.csv)."""
-    import train
     w = tmp_path_factory.mktemp("world")
-    make_folder(w / "data")
-    args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(w / "run")])
-    args.data_dir = str(w / "data")
-    train.main(args)
+    photo_folder(w / "data")  # data/<class>/img<i>.png, classes 0-2, 16 x 16
+    run_train([*TRAIN, "--save-dir", w / "run", "--data-dir", w / "data"], figures=True)
     (w / "notes.txt").write_text("a text file\n")
     (w / "table.csv").write_text("a,b\n1,2\n")
     (w / "config.json").write_text('{"model": "convnet"}\n')

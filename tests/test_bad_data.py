@@ -8,13 +8,12 @@ file unchanged."""
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-import cli
 import images as I
-from adversarial import TRAIN, case_dir, check, make_folder, save_png, slow, snapshot, world  # noqa: F401 (fixtures)
+from adversarial import TRAIN, case_dir, check, slow, snapshot, world  # noqa: F401 (fixtures)
+from helpers import photo_folder, run_train, save_image
 
 DRY = ["--data-dir", "d", *TRAIN[2:], "--dry-run"]           # train.py --dry-run on folder d/
 EVAL = ["run/best.pt", "--data-dir", "data", "--out", "ev"]  # evaluate.py / analyze.py of the trained run
@@ -25,11 +24,11 @@ RUN_FILES = ("run/best.pt", "run/last.pt", "run/history.csv", "run/*.png")
 # ----------------------------------------------------------------------------- setups
 
 def flat(w, per_class=3, classes=("0", "1")):
-    make_folder(w / "d", classes, per_class, flat=True)
+    photo_folder(w / "d", classes, per_class, layout="flat")
 
 
 def sub(w, per_class=3, classes=("0", "1")):
-    make_folder(w / "d", classes, per_class)
+    photo_folder(w / "d", classes, per_class)
 
 
 def then(*steps):
@@ -40,7 +39,7 @@ def then(*steps):
 
 
 def png(rel, seed=7):
-    return lambda w: save_png(w / rel, seed=seed)
+    return lambda w: save_image(w / rel, 16, seed)
 
 
 def text(rel, content, encoding="utf-8"):
@@ -73,7 +72,7 @@ def bytes_name(folder, name):
     """A file whose name is not valid UTF-8 (a PNG)."""
     def setup(w):
         (w / folder).mkdir(parents=True, exist_ok=True)
-        src = save_png(w / "tmp.png", seed=5)
+        src = save_image(w / "tmp.png", 16, 5)
         os.rename(os.fsencode(src), os.path.join(os.fsencode(w / folder), name))
     return setup
 
@@ -94,13 +93,10 @@ def history(content):
     return text("run/history.csv", content)
 
 
-def tiny_run(w):
+def tiny_folder_run(w):
     """tr/: a 1-epoch run on t/, 2 classes x 2 images (1 train and 1 val image each)."""
-    import train
-    make_folder(w / "t", ("0", "1"), 2)
-    args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(w / "tr")])
-    args.data_dir = str(w / "t")
-    train.main(args)
+    photo_folder(w / "t", ("0", "1"), 2)
+    run_train([*TRAIN, "--save-dir", w / "tr", "--data-dir", w / "t"], figures=True)
 
 
 def C(id, setup, script, args, code, line, outputs=(), warning=None, subprocess=False, stdout=None):
@@ -126,11 +122,11 @@ CASES = [
     C("__MACOSX as class", then(sub, png("d/__MACOSX/0/._a.png")), "train.py", DRY, 0, "__MACOSX", stdout="2 classes"),
     C("__MACOSX in class", then(sub, png("d/1/__MACOSX/._a.png")), "train.py", DRY, 0, "hidden folder"),
     C("image beside class folders", then(sub, png("d/stray.png")), "train.py", DRY, 0, "outside the class folders"),
-    C("classes 3 and 03", then(lambda w: make_folder(w / "d", ("3", "03"), 3)), "train.py", DRY, 0, None,
+    C("classes 3 and 03", then(lambda w: photo_folder(w / "d", ("3", "03"), 3)), "train.py", DRY, 0, None,
       stdout="2 classes"),
     C("class folder without images", then(sub, text("d/emu/readme.txt", "x")), "train.py", DRY, 2, "emu"),
-    C("one class", lambda w: make_folder(w / "d", ("0",), 4), "train.py", DRY, 2, "at least 2 classes"),
-    C("class of one image", lambda w: make_folder(w / "d", ("0", "1"), 1), "train.py", DRY, 2, "fewer than 2 images"),
+    C("one class", lambda w: photo_folder(w / "d", ("0",), 4), "train.py", DRY, 2, "at least 2 classes"),
+    C("class of one image", lambda w: photo_folder(w / "d", ("0", "1"), 1), "train.py", DRY, 2, "fewer than 2 images"),
     C("empty folder", lambda w: (w / "d").mkdir(), "train.py", DRY, 2, "no labelled images"),
     C("only text files", text("d/a.txt", "x"), "train.py", DRY, 2, "no labelled images"),
     C("all unreadable", then(text("d/0/a.png", "x"), text("d/1/b.png", "y")), "train.py", DRY, 2, "could be read"),
@@ -226,12 +222,12 @@ CASES = [
            "analyze.py", ANALYZE, 0, None, ("an/*.*", "an/mistakes/.analyze-files"))),
     C("analyze mistakes/ is a file", text("an/mistakes", "mine"), "analyze.py", ANALYZE, 2, "is a file"),
     # --- datasets smaller than a figure, a batch or a k-NN needs: the figures degrade
-    slow(C("tiny dataset: train", lambda w: make_folder(w / "t", ("0", "1"), 2), "train.py",
+    slow(C("tiny dataset: train", lambda w: photo_folder(w / "t", ("0", "1"), 2), "train.py",
            ["--data-dir", "t", *TRAIN[2:]], 0, None, TRAIN_OUT, stdout="2 train, 2 val")),
-    slow(C("tiny dataset: analyze --folds", tiny_run, "analyze.py",
+    slow(C("tiny dataset: analyze --folds", tiny_folder_run, "analyze.py",
            ["tr/best.pt", "--out", "an", "--folds", 2, "--fold-epochs", 1, "--dashboard-points", 3], 0, None,
            ("an/*",), stdout="wrote metrics.json")),
-    slow(C("tiny dataset: evaluate", tiny_run, "evaluate.py", ["tr/best.pt", "--out", "ev"], 0, None, ("ev/*",))),
+    slow(C("tiny dataset: evaluate", tiny_folder_run, "evaluate.py", ["tr/best.pt", "--out", "ev"], 0, None, ("ev/*",))),
     # --- damaged outputs that report.py reads
     C("report: history truncated", history("epoch,val_acc,seconds\n1,0.5"), "report.py", ["run"], 0, "lacks columns",
       ("run/report.*",)),
@@ -270,9 +266,9 @@ def test_class_order_does_not_depend_on_the_hash_seed():
 
 
 def test_copies_are_labelled_as_their_originals(tmp_path):
-    make_folder(tmp_path, ("0", "1"), 2, flat=True)
+    photo_folder(tmp_path, ("0", "1"), 2, layout="flat")
     for name in ("img0_label0 (1).png", "img0_label0 copy.png", "img1_label1 - Copy (2).png"):
-        save_png(tmp_path / name)
+        save_image(tmp_path / name, 16)
     _, names = I.scan_folder(str(tmp_path))
     assert sorted(set(names)) == ["0", "1"] and len(names) == 7
 
@@ -280,12 +276,9 @@ def test_copies_are_labelled_as_their_originals(tmp_path):
 @pytest.mark.slow  # trains a run, ~4 s
 def test_outputs_get_the_umask_mode(world, tmp_path):
     """Checkpoints and every other output: the usual mode, so a group can read a shared run folder."""
-    import train
     old = os.umask(0o022)
     try:
-        args = train.get_args_parser().parse_args([str(a) for a in TRAIN] + ["--save-dir", str(tmp_path / "r")])
-        args.data_dir = str(world / "data")
-        train.main(args)
+        run_train([*TRAIN, "--save-dir", tmp_path / "r", "--data-dir", world / "data"], figures=True)
     finally:
         os.umask(old)
     for f in ("best.pt", "last.pt", "history.csv", "curves.png"):
@@ -297,7 +290,7 @@ def test_outputs_get_the_umask_mode(world, tmp_path):
 def test_analyze_removes_only_its_own_mistakes(case_dir):
     """A second analyze.py into the same --out: the first run's mistake images go, a user's files stay."""
     check(case_dir, "analyze.py", ANALYZE, 0, None, ("an/*",))
-    mine = save_png(case_dir / "an" / "mistakes" / "mine.png")
+    mine = save_image(case_dir / "an" / "mistakes" / "mine.png", 16)
     written = (case_dir / "an" / "mistakes" / ".analyze-files").read_text().split()
     stale = case_dir / "an" / "mistakes" / "0" / "val_99_pred-1_0.99.png"
     stale.parent.mkdir(exist_ok=True)
@@ -306,16 +299,6 @@ def test_analyze_removes_only_its_own_mistakes(case_dir):
     check(case_dir, "analyze.py", ANALYZE, 0, None, ("an/*",))
     assert mine.is_file() and not stale.exists()
     assert (case_dir / "an" / "mistakes" / ".analyze-files").read_text().split() == written
-
-
-def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
-    p = tmp_path / "a.csv"
-    p.write_text("old")
-    with pytest.raises(UnicodeEncodeError):
-        with cli.atomic_write(p) as f:
-            f.write("half,")
-            f.write("\ud800 a lone surrogate")  # not an escaped byte: cannot be encoded
-    assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.csv"]
 
 
 def test_snapshot_sees_a_changed_file(tmp_path):

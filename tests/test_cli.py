@@ -1,88 +1,43 @@
-"""The scripts' command-line contract: a user error exits 2 with one `error: ...` line on stderr
-and no traceback; `--dry-run` exits 0.
-
-Every case is a real subprocess (the `if __name__ == "__main__"` blocks are what is tested).
-Importing torch costs seconds per process, so the cases are started together once per module
-(a few at a time) and each test checks its own result."""
-import random
-from concurrent.futures import ThreadPoolExecutor
+"""cli.py: Ctrl-C's two-step stop (SigintStop) and the atomic writes every output goes through.
+(The scripts' command lines are tested in each script's file and in test_bad_options.py.)"""
+import os
+import signal
 
 import pytest
 
-from conftest import run_script, tiny_train_args
-
-pytestmark = pytest.mark.slow  # every case is a script run as a subprocess (the module fixture cli)
+import cli
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory, mnist_root, fake_convnet_dir):
-    tmp = tmp_path_factory.mktemp("cli")
-    corrupt = tmp / "corrupt.pt"
-    corrupt.write_bytes(random.Random(0).randbytes(4096))
-    tiny = lambda name, *extra: tiny_train_args(mnist_root, tmp / name, "--augment", "none", *extra)  # noqa: E731
-    cases = {
-        "train_missing_data_dir": ("train.py", "--data-dir", tmp / "no_such_folder", "--save-dir", tmp / "s1",
-                                   "--quiet"),
-        "train_missing_mnist": ("train.py", "--dataset", "mnist", "--mnist-root", "/nonexistent", "--no-download",
-                                "--save-dir", tmp / "s2", "--quiet"),
-        "evaluate_missing": ("evaluate.py", tmp / "missing.pt"),
-        "evaluate_corrupt": ("evaluate.py", corrupt),
-        "evaluate_data_moved": ("evaluate.py", fake_convnet_dir / "best.pt", "--mnist-root", tmp / "moved",
-                                "--out", tmp / "ev"),
-        "analyze_missing": ("analyze.py", tmp / "missing.pt"),
-        "resume_best_other_model": ("train.py", *tiny("s3", "--model", "net", "--resume", fake_convnet_dir / "best.pt")),
-        "resume_last_other_model": ("train.py", *tiny("s4", "--model", "net", "--resume", fake_convnet_dir / "last.pt")),
-        "dry_run": ("train.py", *tiny("s5", "--dry-run")),
-    }
-    with ThreadPoolExecutor(3) as pool:
-        futures = {k: pool.submit(run_script, *v) for k, v in cases.items()}
-        return {k: f.result() for k, f in futures.items()}
+def test_second_ctrl_c_aborts_and_the_previous_handler_comes_back():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), cli.SigintStop() as stop:
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested  # the first one only asks to stop
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), cli.SigintStop():
+        os.kill(os.getpid(), signal.SIGINT)  # not armed (set-up, final report): as usual
 
 
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
+def test_ctrl_c_in_a_forked_loader_worker_is_left_to_the_main_process(monkeypatch):
+    """A terminal's Ctrl-C reaches the loader workers too (one process group); they inherit the
+    handler, which must neither print nor act there."""
+    with cli.SigintStop() as stop:
+        stop.armed = True
+        monkeypatch.setattr(cli.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
+        stop._handle(signal.SIGINT, None)
+        assert not stop.requested
+        monkeypatch.undo()
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested
 
 
-def test_train_missing_data_dir(cli):
-    assert_one_line_error(cli["train_missing_data_dir"], "no_such_folder")
-
-
-def test_train_missing_mnist_no_download(cli):
-    assert_one_line_error(cli["train_missing_mnist"], "/nonexistent", "train-images-idx3-ubyte")
-
-
-def test_evaluate_missing_checkpoint(cli):
-    assert_one_line_error(cli["evaluate_missing"], "missing.pt")
-
-
-def test_evaluate_corrupt_checkpoint(cli):
-    assert_one_line_error(cli["evaluate_corrupt"], "corrupt.pt")
-
-
-def test_evaluate_when_the_data_moved(cli):
-    assert_one_line_error(cli["evaluate_data_moved"], "moved")
-
-
-def test_analyze_missing_checkpoint(cli):
-    assert_one_line_error(cli["analyze_missing"], "missing.pt")
-
-
-def test_resume_best_pt_of_another_model(cli):
-    assert_one_line_error(cli["resume_best_other_model"], "best.pt")
-
-
-def test_resume_last_pt_of_another_model(cli):
-    assert_one_line_error(cli["resume_last_other_model"], "convnet", "net")
-
-
-def test_dry_run(cli):
-    proc = cli["dry_run"]
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "dry run" in proc.stdout
-    assert "Traceback" not in proc.stderr
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        with cli.atomic_write(p) as f:
+            f.write("half,")
+            f.write("\ud800 a lone surrogate")  # not an escaped byte: cannot be encoded
+    assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.csv"]

@@ -7,8 +7,6 @@ seconds per process). A stop is sent when the tqdm bar of epoch 2 appears on std
 train.py draws after it has written epoch 1's last.pt and before the first step of epoch 2: so
 it lands in epoch 2 whatever the machine's speed, and a run that got past epoch 2 anyway fails
 the test (return code, last.pt's epoch), never passes it silently."""
-import contextlib
-import io
 import os
 import re
 import shlex
@@ -21,11 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import cli
 import checkpoint as CK
-from conftest import REPO, fabricate_checkpoint, run_script, tiny_train_args
+from helpers import REPO, fabricate_checkpoint, run_script, run_train, tiny_train_args
 import model as M
-import report
 import train
 
 
@@ -55,16 +51,6 @@ def stop_in_epoch_2(proc, sig):
     return proc.returncode, (seen + rest).decode(errors="replace").replace("\r", "\n")  # tqdm's redraws
 
 
-def run_in_process(argv):
-    """train.main on `argv` without its figures (not what this file tests); returns its stdout."""
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        for plot in ("plot_history", "plot_inputs"):
-            mp.setattr(report, plot, lambda *a, **k: None)
-        train.main(train.get_args_parser().parse_args([str(a) for a in argv]))
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mnist_root):
     tmp = tmp_path_factory.mktemp("crash")
@@ -72,17 +58,17 @@ def runs(tmp_path_factory, mnist_root):
     with ThreadPoolExecutor(2) as pool:
         stopped = {k: pool.submit(stop_in_epoch_2, start(crash_args(mnist_root, dirs[k]), tmp / f"{k}.log"), sig)
                    for k, sig in (("killed", signal.SIGKILL), ("interrupted", signal.SIGINT))}
-        run_in_process(crash_args(mnist_root, dirs["whole"]))  # meanwhile, the reference
+        run_train(crash_args(mnist_root, dirs["whole"]))  # meanwhile, the reference (without figures)
         out = {k: f.result() for k, f in stopped.items()}
     # what the killed and interrupted runs left behind, before they are resumed
     out["after_kill"] = torch.load(dirs["killed"] / "last.pt", weights_only=True)
     out["after_interrupt"] = CK.load_checkpoint(str(dirs["interrupted"] / "last.pt"))
     resume_line = re.search(r"^interrupted: resume with: (.*)$", out["interrupted"][1], re.M)
     out["resume_line"] = resume_line and resume_line.group(1)
-    out["resumed"] = {"killed": run_in_process([*crash_args(mnist_root, dirs["killed"]),
-                                                "--resume", dirs["killed"] / "last.pt"])}
+    out["resumed"] = {"killed": run_train([*crash_args(mnist_root, dirs["killed"]),
+                                           "--resume", dirs["killed"] / "last.pt"])[1]}
     if out["resume_line"]:  # the printed command, as a user would paste it
-        out["resumed"]["interrupted"] = run_in_process(shlex.split(out["resume_line"])[2:])
+        out["resumed"]["interrupted"] = run_train(shlex.split(out["resume_line"])[2:])[1]
     out["dirs"] = dirs
     return out
 
@@ -135,18 +121,6 @@ def test_ctrl_c_saves_last_pt_exits_130_and_resumes_exactly(runs):
     assert_same_run(runs["dirs"]["whole"], runs["dirs"]["interrupted"])
 
 
-def test_second_ctrl_c_aborts_and_the_previous_handler_comes_back():
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), cli.SigintStop() as stop:
-        stop.armed = True
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested  # the first one only asks to stop
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt), cli.SigintStop():
-        os.kill(os.getpid(), signal.SIGINT)  # not armed (set-up, final report): as usual
-
-
 def test_resume_command_replaces_any_resume():
     argv = ["train.py", "--model", "net", "--resume", "old/last.pt", "--resume=x.pt", "--save-dir", "my runs"]
     assert train.resume_command(argv, "my runs/last.pt") == \
@@ -167,7 +141,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path, mni
     monkeypatch.setattr(train, "train_one_epoch", nan_in_epoch_2)
     sigint_handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(train.TrainingError) as e:
-        run_in_process(tiny_train_args(mnist_root, tmp_path, "--epochs", 3, "--augment", "none"))
+        run_train(tiny_train_args(mnist_root, tmp_path, "--epochs", 3, "--augment", "none"))
     assert signal.getsignal(signal.SIGINT) is sigint_handler  # main() put Ctrl-C's handler back
     msg = str(e.value)
     assert "loss is not finite (nan) at epoch 2, step 0" in msg and "best.pt and last.pt" in msg
@@ -214,7 +188,7 @@ def test_unwritable_target_is_a_checkpoint_error(tmp_path, mnist_root):
 def test_a_folder_in_the_way_of_best_pt_stops_training_with_one_line(tmp_path, mnist_root):
     (tmp_path / "best.pt").mkdir()
     with pytest.raises(CK.CheckpointError) as e:
-        run_in_process(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--augment", "none"))
+        run_train(tiny_train_args(mnist_root, tmp_path, "--epochs", 1, "--augment", "none"))
     assert str(e.value) == (f"cannot write {tmp_path / 'best.pt'}: Is a directory; "
                             f"any previous best.pt there is unchanged")
 
@@ -232,18 +206,7 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, mnist_root, mo
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     monkeypatch.setattr(M.ConvNet, "forward", oom)
     with pytest.raises(train.TrainingError) as e:
-        run_in_process(tiny_train_args(mnist_root, tmp_path, "--dry-run", "--batch-size", 48))
+        run_train(tiny_train_args(mnist_root, tmp_path, "--dry-run", "--batch-size", 48))
     assert str(e.value) == "out of memory on cpu at --batch-size 48: lower --batch-size (or --img-size)"
 
 
-def test_ctrl_c_in_a_forked_loader_worker_is_left_to_the_main_process(monkeypatch):
-    """A terminal's Ctrl-C reaches the loader workers too (one process group); they inherit the
-    handler, which must neither print nor act there."""
-    with cli.SigintStop() as stop:
-        stop.armed = True
-        monkeypatch.setattr(cli.os, "getpid", lambda: stop.pid + 1)  # as seen in a forked worker
-        stop._handle(signal.SIGINT, None)
-        assert not stop.requested
-        monkeypatch.undo()
-        stop._handle(signal.SIGINT, None)
-        assert stop.requested

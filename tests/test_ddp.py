@@ -5,9 +5,6 @@ as a single process's --batch-size 64 step (DistributedSampler deals one shuffle
 round-robin), and DDP averages the two halves' gradients: so, with the random parts off
 (dropout, mixup, augmentation), both runs end with the same weights up to float rounding. The
 one-process run feeds its batches with --device-data, so the two loaders are compared too."""
-import contextlib
-import csv
-import io
 import os
 import re
 import subprocess
@@ -18,11 +15,9 @@ import torch
 
 import augment as AU
 import checkpoint as CK
-from conftest import REPO
+from helpers import REPO, read_csv, run_train
 import data as D
 import evaluate as E
-import report
-import train
 
 
 def test_epoch_order_deals_one_shuffle_out_to_the_processes():
@@ -51,11 +46,6 @@ def ddp_args(mnist_root, save_dir, batch_size, *extra):
             "--augment", "none", "--workers", 0, "--device", "cpu", "--amp", "off", "--quiet", "--save-dir", save_dir]
 
 
-def read_history(folder):
-    with open(folder / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mnist_root):
     """(torchrun's 2-process run, its folder, the 1-process run's folder)."""
@@ -65,11 +55,7 @@ def runs(tmp_path_factory, mnist_root):
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "train.py", *map(str, ddp_args(mnist_root, tmp / "two", 32))],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
-        for plot in ("plot_history", "plot_inputs"):  # meanwhile, one process here, without figures
-            mp.setattr(report, plot, lambda *a, **k: None)
-        train.main(train.get_args_parser().parse_args(list(map(str, ddp_args(mnist_root, tmp / "one", 64,
-                                                                                "--device-data")))))
+    run_train(ddp_args(mnist_root, tmp / "one", 64, "--device-data"))  # meanwhile, one process here, without figures
     stdout, stderr = proc.communicate(timeout=300)
     return proc.returncode, stdout, stderr, tmp / "two", tmp / "one"
 
@@ -84,7 +70,7 @@ def test_torchrun_writes_one_set_of_outputs_from_rank_0(runs):
         assert len(re.findall(pattern, stdout, re.M)) == 1, (pattern, stdout)
     assert sorted(os.listdir(two)) == ["augmentations.png", "best.pt", "curves.png", "curves_detail.png",
                                        "history.csv", "last.pt", "mixup.png"]
-    assert len(read_history(two)) == 2
+    assert len(read_csv(two / "history.csv")) == 2
 
 
 @pytest.mark.slow  # torchrun: 2 processes + a 1-process run (fixture runs), ~40 s
@@ -97,7 +83,7 @@ def test_torchrun_trains_as_one_process_with_the_whole_batch(runs):
     for k in a["state_dict"]:
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=1e-4, atol=1e-5, msg=k)
     # the training metrics are summed over both processes: all 1152 images of an epoch, not 576
-    for ha, hb in zip(read_history(one), read_history(two)):
+    for ha, hb in zip(read_csv(one / "history.csv"), read_csv(two / "history.csv")):
         assert hb["train_n_real"] == ha["train_n_real"] == "1152"
         assert float(hb["train_loss"]) == pytest.approx(float(ha["train_loss"]), rel=1e-5)
         assert hb["val_acc"] == ha["val_acc"]

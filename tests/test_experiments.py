@@ -1,52 +1,32 @@
-"""experiments.py: learning curve, ablation and grid on tiny budgets (MNIST from ../shared/data
+"""experiments.py: learning curve, ablation and grid on tiny budgets (the tests' MNIST subset
 and a fabricated 10-class photo folder); skipping of finished runs, resuming of interrupted ones."""
-import csv
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import cli  # noqa: E402
-import data as D  # noqa: E402
-import evaluate as E  # noqa: E402
-import experiments  # noqa: E402
-import report  # noqa: E402
-import train  # noqa: E402
-from conftest import interrupt_at_epoch  # noqa: E402
-
-from conftest import MNIST_ROOT, have_mnist  # noqa: E402  (the tests' MNIST subset)
+import cli
+import data as D
+import evaluate as E
+import experiments
+import train
+from helpers import MNIST_ROOT, have_mnist, interrupt_at_epoch, needs_mnist, no_figures, photo_folder, read_csv
 
 HAVE_MNIST = have_mnist()
-needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not in {MNIST_ROOT}")
 MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--model", "convnet",
               "--epochs", 1, "--batch-size", 64, "--val-fraction", 0.02, "--quiet", "--warmup-epochs", 0,
               "--augment", "none", "--workers", 0]
 
 
-def no_run_figures(mp):
-    """train.py's per-run figures are tested in test_core; skipping them keeps this file fast."""
-    mp.setattr(report, "plot_inputs", lambda *a, **k: None)
-    mp.setattr(report, "plot_history", lambda *a, **k: None)
-
-
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch):
-    no_run_figures(monkeypatch)
+    """train.py's per-run figures are tested in test_train; skipping them keeps this file fast."""
+    no_figures(monkeypatch)
 
 
 def run(*argv):
     return experiments.main(experiments.parse_args([str(a) for a in argv]))
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def outputs_exist(out, stem):
@@ -64,14 +44,9 @@ def forbid_training(mp):
 
 @pytest.fixture(scope="module")
 def digit_folder(tmp_path_factory):
-    """Class folders '0'..'9' with 4 tiny random JPEGs each."""
-    root = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for c in range(10):
-        (root / str(c)).mkdir()
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / str(c) / f"{i}.jpg")
-    return root
+    """Class folders '0'..'9' with 4 tiny random JPEGs each (`<class>/<i>.jpg`)."""
+    return photo_folder(tmp_path_factory.mktemp("digits"), [str(c) for c in range(10)], 4, stem="{i}", ext="jpg",
+                        size=24)
 
 
 def folder_args(root, *extra):
@@ -87,7 +62,7 @@ def curve(tmp_path_factory):
         pytest.skip(f"MNIST not in {MNIST_ROOT}")
     out = tmp_path_factory.mktemp("lc")
     with pytest.MonkeyPatch.context() as mp:
-        no_run_figures(mp)
+        no_figures(mp)
         run("learning-curve", "--fractions", "0.02,1/100", "--out", out, *MNIST_ARGS)
     return out
 

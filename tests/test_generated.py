@@ -14,7 +14,7 @@ import cli
 import evaluate
 import synth
 import train
-from conftest import MNIST_ROOT, fabricate_checkpoint
+from helpers import MNIST_ROOT, fabricate_checkpoint
 
 
 def numeric_options(parser):

@@ -4,7 +4,6 @@ and resources are checked before the work starts."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,18 +15,14 @@ import images as I
 import synth
 import train
 from checkpoint import save_checkpoint
-from conftest import MNIST_ROOT, tiny_train_args
+import helpers
+from helpers import MNIST_ROOT, fabricate_checkpoint, tiny_train_args
 from model import build_model, model_kwargs
 
 
-def photo_folder(root, classes=("0", "1"), per_class=6, side=20, seed=0):
-    """Class subfolders of random RGB PNGs (no two alike), sorted by class: root/<class>/p<k>.png."""
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / c / f"p{k}.png")
-    return root
+def photo_folder(root, classes=("0", "1"), per_class=6, seed=0):
+    """helpers.photo_folder with this file's defaults: class subfolders of 20 px noise PNGs, no two alike."""
+    return helpers.photo_folder(root, classes, per_class, stem="p{i}", size=20, seed=seed)
 
 
 def folder_args(data_dir, save_dir, *extra):
@@ -262,7 +257,6 @@ def test_every_script_ends_in_one_line(raised, code, line, capsys):
 
 def test_the_report_says_what_produced_its_scores(tmp_path, mnist_root, capsys):
     import report
-    from conftest import fabricate_checkpoint
     (tmp_path / "run").mkdir()
     (tmp_path / "other").mkdir()
     ck = fabricate_checkpoint(tmp_path / "run" / "best.pt", mnist_root)
@@ -280,7 +274,6 @@ def test_the_report_says_what_produced_its_scores(tmp_path, mnist_root, capsys):
 
 
 def test_images_metrics_always_name_their_folder(tmp_path, mnist_root):
-    from conftest import fabricate_checkpoint
     ck = fabricate_checkpoint(tmp_path / "best.pt", mnist_root)
     labelled, unlabelled = photo_folder(tmp_path / "labelled"), tmp_path / "unlabelled"
     shutil.copytree(labelled / "0", unlabelled)
@@ -304,7 +297,6 @@ def test_scoring_a_synthetic_run_on_other_classes_names_the_classes(tmp_path):
 def test_outputs_are_checked_before_the_work(tmp_path, mnist_root):
     import bench
     import export
-    from conftest import fabricate_checkpoint
     args = bench.get_args_parser().parse_args(["--out", str(tmp_path / "missing" / "b.json"), "--only", "synth",
                                                "--data-dir", str(tmp_path)])
     with pytest.raises(cli.UsageError, match="cannot write into"):  # before the benchmarks, not after them

@@ -1,9 +1,11 @@
-"""report.py: dashboard.html (self-contained, checked in a real headless browser) and
-report.md / report.html of a run folder.
+"""report.py: dashboard.html (self-contained, checked in a real headless browser: screenshot, hover,
+tabs, and chromium's net log to prove the page requests no URL), its map's box, and report.md /
+report.html of a run folder.
 
-One tiny run (a 1-epoch convnet on a 60-photo digit folder plus 30 synthetic composites, so the
-dashboard has every split and both sources) inside a fake experiments --out folder, analysed once
-per module. The browser tests need Debian's chromium (.ci/run installs it) and skip without it."""
+On conftest's analysed_run: a 1-epoch convnet on a 60-photo digit folder plus 30 synthetic
+composites (so the dashboard has every split and both sources) inside a fake experiments --out
+folder, analysed once. The browser tests need Debian's chromium (.ci/run installs it) and skip
+without it."""
 import json
 import re
 import shlex
@@ -15,56 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-import analyze
 import report
 import train
-from conftest import run_script
+from helpers import page_data, run_script
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium; CI installs it)")
-CLASSES = [str(d) for d in range(10)]
-
-
-# ----------------------------------------------------------------------------- the run
-
-def make_digit_folder(folder, per_class=6, seed=0):
-    """`folder/d{k}_label{c}.png`: the digit drawn in a random colour on a random background."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    for c in CLASSES:
-        for k in range(per_class):
-            im = Image.new("RGB", (24, 32), tuple(int(v) for v in rng.integers(0, 120, 3)))
-            ImageDraw.Draw(im).text((8, 10), c, fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
-            im.save(folder / f"d{k}_label{c}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, mnist_root):
-    """An analysed run at <sweep>/cell/seed0/, beside a grid.md + grid.png of that sweep."""
-    tmp = tmp_path_factory.mktemp("report")
-    photos = make_digit_folder(tmp / "photos")
-    sweep = tmp / "sweep"
-    run = sweep / "cell" / "seed0"
-    train.main(train.get_args_parser().parse_args([
-        "--data-dir", str(photos), "--mnist-root", str(mnist_root), "--no-download", "--img-size", "16",
-        "--model", "convnet", "--epochs", "1", "--synthetic-n", "30", "--augment", "none", "--quiet",
-        "--workers", "0", "--save-dir", str(run)]))
-    (sweep / "grid.md").write_text("# Grid\n\n`python experiments.py grid ...`\n\n| lr \\ batch_size | 32 |\n"
-                                   "|---|---|\n| 1e-3 | **91.00** (best) |\n")
-    shutil.copy(run / "curves.png", sweep / "grid.png")
-    analyze.main(analyze.get_args_parser().parse_args([
-        str(run / "best.pt"), "--tsne-samples", "50", "--queries", "4", "--dashboard-points", "80"]))
-    return run
-
-
-def page_data(page):
-    """The JSON the dashboard embeds."""
-    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
-    return json.loads(m.group(1))
 
 
 # ----------------------------------------------------------------------------- chromium
@@ -122,26 +83,26 @@ def test_negative_control_external_page_is_detected(tmp_path):
     assert "https://api.example.com/data" in requests  # a URL built at run time: only the browser sees it
 
 
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_dashboard_is_self_contained_static(run_dir):
-    page = (run_dir / "dashboard.html").read_text()
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_dashboard_is_self_contained_static(analysed_run):
+    page = (analysed_run / "dashboard.html").read_text()
     assert external_refs(page) == []
     d = page_data(page)
     assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
     assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
 
 
-@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
+@pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
 @needs_chromium
-def test_dashboard_loads_no_external_url(run_dir):
-    assert page_requests(run_dir / "dashboard.html") == []
+def test_dashboard_loads_no_external_url(analysed_run):
+    assert page_requests(analysed_run / "dashboard.html") == []
 
 
-@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
+@pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
 @needs_chromium
-def test_dashboard_renders_in_headless_chromium(run_dir, tmp_path):
+def test_dashboard_renders_in_headless_chromium(analysed_run, tmp_path):
     shot = tmp_path / "dashboard.png"
-    proc = chromium(run_dir / "dashboard.html", f"--screenshot={shot}", "--window-size=1200,900")
+    proc = chromium(analysed_run / "dashboard.html", f"--screenshot={shot}", "--window-size=1200,900")
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (900, 1200)
@@ -151,12 +112,12 @@ def test_dashboard_renders_in_headless_chromium(run_dir, tmp_path):
     assert len(palette & colours) >= 5, "the class colours of the points are not on the screen"
 
 
-@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
+@pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
 @needs_chromium
-def test_dashboard_script_builds_points_tabs_and_legend(run_dir):
-    page = (run_dir / "dashboard.html").read_text()
+def test_dashboard_script_builds_points_tabs_and_legend(analysed_run):
+    page = (analysed_run / "dashboard.html").read_text()
     d = page_data(page)
-    dom = chromium(run_dir / "dashboard.html", "--dump-dom").stdout
+    dom = chromium(analysed_run / "dashboard.html", "--dump-dom").stdout
     assert dom.count("<circle") == len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
     assert re.findall(r'<button data-tab="(-?\d+)"', dom) == [str(k) for k in range(-1, 10)]
     assert "All (" + str(len(d["label"])) + ")" in dom
@@ -164,12 +125,12 @@ def test_dashboard_script_builds_points_tabs_and_legend(run_dir):
     assert {"train", "val"} <= set(d["split"]) and set(d["source"]) == {0, 1}
 
 
-@pytest.mark.slow  # headless chromium; fixture run_dir: a trained and analysed run, ~17 s
+@pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
 @needs_chromium
-def test_dashboard_hover_tab_and_controls(run_dir, tmp_path):
+def test_dashboard_hover_tab_and_controls(analysed_run, tmp_path):
     """Drives the page with synthetic DOM events (a copy with a script appended): hovering a point
     fills the tooltip, a class tab hides the other points, and every thumbnail decodes."""
-    page = (run_dir / "dashboard.html").read_text()
+    page = (analysed_run / "dashboard.html").read_text()
     d = page_data(page)
     wrong = next(i for i in range(len(d["label"])) if d["label"][i] != d["pred"][i])
     probe = f"""<script>
@@ -206,59 +167,18 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
     assert f'data-decoded="{len(d["img"])}"' in dom
 
 
-# ----------------------------------------------------------------------------- dashboard data
+# ----------------------------------------------------------------------------- the page's map and text
 
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_dashboard_points_balanced_over_split_and_class(run_dir):
-    d = page_data((run_dir / "dashboard.html").read_text())
-    assert len(d["label"]) == 80
-    groups = {}
-    for s, src, lab in zip(d["split"], d["source"], d["label"]):
-        groups.setdefault((s, src), []).append(lab)
-    assert set(groups) == {("train", 0), ("train", 1), ("val", 0)}
-    assert sorted(groups[("val", 0)]) == list(range(10))  # the whole (small) val split: one per class
-    real = np.bincount(groups[("train", 0)], minlength=10)  # 5 per class in the split: 4 or 5 drawn
-    assert real.max() <= 5 and real.max() - real.min() <= 1
-
-
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_dashboard_confidences_are_made_as_evaluate_makes_them(run_dir):
-    """analyze.py --tta and a fitted temperature reach the dashboard's hover card, not only metrics.json."""
-    import evaluate as E
-    model, ckpt, data = E.load_run(str(run_dir / "best.pt"), torch.device("cpu"))
-    val = data.val
-    for tta, temperature in ((1, 1.0), (3, 0.5)):
-        pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=tta, temperature=temperature)
-        out = E.collect(model, val, torch.device("cpu"), tta=tta, temperature=temperature)
-        from_val = pts["conf"][[s == "val" for s in pts["split"]]]
-        assert len(from_val) == len(val)  # the small val split is drawn whole, in order
-        assert torch.allclose(from_val, out["probs"].max(1).values, atol=1e-6)
-    plain = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300)["conf"]
-    assert not torch.allclose(plain, pts["conf"], atol=1e-3)  # TTA and T = 0.5 change the confidences
-
-
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_heat_maps_explain_the_prediction_shown(run_dir, tmp_path, monkeypatch):
-    """With TTA the shown prediction need not be the plain model's argmax: the dashboard's and
-    gradcam.png's heat maps are Grad-CAMs of the class shown beside them."""
-    import evaluate as E
-    model, ckpt, data = E.load_run(str(run_dir / "best.pt"), torch.device("cpu"))
-    asked, grad_cam = [], analyze.grad_cam
-
-    def recording(model, images, target=None):  # keeps the class each heat map explains
-        cams, logits = grad_cam(model, images, target)
-        asked.append(logits.argmax(1) if target is None else target.clone())
-        return cams, logits
-    monkeypatch.setattr(analyze, "grad_cam", recording)
-    pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=3)
-    assert torch.equal(torch.cat(asked), pts["preds"])
-    out = E.collect(model, data.val, torch.device("cpu"))
-    out["preds"] = (out["preds"] + 1) % len(data.classes)  # shown predictions that are no argmax
-    asked.clear()
-    analyze.plot_gradcam(model, data.val, out, data.classes, torch.device("cpu"), str(tmp_path / "g.png"), n=4)
-    wrong = torch.nonzero(out["preds"] != out["labels"]).flatten()
-    shown = out["preds"][wrong[out["probs"].max(1).values[wrong].argsort(descending=True)][:4]]
-    assert torch.equal(asked[0], shown)  # the mistakes row: its heat maps are of the classes in the titles
+def test_dashboard_map_fills_its_box_keeping_the_aspect_ratio():
+    import report
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * torch.tensor([30.0, 10.0]) + 5  # a wide cloud, 3:1
+    flat, (w, h) = report.fit_box(xy.numpy())
+    pts = np.array(flat).reshape(-1, 2)
+    assert w == 1000 and 300 <= h <= 345  # the box is the points' own: about 3:1
+    assert pts[:, 0].min() == 0 and pts[:, 0].max() == w and pts[:, 1].min() == 0 and pts[:, 1].max() == h
+    ratio = (xy.max(0).values - xy.min(0).values)
+    assert w / h == pytest.approx(float(ratio[0] / ratio[1]), rel=0.01)  # one scale for both axes
 
 
 def test_dashboard_escapes_user_text(tmp_path):
@@ -277,25 +197,16 @@ def test_dashboard_escapes_user_text(tmp_path):
     assert d["classes"] == classes and d["title"] == "<script>t</script>" and len(d["tsne"]) == len(d["pca"]) == 2 * n
 
 
-def test_balanced_sample():
-    keys = torch.tensor([0] * 100 + [1] * 5 + [2] * 50)
-    pick = analyze.balanced_sample(keys, 60, seed=1)
-    counts = torch.bincount(keys[pick]).tolist()
-    assert counts[1] == 5 and sorted(counts) == [5, 27, 28] and len(set(pick.tolist())) == 60
-    assert pick.tolist() == sorted(pick.tolist()) and torch.equal(pick, analyze.balanced_sample(keys, 60, seed=1))
-    assert len(analyze.balanced_sample(keys, 1000)) == 155
-
-
 # ----------------------------------------------------------------------------- report
 
 SECTIONS = ["# Run report: seed0", "## Command", "## Data", "## Model", "## Training", "## Results",
             "## Mistakes", "## What the network learned", "## Suspects", "## Sweeps"]
 
 
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_report_sections_and_links(run_dir):
-    md = (run_dir / "report.md").read_text()
-    page = (run_dir / "report.html").read_text()
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_report_sections_and_links(analysed_run):
+    md = (analysed_run / "report.md").read_text()
+    page = (analysed_run / "report.html").read_text()
     assert [s for s in SECTIONS if s not in md] == []
     for s in SECTIONS:
         level = s.count("#")
@@ -308,25 +219,25 @@ def test_report_sections_and_links(run_dir):
     links = re.findall(r"\]\(([^)]+)\)", md)
     targets = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert len(links) >= 10 and sorted(set(links)) == sorted(set(targets))
-    missing = [t for t in links if not (run_dir / t).exists()]
+    missing = [t for t in links if not (analysed_run / t).exists()]
     assert missing == []
 
 
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_report_command_repeats_the_run(run_dir):
-    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    md = (run_dir / "report.md").read_text()
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_report_command_repeats_the_run(analysed_run):
+    ckpt = torch.load(analysed_run / "best.pt", map_location="cpu", weights_only=True)
+    md = (analysed_run / "report.md").read_text()
     command = re.search(r"```\n(python train\.py .*)\n```", md).group(1)
     assert command == ckpt["command"] == train.command_line(ckpt["args"])
     argv = shlex.split(command)[2:]
     assert vars(train.resolve_defaults(train.get_args_parser().parse_args(argv))) == ckpt["args"]
 
 
-@pytest.mark.slow  # fixture run_dir: a trained and analysed run, ~17 s
-def test_report_includes_data_quality_files_that_exist(run_dir, tmp_path):
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_report_includes_data_quality_files_that_exist(analysed_run, tmp_path):
     """The data-quality outputs analyze.py may write are included when present, whatever their columns."""
     folder = tmp_path / "run"
-    shutil.copytree(run_dir, folder)
+    shutil.copytree(analysed_run, folder)
     (folder / "suspects.csv").write_text("path,label,prediction\n" + "".join(f"x{i}.png,1,7\n" for i in range(12)))
     shutil.rmtree(folder / "mistakes", ignore_errors=True)
     (folder / "mistakes" / "3").mkdir(parents=True)
@@ -349,11 +260,11 @@ def test_markdown_to_html():
     assert "<pre><code>raw **not bold** &lt;tag&gt;</code></pre>" in page and "<ul><li>one</li><li>two</li></ul>" in page
 
 
-@pytest.mark.slow  # report.py as a subprocess; fixture run_dir: a trained and analysed run, ~17 s
-def test_report_cli(run_dir, tmp_path):
+@pytest.mark.slow  # report.py as a subprocess; fixture analysed_run: a trained and analysed run, ~17 s
+def test_report_cli(analysed_run, tmp_path):
     folder = tmp_path / "run"
-    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("report.*"))
-    report.main(report.get_args_parser().parse_args([str(folder), "--sweeps", str(run_dir.parents[1])]))
+    shutil.copytree(analysed_run, folder, ignore=shutil.ignore_patterns("report.*"))
+    report.main(report.get_args_parser().parse_args([str(folder), "--sweeps", str(analysed_run.parents[1])]))
     assert "## Sweeps" in (folder / "report.md").read_text() and (folder / "report.html").is_file()
     bad = run_script("report.py", tmp_path / "nowhere")  # the __main__ block: a one-line error
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1

@@ -1,0 +1,284 @@
+"""analyze.py: its figures, Grad-CAM, the dashboard's points, and the data-quality outputs on a photo
+folder of MNIST digits whose labels are corrupted on purpose (conftest's flipped_run): the
+label-issue finder (out-of-fold confident learning) must rank the flipped samples first;
+samples.csv, suspects.csv (a --sample-weights file), duplicates.csv and mistakes/ are checked on
+the same run. Its command line as a subprocess: a user error is one `error:` line."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import analyze
+import analyze as A
+import data as D
+import evaluate as E
+import model as M
+import train
+from helpers import (assert_one_line_error, assert_png, no_figures, page_data, read_csv, run_analyze,
+                     run_script)
+
+
+# ----------------------------------------------------------------------------- its figures, Grad-CAM
+
+@pytest.mark.slow  # analyze.py: t-SNE, neighbours and figures, ~11 s
+def test_analyze(tiny_run, tmp_path, capsys):
+    d, _, _ = tiny_run("--eval-test")
+    A.main(A.get_args_parser().parse_args([str(d / "best.pt"), "--out", str(tmp_path), "--tsne-samples", "300",
+                                        "--queries", "4", "--neighbors", "4", "--max-mistakes", "20",
+                                        "--dashboard-points", "200"]))
+    for f in ("kernels.png", "tsne.png", "neighbors.png"):
+        assert_png(tmp_path / f)
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains net on 3,000 synthetic composites, ~40 s
+def test_grad_cam_lands_on_the_digit_of_synthetic_composites(mnist_root):
+    """A `net` trained a little on composites (MNIST digits pasted with their own alpha, in a random
+    colour, at a random place, on textured colour backgrounds): its Grad-CAM correlates with each
+    image's digit region, known exactly because the test pastes the digit itself."""
+    import analyze
+    g = torch.Generator().manual_seed(0)
+    digits, digit_labels = D.load_mnist(str(mnist_root), train=True, download=False)
+    size, n_train, n_test = 32, 3000, 400
+    n = n_train + n_test
+    pick = torch.randint(0, len(digits), (n,), generator=g)
+    y = digit_labels[pick]
+    smooth = torch.nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=size, mode="bilinear")
+    bg = smooth * 200 + torch.rand(n, 3, size, size, generator=g) * 55
+    alpha = torch.nn.functional.interpolate(digits[pick].float() / 255, size=20, mode="bilinear")  # [n, 1, 20, 20]
+    canvas = torch.zeros(n, 1, size, size)
+    canvas[:, :, 6:26, 6:26] = alpha
+    # shift every digit (and its region) by up to 6 px, so that where the digit is differs from
+    # image to image and the control below is another place
+    shifts = torch.randint(-6, 7, (n, 2), generator=g).tolist()
+    canvas = torch.stack([c.roll(s, (1, 2)) for c, s in zip(canvas, shifts)])
+    colour = torch.rand(n, 3, 1, 1, generator=g) * 255
+    x = bg * (1 - canvas) + colour * canvas
+    digit = (canvas[n_train:, 0] > 0.5).float()  # [n_test, size, size]: 1 on the pasted digit
+    assert 0.05 < digit.mean() < 0.5
+    x = (x.float() / 255 - 0.5) / 0.25
+    torch.manual_seed(0)
+    net = M.build_model("net", 10, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    for epoch in range(5):
+        for idx in torch.randperm(n_train, generator=g).split(64):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    cams, logits = analyze.grad_cam(net, x[n_train:])
+    right = logits.argmax(1) == y[n_train:]
+    assert right.float().mean() > 0.3 and cams.shape == digit.shape  # chance: 0.1
+
+    def corr(a, b):
+        a, b = a.flatten(1) - a.flatten(1).mean(1, keepdim=True), b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    on_digit = corr(cams, digit)[right].mean().item()
+    other = corr(cams, digit.roll(1, 0))[right].mean().item()  # another image's digit region: the control
+    assert on_digit > 0.2 and on_digit > other + 0.1, (on_digit, other)
+    inside = (cams * digit).sum((1, 2)) / digit.sum((1, 2))
+    outside = (cams * (1 - digit)).sum((1, 2)) / (1 - digit).sum((1, 2))
+    assert (inside > outside)[right].float().mean() > 0.7
+
+
+# ----------------------------------------------------------------------------- the dashboard's points
+
+def test_balanced_sample():
+    keys = torch.tensor([0] * 100 + [1] * 5 + [2] * 50)
+    pick = analyze.balanced_sample(keys, 60, seed=1)
+    counts = torch.bincount(keys[pick]).tolist()
+    assert counts[1] == 5 and sorted(counts) == [5, 27, 28] and len(set(pick.tolist())) == 60
+    assert pick.tolist() == sorted(pick.tolist()) and torch.equal(pick, analyze.balanced_sample(keys, 60, seed=1))
+    assert len(analyze.balanced_sample(keys, 1000)) == 155
+
+
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_dashboard_points_balanced_over_split_and_class(analysed_run):
+    d = page_data((analysed_run / "dashboard.html").read_text())
+    assert len(d["label"]) == 80
+    groups = {}
+    for s, src, lab in zip(d["split"], d["source"], d["label"]):
+        groups.setdefault((s, src), []).append(lab)
+    assert set(groups) == {("train", 0), ("train", 1), ("val", 0)}
+    assert sorted(groups[("val", 0)]) == list(range(10))  # the whole (small) val split: one per class
+    real = np.bincount(groups[("train", 0)], minlength=10)  # 5 per class in the split: 4 or 5 drawn
+    assert real.max() <= 5 and real.max() - real.min() <= 1
+
+
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_dashboard_confidences_are_made_as_evaluate_makes_them(analysed_run):
+    """analyze.py --tta and a fitted temperature reach the dashboard's hover card, not only metrics.json."""
+    import evaluate as E
+    model, ckpt, data = E.load_run(str(analysed_run / "best.pt"), torch.device("cpu"))
+    val = data.val
+    for tta, temperature in ((1, 1.0), (3, 0.5)):
+        pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=tta, temperature=temperature)
+        out = E.collect(model, val, torch.device("cpu"), tta=tta, temperature=temperature)
+        from_val = pts["conf"][[s == "val" for s in pts["split"]]]
+        assert len(from_val) == len(val)  # the small val split is drawn whole, in order
+        assert torch.allclose(from_val, out["probs"].max(1).values, atol=1e-6)
+    plain = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300)["conf"]
+    assert not torch.allclose(plain, pts["conf"], atol=1e-3)  # TTA and T = 0.5 change the confidences
+
+
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_heat_maps_explain_the_prediction_shown(analysed_run, tmp_path, monkeypatch):
+    """With TTA the shown prediction need not be the plain model's argmax: the dashboard's and
+    gradcam.png's heat maps are Grad-CAMs of the class shown beside them."""
+    import evaluate as E
+    model, ckpt, data = E.load_run(str(analysed_run / "best.pt"), torch.device("cpu"))
+    asked, grad_cam = [], analyze.grad_cam
+
+    def recording(model, images, target=None):  # keeps the class each heat map explains
+        cams, logits = grad_cam(model, images, target)
+        asked.append(logits.argmax(1) if target is None else target.clone())
+        return cams, logits
+    monkeypatch.setattr(analyze, "grad_cam", recording)
+    pts = analyze.dashboard_points(model, data, torch.device("cpu"), max_points=300, tta=3)
+    assert torch.equal(torch.cat(asked), pts["preds"])
+    out = E.collect(model, data.val, torch.device("cpu"))
+    out["preds"] = (out["preds"] + 1) % len(data.classes)  # shown predictions that are no argmax
+    asked.clear()
+    analyze.plot_gradcam(model, data.val, out, data.classes, torch.device("cpu"), str(tmp_path / "g.png"), n=4)
+    wrong = torch.nonzero(out["preds"] != out["labels"]).flatten()
+    shown = out["preds"][wrong[out["probs"].max(1).values[wrong].argsort(descending=True)][:4]]
+    assert torch.equal(asked[0], shown)  # the mistakes row: its heat maps are of the classes in the titles
+
+
+# ----------------------------------------------------------------------------- the label-issue finder
+
+def test_confident_learning_uses_per_class_thresholds():
+    # thresholds: class 0 (0.9 + 0.8 + 0.3) / 3 = 0.667, class 1 (0.6 + 0.5) / 2 = 0.55
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.5, 0.5]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    suspect, suggested = A.confident_learning(probs, labels)
+    # sample 2 is confidently 1 (0.7 >= 0.55) though labelled 0; sample 4 clears no threshold
+    assert suspect.tolist() == [False, False, True, False, False]
+    assert suggested.tolist() == [0, 0, 1, 1, -1]
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_flipped_labels_rank_first(flipped_run, capsys):
+    n = flipped_run["n"]
+    suspects = [os.path.basename(r["path"]) for r in read_csv(flipped_run["out"] / "suspects.csv")]
+    flipped = flipped_run["flipped"]
+    recall = {k: len(set(suspects[:k]) & flipped) / len(flipped) for k in (len(flipped), 2 * len(flipped))}
+    with capsys.disabled():
+        print(f"\nrecall of {len(flipped)} flipped labels among {n} samples: top-{len(flipped)} "
+              f"{recall[len(flipped)]:.3f}, top-{2 * len(flipped)} {recall[2 * len(flipped)]:.3f} "
+              f"({len(suspects)} suspects; chance {len(flipped) / n:.2f})")
+    assert recall[len(flipped)] >= 0.6  # chance: 0.10
+
+
+# ----------------------------------------------------------------------------- the data-quality files
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_samples_csv(flipped_run):
+    n = flipped_run["n"]
+    rows = read_csv(flipped_run["out"] / "samples.csv")
+    assert list(rows[0]) == ["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
+                             "knn_agreement", "out_of_sample", "suggested", "flag"]
+    assert len(rows) == n and {r["split"] for r in rows} == {"train", "val"}
+    assert all(r["out_of_sample"] == "1" for r in rows)  # --folds: training rows scored out of fold
+    for r in rows:
+        assert set(r["flag"].split("+")) <= {"ok", "suspect", "mistake", "duplicate"}, r["flag"]
+        assert ("suspect" in r["flag"]) == (r["suggested"] != "") and r["suggested"] != r["label"]
+        assert ("mistake" in r["flag"]) == (r["prediction"] != r["label"])
+        assert 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["knn_agreement"]) <= 1
+        assert r["path"].startswith(str(flipped_run["root"]))
+    suspects = read_csv(flipped_run["out"] / "suspects.csv")
+    assert len(suspects) == sum("suspect" in r["flag"] for r in rows)
+    assert [float(s["margin"]) for s in suspects] == sorted(float(s["margin"]) for s in suspects)
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_suspects_csv_is_a_sample_weights_file(flipped_run, tmp_path, capsys):
+    rows = read_csv(flipped_run["out"] / "suspects.csv")
+    assert list(rows[0])[:2] == ["path", "weight"] and {r["weight"] for r in rows} == {"1"}
+    drop = {r["path"] for r in rows[:30] if r["split"] == "train"}
+    edited = tmp_path / "weights.csv"
+    with open(flipped_run["out"] / "suspects.csv") as f, open(edited, "w") as g:
+        for line in f:  # what a user does: set the weight of the samples to drop to 0
+            path, weight, rest = line.split(",", 2)
+            g.write(",".join([path, "0" if path in drop else weight, rest]))
+    cfg = dict(torch.load(flipped_run["ckpt"], weights_only=True)["data"], sample_weights=str(edited))
+    capsys.readouterr()
+    data = D.build_datasets(cfg)
+    assert capsys.readouterr().err == ""  # every row named a sample
+    weights = {data.train.path(i): data.train[i][3] for i in range(len(data.train))}
+    assert {p for p, w in weights.items() if w == 0} == drop and set(weights.values()) == {0.0, 1.0}
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_leakage_pair_found(flipped_run):
+    src, dst = flipped_run["dup"]
+    pairs = read_csv(flipped_run["out"] / "duplicates.csv")
+    hit = [p for p in pairs if {p["path_a"], p["path_b"]} == {src, dst}]
+    assert len(hit) == 1 and hit[0]["cross_split"] == "1" and float(hit[0]["similarity"]) > 0.999
+    assert {hit[0]["split_a"], hit[0]["split_b"]} == {"train", "val"}
+    flags = {r["path"]: r["flag"] for r in read_csv(flipped_run["out"] / "samples.csv")}
+    assert "duplicate" in flags[src] and "duplicate" in flags[dst]
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_mistakes_on_disk(flipped_run):
+    rows = read_csv(flipped_run["out"] / "samples.csv")
+    wrong = {(r["label"], f"val_{r['index']}_pred-{r['prediction']}") for r in rows
+             if r["split"] == "val" and r["prediction"] != r["label"]}
+    files = sorted((flipped_run["out"] / "mistakes").rglob("*.png"))
+    assert wrong and {(f.parent.name, f.name.rsplit("_", 1)[0]) for f in files} == wrong and len(files) == len(wrong)
+    with Image.open(files[0]) as im:
+        assert im.format == "PNG" and min(im.size) >= 112
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_rerun_reuses_the_fold_runs(flipped_run, tmp_path, monkeypatch, capsys):
+    folds = flipped_run["folds"]
+    def boom(args):
+        raise AssertionError(f"trained {args.save_dir} again")
+    no_figures(monkeypatch)  # the fold runs' figures and report.py's pages: tested elsewhere
+    monkeypatch.setattr(A, "write_pages", lambda *a, **k: None)
+    monkeypatch.setattr(train, "main", boom)
+    shutil.copytree(flipped_run["out"] / "folds", tmp_path / "folds")
+    run_analyze(flipped_run["ckpt"], tmp_path, "--folds", folds, "--fold-epochs", 10)
+    out = capsys.readouterr().out
+    assert out.count("finished before, skipped") == folds
+    assert "suspected label errors: train" in out and "across splits (leakage)" in out
+    assert (tmp_path / "suspects.csv").read_text() == (flipped_run["out"] / "suspects.csv").read_text()
+
+
+@pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
+def test_without_folds_only_val_is_reviewed(flipped_run, tmp_path):
+    n = flipped_run["n"]
+    model, _, data = E.load_run(str(flipped_run["ckpt"]), "cpu")
+    splits = E.eval_splits(data)
+    table = A.sample_table(model, splits, torch.device("cpu"))
+    train_rows = torch.from_numpy(table["split"] == "train")
+    assert not table["out_of_sample"][train_rows].any() and table["out_of_sample"][~train_rows].all()
+    assert not table["suspect"][train_rows].any() and table["suspect"][~train_rows].any()
+    assert table["probs"].shape == (n, 10) and len(table["features"]) == len(table["path"]) == n
+    assert (table["index"][train_rows] == torch.arange(len(splits["train"]))).all()
+    # --max-mistakes: the most confident ones
+    assert A.save_mistakes(table, splits, data.classes, tmp_path / "m", limit=3) == 3
+    wrong = ~train_rows & (table["pred"] != table["label"])
+    top = table["probs"][wrong].max(1).values.sort(descending=True).values[:3]
+    saved = sorted(float(f.stem.rsplit("_", 1)[1]) for f in (tmp_path / "m").rglob("*.png"))
+    assert saved == sorted(round(float(c), 2) for c in top)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.mark.slow  # analyze.py as a subprocess; fixture flipped_run: 3 fold runs + analyze.py, ~35 s
+def test_bad_option_is_one_line(flipped_run):
+    proc = run_script("analyze.py", flipped_run["ckpt"], "--folds", 1)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: --folds must be 0 (off) or >= 2, got 1"
+
+
+@pytest.mark.slow  # analyze.py as a subprocess
+def test_analyze_missing_checkpoint(tmp_path):
+    assert_one_line_error(run_script("analyze.py", tmp_path / "missing.pt"), "missing.pt")

@@ -1,0 +1,51 @@
+"""export.py: TorchScript with its metadata and the parity check (which can fail), ONNX or the
+line that says how to install it. On conftest's mnist_run."""
+import json
+
+import pytest
+import torch
+
+import data as D
+import evaluate as E
+from helpers import run_script
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.slow  # export.py as a subprocess; fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is marked deprecated (torch >= 2.9)
+def test_export_torchscript_metadata_and_parity(mnist_run, tmp_path):
+    import export
+    tmp, _ = mnist_run
+    r = run_script("export.py", tmp / "run" / "best.pt", "--out", tmp_path / "new" / "m.pt", "--parity-images", 200)
+    assert r.returncode == 0, r.stderr
+    assert "parity on 200 test images: max |logit difference|" in r.stdout and "same top-1 on 200/200" in r.stdout
+    files = {"metadata.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "new" / "m.pt"), _extra_files=files)
+    meta = json.loads(files["metadata.json"])
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["img_size"] == 28
+    assert meta["mean"] == list(D.MNIST_MEAN) and meta["std"] == list(D.MNIST_STD)
+    # the deployed file alone, with the metadata's preprocessing, classifies like evaluate.py in fp32
+    # (the exported model is fp32; the checkpoint evaluates under its training --amp by default)
+    model, _, data = E.load_run(str(tmp / "run" / "best.pt"), CPU, amp="off")
+    raw = data.test.images[:50].float() / 255
+    x = (raw - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    ref = E.collect(model, torch.utils.data.Subset(data.test, range(50)), CPU)["logits"]
+    assert torch.allclose(loaded(x), ref, atol=1e-4)
+    # the check can fail: a model that is off reports a difference and fewer agreeing top-1
+    diff, same, total = export.parity(model, lambda t: model(t).flip(1), x)
+    assert diff > 0.1 and same < total
+
+
+@pytest.mark.slow  # export.py as a subprocess; fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
+def test_export_onnx_exports_or_says_how_to_install(mnist_run, tmp_path):
+    tmp, _ = mnist_run
+    r = run_script("export.py", tmp / "run" / "best.pt", "--format", "onnx", "--out", tmp_path / "m.onnx",
+                   "--parity-images", 50)
+    assert r.returncode == 0, r.stderr
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        assert "same top-1 on 50/50" in r.stdout and (tmp_path / "m.onnx").is_file()
+    except ImportError:
+        assert "pip install onnx onnxruntime" in r.stdout and not (tmp_path / "m.onnx").exists()
