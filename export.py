@@ -63,14 +63,13 @@ def export_torchscript(model, example, meta, path):
 
 
 def export_onnx(model, example, meta, path):
-    """None (and one line saying how to install them) when onnx / onnxruntime are missing."""
+    """A UsageError saying how to install them when onnx / onnxruntime are missing."""
     try:
         import onnx
         import onnxruntime
-    except ImportError as e:
-        print(f"onnx export skipped: it needs the onnx and onnxruntime packages ({e.name} is missing); "
-              f"install them with: pip install onnx onnxruntime")
-        return None
+    except ImportError as e:  # nothing was exported: an error, not a success that wrote nothing
+        raise cli.UsageError(f"--format onnx needs the onnx and onnxruntime packages ({e.name} is missing); "
+                             f"install them with: pip install onnx onnxruntime") from None
     tmp = path + ".export.tmp"
     torch.onnx.export(model, (example,), tmp, input_names=["images"], output_names=["logits"],
                       dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
@@ -112,8 +111,6 @@ def main(args):
     meta = metadata(ckpt)
     export = export_torchscript if args.format == "torchscript" else export_onnx
     exported = export(model, images[:2], meta, path)
-    if exported is None:
-        return None
     diff, same, total = parity(model, exported, images)
     print(f"wrote {path} ({args.format}, {os.path.getsize(path) / 1e6:.2f} MB; metadata: {len(meta['classes'])} "
           f"classes, img_size {meta['img_size']}, mean {meta['mean']}, std {meta['std']})")
