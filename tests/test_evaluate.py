@@ -235,7 +235,8 @@ def test_train_then_evaluate_on_a_folder(tmp_path, capsys):
 
     E.main(E.get_args_parser().parse_args([str(save_dir / "best.pt"), "--out", str(out), "--device", "cpu"]))
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"train", "val"}
+    assert set(m) == {"settings", "train", "val"}
+    assert m["settings"]["checkpoints"] == [str(save_dir / "best.pt")] and m["settings"]["tta"] == 1
     assert list(m["val"]["per_class"]) == ["bright", "dark"]
     assert m["val"]["total"] == 6 and m["train"]["total"] == 34
     assert m["val"]["correct"] == results["val"]["correct"]  # the same split and weights
