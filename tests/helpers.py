@@ -42,12 +42,14 @@ needs_mnist = pytest.mark.skipif(not have_mnist(), reason=f"MNIST not in {MNIST_
 
 MNIST_RUN_IMAGES = 100  # conftest's mnist_run: its test digits written out as image files
 
+
 # ----------------------------------------------------------------------------- images and photo folders
 
 # photo_folder(**MIXED): formats and sizes (width, height) cycled over a folder's images
 MIXED = {"ext": ["jpg", "jpeg", "png", "bmp", "webp", "PNG"],
          "size": [(20, 30), (60, 40), (33, 21), (45, 45), (24, 52), (40, 20)]}
 DRAWN = {"stem": "d{i}", "size": (24, 32), "content": "digit"}  # photo_folder(**DRAWN): `d<i>`, the class drawn
+
 
 def save_image(path, size=(30, 20), seed=0, lo=0, hi=256, mode="RGB"):
     """A random-content image at `path` (the format from the extension): uniform RGB noise in

@@ -208,5 +208,3 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, mnist_root, mo
     with pytest.raises(train.TrainingError) as e:
         run_train(tiny_train_args(mnist_root, tmp_path, "--dry-run", "--batch-size", 48))
     assert str(e.value) == "out of memory on cpu at --batch-size 48: lower --batch-size (or --img-size)"
-
-
