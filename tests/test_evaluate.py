@@ -50,6 +50,7 @@ def test_evaluate(tiny_run, tmp_path, capsys):
     assert summary_by_split(out) == summary_by_split(train_out)  # train and val lines too
 
 
+@pytest.mark.slow  # fixture tiny_run('--amp', 'bf16'): a training run, emulated where the CPU has no native bf16, ~9 s
 def test_evaluate_repeats_train_lines_under_bf16(tiny_run, tmp_path, capsys):
     d, train_out, _ = tiny_run("--amp", "bf16")
     model, ckpt, _ = E.load_run(str(d / "best.pt"), torch.device("cpu"), with_data=False)

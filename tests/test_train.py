@@ -197,6 +197,7 @@ def test_train_outputs(tiny_run):
     assert float(row["test_loss"]) == pytest.approx(results["test"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # fixture tiny_run('--amp', 'bf16'): a training run, emulated where the CPU has no native bf16, ~9 s
 def test_checkpoint_stores_amp_and_history_the_estimate(tiny_run):
     d, out, _ = tiny_run("--amp", "bf16")
     assert re.search(r"^convnet: .*\| amp bf16 \|", out, re.M), out
