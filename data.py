@@ -629,14 +629,13 @@ def _synthetic(cfg, photos, classes, transform):
         raise UsageError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
     source, backgrounds = cfg["synthetic_source"], cfg["backgrounds"]
     mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg["download"]) if source != "fonts" else None
-    mode = backgrounds
+    mode = backgrounds if backgrounds in composite.BACKGROUNDS else "photo-crops"
     if backgrounds not in composite.BACKGROUNDS:  # a folder (checked): decoded at twice the size, crops of a quarter
         photos, _ = decode_folder(list_images(backgrounds), 2 * cfg["img_size"], cfg["cache_dir"])
         if len(photos) == 0:
             raise UsageError(f"none of the images in --backgrounds {backgrounds} could be read")
-        mode = "photo-crops"
     images, labels = composite.make_synthetic(photos, composite.digit_bank(source, mnist), cfg["synthetic_n"],
-                                          cfg["img_size"], seed=cfg["synthetic_seed"], background=mode)
+                                              cfg["img_size"], seed=cfg["synthetic_seed"], background=mode)
     labels = torch.tensor([classes.index(str(int(d))) for d in labels])
     return TensorImageDataset(images, labels, None, transform, source=1)
 

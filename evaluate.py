@@ -511,7 +511,8 @@ def main(args):
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
         t = ckpt["temperature"]
         splits = eval_splits(data_k, args.split)
-        same = {name: fingerprint(ds.images[ds.indices]) for name, ds in splits.items()}  # by pixels, not labels
+        # an ensemble's members must score the same images: compared by pixels, not labels (one model: no hashing)
+        same = {name: fingerprint(ds.images[ds.indices]) for name, ds in splits.items()} if len(paths) > 1 else None
         if members and same != scored:
             raise cli.UsageError(f"{path} has other {'/'.join(k for k in same if same[k] != scored.get(k))} images "
                                  f"than {paths[0]} (other data, --val-fraction, --split-seed or --train-fraction): an "
