@@ -3,18 +3,25 @@
 A folder is read once into one uint8 tensor [N, 3, S, S]; every file that is not used is named
 in one warning line (unreadable, hidden, not a regular file, outside the class folders).
 """
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import stat
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cli import UsageError, atomic_write, check_memory, warn
+from cli import UsageError, atomic_write, check_memory, memory_available, warn
+
+# PIL's fixed pixel limit reports a readable 20000x20000 PNG as unreadable; decode_image checks the
+# decoded size against the memory this machine has instead, and names the file it cannot take.
+Image.MAX_IMAGE_PIXELS = None
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # `x_label7.jpg`; group 2: a copy's suffix (`x_label7 (1).jpg`, `x_label7 copy.jpg`, `x_label7 - Copy (2).jpg`)
@@ -176,14 +183,18 @@ def list_images(root):
 
 
 def decode_image(path, size):
-    """One file -> uint8 RGB tensor [3, size, size], or None when it cannot be read.
+    """One file -> uint8 RGB tensor [3, size, size], or None when it cannot be read (or is too
+    large to decode in this machine's memory: `too_large`).
 
     EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and
     16-bit images become 8-bit RGB. JPEGs are decoded at reduced scale when much larger."""
+    _current.path = path  # names the file in the warnings PIL raises while decoding it
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
+            if too_large(img.size):
+                return None
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 a = np.asarray(img, dtype=np.float32)
@@ -197,6 +208,49 @@ def decode_image(path, size):
             return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+_current = threading.local()
+DECODE_BYTES_PER_PIXEL = 16  # at the peak of a decode: RGBA (4 bytes) and up to three converted copies
+
+
+def too_large(wh, threads=None):
+    """Whether an image of `wh` pixels cannot be decoded here: its peak decode memory, times the
+    decoding threads, must fit in half of the memory available."""
+    need = wh[0] * wh[1] * DECODE_BYTES_PER_PIXEL
+    return need > 2**28 and need * (threads or os.cpu_count() or 1) > memory_available() / 2
+
+
+def _decode_failure(path):
+    """Why decode_image gave None for `path`: 'unreadable', or 'too large ...' with its size."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (64, 64))
+            if too_large(img.size):
+                return f"too large to decode in this machine's memory ({img.size[0]}x{img.size[1]} px)"
+    except Exception:  # any failure to open is what 'unreadable' means
+        pass
+    return "unreadable"
+
+
+@contextlib.contextmanager
+def _named_warnings():
+    """Collect the warnings PIL raises while decoding (a corrupt EXIF block, ...) as (file, message),
+    instead of raw lines that name no file."""
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: notes.append((getattr(_current, "path", "?"), str(msg).strip()))
+        yield notes
+
+
+def _warn_notes(notes):
+    if notes:
+        files = sorted({p for p, _ in notes})
+        first = "; ".join(f"{os.path.basename(p)}: {m}" for p, m in notes[:2])
+        warn(f"{len(files)} image file(s) read despite damaged metadata (an EXIF orientation may be lost): "
+             f"{first}" + (" ..." if len(notes) > 2 else ""))
 
 
 def cache_size(img_size):
@@ -222,8 +276,9 @@ def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
             except Exception as e:  # a broken cache is rebuilt, never fatal
                 warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, not a grey image
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL releases the GIL
+    with _named_warnings() as notes, ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL releases the GIL
         decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
+    _warn_notes(notes)
     kept = [i for i, t in enumerate(decoded) if t is not None]
     skipped = [i for i, t in enumerate(decoded) if t is None]
     if warn_skipped:
@@ -237,8 +292,12 @@ def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
 
 
 def warn_unreadable(bad):
-    if bad:
-        warn(f"skipped {len(bad)} unreadable image file(s): {short_names(bad)}")
+    """One line per reason for the files decode_folder could not use."""
+    by_reason = {}
+    for p in bad:
+        by_reason.setdefault(_decode_failure(p), []).append(p)
+    for reason, paths in by_reason.items():
+        warn(f"skipped {len(paths)} image file(s), {reason}: {short_names(paths)}")
 
 
 def short_names(paths):

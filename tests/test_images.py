@@ -270,6 +270,41 @@ def test_unreadable_decode_returns_none(tmp_path):
     assert I.decode_image(str(tmp_path / "missing.png"), 8) is None
 
 
+def test_corrupt_exif_warning_names_the_file(tmp_path, capfd):
+    # PIL warns about a damaged EXIF block with a raw line naming no file; one warning names it
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "bad_exif.jpg", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08"
+                                                                    b"\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01")
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "fine.jpg")
+    images, kept = I.decode_folder([str(tmp_path / "bad_exif.jpg"), str(tmp_path / "fine.jpg")], 8)
+    assert kept == [0, 1]
+    err = capfd.readouterr().err
+    assert "UserWarning" not in err and "TiffImagePlugin" not in err, err
+    [line] = err.splitlines()
+    assert line.startswith("warning: 1 image file(s) read despite damaged metadata") and "bad_exif.jpg" in line
+
+
+def test_too_large_image_is_named_not_unreadable(tmp_path, monkeypatch, capsys):
+    Image.new("L", (4200, 4200), 128).save(tmp_path / "huge.png")
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "small.png")
+    (tmp_path / "broken.png").write_text("text")
+    monkeypatch.setattr(I, "memory_available", lambda: 2**30)  # 4200^2 px need more than half of it
+    paths = [str(tmp_path / n) for n in ("huge.png", "small.png", "broken.png")]
+    _, kept = I.decode_folder(paths, 8)
+    assert kept == [1]
+    lines = warning_lines(capsys.readouterr().err)
+    assert any("too large" in ln and "4200x4200" in ln and "huge.png" in ln for ln in lines), lines
+    assert any("unreadable" in ln and "broken.png" in ln and "huge.png" not in ln for ln in lines), lines
+
+
+@pytest.mark.slow
+def test_image_over_pils_pixel_limit_is_read(tmp_path, capsys):
+    # 13500^2 = 182M px is over twice PIL's default limit (DecompressionBombError), yet fits in memory
+    Image.new("L", (13500, 13500), 200).save(tmp_path / "big.png")
+    images, kept = I.decode_folder([str(tmp_path / "big.png")], 8, workers=1)
+    assert kept == [0] and int(images[0, 0, 0, 0]) == 200
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- the cache
 
 def test_cache_second_call_skips_decoding(tmp_path, monkeypatch, capsys):
