@@ -22,7 +22,8 @@ class CheckpointError(UsageError):
 #   data (what rebuilds the same split), args, epoch, best_val_acc
 # and from train.py also amp (the resolved --amp: "bf16", "fp16" or "off"),
 # and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping. Optional: temperature (the
-# softmax temperature fitted on val by evaluate.py --temperature auto; logits are divided by it).
+# softmax temperature fitted on val by evaluate.py --temperature auto; logits are divided by it) and
+# calibrated_from (the checkpoint it was copied from; evaluate.py never rewrites its input).
 
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "classes", "in_channels", "img_size",
                    "mean", "std", "data", "args", "epoch", "best_val_acc")
@@ -64,15 +65,6 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (missing keys)")
     return {**CHECKPOINT_DEFAULTS, **ckpt}
-
-
-def update_checkpoint(path, **keys):
-    """Set `keys` in the checkpoint at `path`, written atomically (save_checkpoint): a failure
-    leaves the original file as it was; nothing else in it changes."""
-    ckpt = load_checkpoint(path)
-    ckpt.update(keys)
-    save_checkpoint(ckpt, path)
-    return ckpt
 
 
 def model_from_checkpoint(ckpt, device="cpu", expect=None, amp=None):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import cli
 import data as D
 from augment import build_transform
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, update_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
 from images import decode_folder, fingerprint, list_images, scan_folder, short_names, to_channels, warn_unreadable
 
@@ -39,9 +39,10 @@ def get_args_parser():
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help=f"test-time augmentation: the mean softmax over N deterministic views (small shifts "
                         f"and scales, no flips; 1..{len(TTA_VIEWS)}; default 1 = off)")
-    p.add_argument("--temperature", default=None, metavar="auto",
-                   help="auto: fit one softmax temperature on val, store it in the checkpoint and report the "
-                        "calibration error (ECE) before and after")
+    p.add_argument("--temperature", default=None, metavar="auto|T",
+                   help="auto: fit one softmax temperature on val, report the calibration error (ECE) before and "
+                        "after, and write a copy of the checkpoint that carries it (<out>/<name>-calibrated.pt); "
+                        "a number T: divide the logits by T for this evaluation")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
     p.add_argument("--batch-size", type=int, default=256)
@@ -448,15 +449,17 @@ def check_args(args):
     """Bad option values and paths: one line before the checkpoint is loaded."""
     cli.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"),
                  ("tta", 1 <= args.tta <= len(TTA_VIEWS), f"in 1..{len(TTA_VIEWS)}"),
-                 ("temperature", args.temperature in (None, "auto"), "auto (fit on val)"))
+                 ("temperature", args.temperature in (None, "auto") or _positive(args.temperature),
+                  "auto (fit on val) or a number > 0"))
     check_device(args.device)
     cli.check_folder_arg(args.out, "--out")
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
     if args.temperature and len(args.checkpoint) > 1:
-        raise cli.UsageError("--temperature auto fits one checkpoint: run it on each member first")
-    if args.temperature and args.images:
+        raise cli.UsageError("--temperature sets one checkpoint's: run --temperature auto on each member first and "
+                             "ensemble the -calibrated.pt copies")
+    if args.temperature == "auto" and args.images:
         raise cli.UsageError("--temperature auto fits on the checkpoint's val split, not on --images")
     for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
         if path and not os.path.isdir(path):
@@ -473,15 +476,29 @@ def load_members(paths, device, amp=None):
     return runs
 
 
-def calibrate(path, model, data, device, batch_size):
-    """--temperature auto: fit T on val, store it in the checkpoint; print ECE before and after."""
+def _positive(text):
+    try:
+        return 0 < float(text) < float("inf")
+    except ValueError:
+        return False
+
+
+def calibrated_path(path, out_dir):
+    """Where --temperature auto writes its copy of the checkpoint at `path`: never `path` itself."""
+    return os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + "-calibrated.pt")
+
+
+def calibrate(path, model, ckpt, data, device, batch_size, out_dir):
+    """--temperature auto: fit T on val and write a copy of the checkpoint carrying it (the input
+    checkpoint is never rewritten); print ECE before and after."""
     val = collect(model, data.val, device, batch_size)
     t = fit_temperature(val["logits"], val["labels"])
-    update_checkpoint(path, temperature=t)
     before = metrics(val["logits"], val["labels"], data.classes)
     after = metrics(val["logits"] / t, val["labels"], data.classes)
-    print(f"temperature {t:.3f} (fitted on val, stored in {path}): val ECE {100 * before['ece']:.2f}% -> "
-          f"{100 * after['ece']:.2f}%, loss {before['loss']:.4f} -> {after['loss']:.4f}")
+    out = calibrated_path(path, out_dir)
+    save_checkpoint(dict(ckpt, temperature=t, calibrated_from=os.path.abspath(path)), out)
+    print(f"temperature {t:.3f} (fitted on val): val ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%, "
+          f"loss {before['loss']:.4f} -> {after['loss']:.4f}; wrote {out}")
     return t
 
 
@@ -507,8 +524,10 @@ def main(args):
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
-        if args.temperature:
-            ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
+        if args.temperature == "auto":
+            ckpt["temperature"] = calibrate(path, model, ckpt, data_k, device, args.batch_size, out_dir)
+        elif args.temperature:
+            ckpt["temperature"] = float(args.temperature)
         t = ckpt["temperature"]
         splits = eval_splits(data_k, args.split)
         # an ensemble's members must score the same images: compared by pixels, not labels (one model: no hashing)

@@ -77,6 +77,7 @@ EVALUATE_CASES = cases("evaluate.py",
     (("--data-dir", "missing"), "--data-dir folder not found"), (("--mnist-root", "missing"), "--mnist-root folder"),
     (("--images", "missing"), "--images folder not found"), (("--images", "notes.txt"), "--images folder not found"),
     (("--split", "test"), "no test split"), (("--split", "bogus"), "invalid choice"),
+    *bad("--temperature", [0, -1, "nan", "inf", "warm"]),
 )
 CHECKPOINTS = [("missing.pt", "checkpoint not found"), ("notes.txt", "not a readable checkpoint"),
                ("table.csv", "not a readable checkpoint"), ("config.json", "not a readable checkpoint"),

@@ -197,20 +197,29 @@ def test_calibration_error_and_temperature_fit():
 
 
 @pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s
-def test_temperature_auto_is_stored_and_lowers_ece(mnist_run, tmp_path, capsys):
+def test_temperature_auto_writes_a_calibrated_copy_and_lowers_ece(mnist_run, tmp_path, capsys):
     tmp, _ = mnist_run
     ck_path = tmp_path / "best.pt"
     ck_path.write_bytes((tmp / "run" / "best.pt").read_bytes())
+    original = ck_path.read_bytes()
     before = CK.load_checkpoint(str(ck_path))
     E.main(E.get_args_parser().parse_args([str(ck_path), "--temperature", "auto", "--split", "val"]))
     out = capsys.readouterr().out
-    after = CK.load_checkpoint(str(ck_path))
-    assert after["temperature"] > 0 and set(after) == set(before) | {"temperature"}
+    assert ck_path.read_bytes() == original  # the input checkpoint is never rewritten
+    after = CK.load_checkpoint(str(tmp_path / "best-calibrated.pt"))
+    assert after["temperature"] > 0 and after["calibrated_from"] == str(ck_path)
+    assert set(after) == set(before) | {"temperature", "calibrated_from"}
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     ece = [float(v) for v in __import__("re").search(r"val ECE ([\d.]+)% -> ([\d.]+)%", out).groups()]
     assert ece[1] < ece[0]
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["val"]["ece"] == pytest.approx(ece[1] / 100, abs=1e-4)  # later evaluations use the stored T
+    assert m["val"]["ece"] == pytest.approx(ece[1] / 100, abs=1e-4)  # this evaluation used the fitted T
+    assert m["settings"]["temperature"] == [pytest.approx(after["temperature"])]
+    # the copy carries T: evaluating it, or giving T by hand, repeats the calibrated numbers
+    for argv in ([str(tmp_path / "best-calibrated.pt")], [str(ck_path), "--temperature", str(after["temperature"])]):
+        E.main(E.get_args_parser().parse_args(argv + ["--split", "val", "--out", str(tmp_path / "again")]))
+        again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+        assert again["val"]["ece"] == pytest.approx(m["val"]["ece"], abs=1e-6)
     assert (tmp_path / "calibration.png").stat().st_size > 1000
 
 
