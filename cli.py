@@ -46,12 +46,12 @@ def memory_available():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(nbytes, what):
-    """Refuse, before the work starts, what cannot fit in memory: one line with the estimate, never
-    a MemoryError traceback or a machine swapping for minutes."""
-    available = memory_available()
+def check_memory(nbytes, what, available=None, where="this machine"):
+    """Refuse, before the work starts, what cannot fit in memory (the host's, or `available` bytes of
+    `where`, a GPU): one line with the estimate, never a MemoryError traceback or minutes of swapping."""
+    available = memory_available() if available is None else available
     if nbytes > 0.9 * available:
-        raise UsageError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; this machine has "
+        raise UsageError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; {where} has "
                          f"{available / 2**30:.1f} GiB available")
 
 

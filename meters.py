@@ -1,5 +1,6 @@
 """What a training epoch measures: loss and accuracy per class and per source (`EpochSums`), the
-steady training rate (`RateMeter`), and the time estimate made from it."""
+steady training rate (`RateMeter`), and the time estimate made from it; before training, the
+device's convolution throughput (`conv_flops_per_s`)."""
 import time
 
 import torch
@@ -85,3 +86,20 @@ def format_seconds(s):
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def conv_flops_per_s(device):
+    """FLOP/s of a 3x3 convolution's forward and backward on `device` (fp32, one timed run after a
+    warm one): what a step of a convolutional net costs here, before any step has run. The probe is
+    sized to the device (~1 GFLOP on a CPU, a few hundred on a GPU, which a small one would not fill)."""
+    n, c, side = (64, 128, 64) if device.type == "cuda" else (4, 32, 64)
+    x = torch.randn(n, c, side, side, device=device, requires_grad=True)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
+    flops = 3 * 2 * x.numel() * c * 9  # forward, and backward's two convolutions
+    for _ in range(2):
+        sync(device)
+        t0 = time.perf_counter()
+        conv(x).sum().backward()
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return flops / seconds

@@ -187,6 +187,29 @@ def _fits(name, img_size, in_channels=1):
             return False
 
 
+def forward_cost(name, in_channels, img_size, **model_args):
+    """(FLOPs, activation bytes) of one image's forward pass in training mode, counted on the meta
+    device from the layers' output shapes: conv and linear FLOPs, and every layer's fp32 output
+    (what backward keeps, roughly). A training step costs about 3x the FLOPs."""
+    flops, acts = [0], [0]
+
+    def count(m, _, out):
+        if isinstance(m, nn.Conv2d):
+            flops[0] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            flops[0] += 2 * out.numel() * m.in_features
+        if isinstance(out, torch.Tensor):
+            acts[0] += out.numel() * 4
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = build_model(name, 2, in_channels, **dict(model_args, img_size=img_size)).train()
+        for m in model.modules():
+            if not any(m.children()):
+                m.register_forward_hook(count)
+        model(torch.zeros(1, in_channels, img_size, img_size))
+    return flops[0], acts[0]
+
+
 def img_size_error(name, img_size):
     """None when model `name` works at `img_size`, else a line that names the sizes it takes
     (found by trying: convnet >= 10, net >= 8, mnist_example 28 or 29, resnet18 any)."""

@@ -31,11 +31,11 @@ import report
 from augment import AUGMENT_PRESETS, BatchAugment, DeviceLoader
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from device import (AMP_CHOICES, all_finite, autocast, check_device, cpu_cores, ddp, distributed, from_main_process,
-                    is_distributed, is_main_process, needs_grad_scaler, rank_and_world, resolve_amp, set_threads,
-                    use_channels_last)
+                    get_device, is_distributed, is_main_process, needs_grad_scaler, rank_and_world, resolve_amp,
+                    set_threads, use_channels_last)
 from evaluate import metrics, predict, summary_line
-from meters import EpochSums, RateMeter, format_seconds
-from model import build_model, count_parameters, img_size_error, list_models, model_kwargs
+from meters import RATE_WARMUP_STEPS, EpochSums, RateMeter, conv_flops_per_s, format_seconds
+from model import build_model, count_parameters, forward_cost, img_size_error, list_models, model_kwargs
 
 
 class TrainingError(cli.UsageError):
@@ -164,12 +164,54 @@ def check_args(args):
     too_small = img_size_error(args.model, img_size)
     if too_small:
         raise cli.UsageError(too_small)
-    # a lower bound: one float batch and its augmented copy, before any activation
-    cli.check_memory(2 * args.batch_size * 3 * img_size ** 2 * 4, f"a batch of {args.batch_size} at --img-size {img_size}")
+    check_step_memory(args, img_size)
     if args.sample_weights and not os.path.isfile(args.sample_weights):
         raise cli.UsageError(f"--sample-weights file not found: {args.sample_weights}")
     if args.resume and not os.path.isfile(args.resume):
         raise CheckpointError(f"checkpoint not found: {args.resume}")
+
+
+def step_cost(args, img_size):
+    """(FLOPs, bytes) of one training step: 3x the forward FLOPs of the batch (model.forward_cost), and
+    the batch, its augmented copy and twice the activations backward keeps (gradients, workspace)."""
+    channels = 1 if args.dataset == "mnist" else 3
+    flops, acts = forward_cost(args.model, channels, img_size, **model_kwargs(
+        args.model, drop_rate=args.drop_rate, head=args.head, width=args.width))
+    return 3 * flops * args.batch_size, args.batch_size * (2 * channels * img_size ** 2 * 4 + 2 * acts)
+
+
+def check_step_memory(args, img_size):
+    """A training step that cannot fit in the memory of the device it runs on: one line now, not an
+    out-of-memory error (or a machine swapping) after the data are loaded."""
+    _, nbytes = step_cost(args, img_size)
+    what = f"training {args.model} on batches of {args.batch_size} at --img-size {img_size}"
+    device = get_device(args.device)
+    if device.type == "cuda":
+        cli.check_memory(nbytes, what, torch.cuda.get_device_properties(device).total_memory, f"GPU {device}")
+    else:
+        cli.check_memory(nbytes, what)
+
+
+SLOW_STEP_FLOPS = 1e11  # below this a step takes under a few seconds even on one CPU core: no probe
+
+
+def announce_step_time(r):
+    """Before the first step: when the measured estimate (after RATE_WARMUP_STEPS + 5 steps) is more than
+    half a minute away, an estimate from the device's measured convolution throughput; a warning past a
+    minute a step."""
+    flops, _ = step_cost(r.args, r.data.img_size)
+    if flops < SLOW_STEP_FLOPS:
+        return
+    rate = conv_flops_per_s(r.device)
+    step_s = flops / rate
+    if step_s * (RATE_WARMUP_STEPS + 5) < 30:
+        return
+    line = (f"about {format_seconds(step_s)} per step, {format_seconds(step_s * r.steps_per_epoch)} per epoch "
+            f"({flops / 1e12:.2f} TFLOP a step; {r.device} ran {rate / 1e9:.0f} GFLOP/s in a convolution probe)")
+    if step_s > 60:
+        cli.warn(f"slow steps ahead: {line}; a smaller --img-size or --batch-size, or a GPU, is faster")
+    else:
+        print(f"estimate before training: {line}", flush=True)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -421,6 +463,7 @@ def setup(args, device):
         raise TrainingError(f"cannot create --save-dir {args.save_dir}: {e.strerror}") from None
     if r.main_process:
         print_header(r, order)
+        announce_step_time(r)
     if args.resume:
         resume(r)
     return r

@@ -3,6 +3,7 @@ its inputs or destroys before it has succeeded, data that must be the same are c
 and resources are checked before the work starts."""
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import images as I
 import synth
 import train
 from checkpoint import save_checkpoint
+from meters import format_seconds
 import helpers
 from helpers import MNIST_ROOT, fabricate_checkpoint, tiny_train_args
 from model import build_model, model_kwargs
@@ -135,10 +137,30 @@ def test_sample_weights_name_each_image_once(tmp_path):
 
 # ----------------------------------------------------------------------------- resources, before the work
 
-@pytest.mark.parametrize("extra", [("--synthetic-n", 10 ** 9), ("--img-size", 100_000)])
+# (resnet18 at 4000 px: ~18 GiB of activations an image, which a batch of 2 images alone does not show)
+@pytest.mark.parametrize("extra", [("--synthetic-n", 10 ** 9), ("--img-size", 100_000),
+                                   ("--model", "resnet18", "--img-size", 4000, "--batch-size", 2)])
 def test_memory_is_checked_before_the_work_starts(tmp_path, extra):
     with pytest.raises(cli.UsageError, match="GiB of memory"):
         folder_args(photo_folder(tmp_path / "d", [str(d) for d in range(10)], per_class=2), tmp_path / "r", *extra)
+
+
+@pytest.mark.parametrize("rate,expected", [(1e9, "warning: slow steps ahead: about"),
+                                           (3e10, "estimate before training: about"), (1e13, None)])
+def test_a_slow_step_is_announced_before_the_first(monkeypatch, capsys, rate, expected):
+    """resnet18 at 224 px, 64 a batch: 0.7 TFLOP a step; 1 GFLOP/s is minutes a step, 30 GFLOP/s is
+    seconds (the measured estimate comes minutes later), 10 TFLOP/s needs no word."""
+    args = train.get_args_parser().parse_args(["--model", "resnet18", "--img-size", "224", "--batch-size", "64"])
+    flops, _ = train.step_cost(args, 224)
+    monkeypatch.setattr(train, "conv_flops_per_s", lambda device: rate)
+    r = SimpleNamespace(args=args, data=SimpleNamespace(img_size=224), device=torch.device("cpu"), steps_per_epoch=10)
+    train.announce_step_time(r)
+    out = capsys.readouterr()
+    line = (out.out + out.err).strip()
+    assert (line.startswith(expected) if expected else line == ""), line
+    if expected:
+        assert f"about {format_seconds(flops / rate)} per step, {format_seconds(10 * flops / rate)} per epoch" in line
+        assert f"{flops / 1e12:.2f} TFLOP a step" in line and f"{rate / 1e9:.0f} GFLOP/s" in line
 
 
 # ----------------------------------------------------------------------------- inputs that only training needs
