@@ -1,7 +1,11 @@
 """Where a model runs: the device, the mixed-precision policy, the memory layout, CPU threads,
 and the torchrun helpers. Every script asks this module, so one policy holds everywhere."""
 import contextlib
+import fcntl
+import glob
 import os
+import tempfile
+import time
 
 import torch
 import torch.distributed as dist
@@ -102,14 +106,60 @@ def cpu_cores():
 
 
 def set_threads(threads, device):
-    """Intra-op threads of this process: `threads`, else every core (torch's own default) on a CPU,
-    where 2 threads measured faster than 1 thread + 1 loader worker (RESULTS.md, "Speed on a CPU").
-    OMP_NUM_THREADS, where set, is the user's choice and is kept. Returns the count in use."""
+    """Intra-op threads of this process: `threads`, else on a CPU the cores that other runs of this
+    toolkit on this machine have not taken (every core when there are none; 2 threads measured faster
+    than 1 thread + 1 loader worker: RESULTS.md, "Speed on a CPU"), so runs side by side share the
+    cores instead of each taking them all. OMP_NUM_THREADS, where set, is the user's choice and is
+    kept. Returns (the count in use, the threads other runs hold)."""
+    others = threads_of_other_runs() if device.type == "cpu" else 0
     if threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        threads = cpu_cores()
+        threads = max(1, cpu_cores() - others)
     if threads is not None:
         torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    if device.type == "cpu":
+        _claim_threads(torch.get_num_threads())
+    return torch.get_num_threads(), others
+
+
+# Each CPU run holds a file in RUNS_DIR, locked (flock) for the life of its process and holding its
+# thread count: the kernel drops the lock when the process ends, however it ends.
+RUNS_DIR = os.path.join(tempfile.gettempdir(), f"imgclf-runs-{os.getuid()}")
+_claim = None  # this process's open, locked file
+
+
+def _claim_threads(count):
+    global _claim
+    try:
+        if _claim is None:
+            os.makedirs(RUNS_DIR, exist_ok=True)
+            _claim = open(os.path.join(RUNS_DIR, f"{os.getpid()}.threads"), "w")
+            fcntl.flock(_claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _claim.seek(0)
+        _claim.truncate()
+        _claim.write(str(count))
+        _claim.flush()
+    except OSError:  # no shared temp folder: this run is simply not seen by others
+        _claim = None
+
+
+def threads_of_other_runs():
+    """Threads held by the other live processes of this toolkit on this machine (their RUNS_DIR files)."""
+    total = 0
+    for path in glob.glob(os.path.join(RUNS_DIR, "*.threads")):
+        if _claim is not None and path == _claim.name:
+            continue
+        try:
+            with open(path) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # locked: its process is alive
+                    total += int(f.read().strip() or 0)
+                    continue
+                if time.time() - os.path.getmtime(path) > 10:  # (not one being created this instant)
+                    os.unlink(path)  # its process has ended
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 # ----------------------------------------------------------------------------- processes (torchrun)

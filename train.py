@@ -437,7 +437,10 @@ def setup(args, device):
     rank, world = rank_and_world()
     t_start = time.perf_counter()
     args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
-    args.threads = set_threads(args.threads, device)  # recorded resolved
+    args.threads, others = set_threads(args.threads, device)  # recorded resolved
+    if others and rank == 0:
+        print(f"other runs of this toolkit hold {others} thread(s) on this machine's {cpu_cores()} cores: this one "
+              f"takes {args.threads} (--threads N to choose)")
     torch.manual_seed(args.seed)
     data = D.build_datasets(D.data_config(args), args.augment)
     model_args = model_kwargs(args.model, img_size=data.img_size, drop_rate=args.drop_rate, head=args.head,
