@@ -70,7 +70,7 @@ def get_args_parser():
     p.add_argument("--with-best", action="store_true", help="time-to-accuracy: also run the 20-epoch best recipe")
     p.add_argument("--folder-n", type=int, default=10_000, help="folder10k: photos in the resampled folder")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default="bench.json")
+    p.add_argument("--out", default=os.path.join("runs", "bench.json"))
     return p
 
 

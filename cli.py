@@ -60,6 +60,7 @@ def check_writable(path, option):
     is made there and removed."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
+        os.makedirs(folder, exist_ok=True)  # an output's folder is made, as the scripts make their --out folders
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:

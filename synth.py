@@ -55,7 +55,7 @@ def get_args_parser(add_help=True):
     data.add_data_args(p)
     p.add_argument("--n", type=int, default=64, help="number of synthetic samples (the --synthetic-n they stand for)")
     p.add_argument("--seed", type=int, default=0, help="train.py's --seed (it seeds the composites)")
-    p.add_argument("--out", default=None, help="preview grid PNG (default synthetic.png unless --export)")
+    p.add_argument("--out", default=None, help="preview grid PNG (default runs/synthetic.png unless --export)")
     p.add_argument("--all", action="store_true",
                    help="one preview per source x background: --out's name + _<source>_<background>.png")
     p.add_argument("--export", default=None, metavar="DIR", help="write the N samples as PNG files here")
@@ -98,7 +98,7 @@ def main(args):
         return
     if args.dataset != "folder":
         raise cli.UsageError("synth.py composites onto photos: use a --data-dir folder of digit photos")
-    out = args.out or (None if args.export else "synthetic.png")
+    out = args.out or (None if args.export else os.path.join("runs", "synthetic.png"))
     bgs = list(composite.BACKGROUNDS) + ([] if args.backgrounds in composite.BACKGROUNDS else [args.backgrounds])
     combos = [(s, b) for s in composite.SOURCES for b in bgs] if args.all else [(args.synthetic_source, args.backgrounds)]
     for source, backgrounds in combos:
