@@ -102,7 +102,7 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- running the cells
 
-NO_EFFECT = ("quiet", "workers", "threads", "cache_dir", "save_dir", "resume", "overwrite")  # change no number
+NO_EFFECT = ("quiet", "workers", "threads", "cache_dir", "save_dir", "resume", "overwrite", "keep_last")  # change no number
 
 
 def comparable(record):

@@ -84,6 +84,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--patience", type=int, default=50, help="early stopping: epochs without a better val accuracy")
     g.add_argument("--save-dir", default="checkpoints")
     g.add_argument("--resume", default=None, help="continue from a last.pt")
+    g.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep last.pt (the weights with the optimizer state, 2-3x best.pt's size: what --resume "
+                        "needs) when the run ends; --no-keep-last removes it then (an interrupted run keeps it)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run in --save-dir (its checkpoints, history and figures); without it, "
                         "a --save-dir that holds a run is refused")
@@ -92,7 +95,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--workers", type=int, default=None, help="data-loader processes (default: auto)")
     g.add_argument("--threads", type=int, default=None,
                    help="intra-op CPU threads of the training process (default: $OMP_NUM_THREADS if set, else "
-                        "every core; 1 on a machine other jobs share)")
+                        "the cores that other runs of this toolkit on the machine have not taken)")
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on a CPU with native bf16 (AVX512-BF16/AMX) and on CUDA "
                         "where supported, else fp16 with a GradScaler on CUDA/MPS, else fp32 (off)")
@@ -379,7 +382,9 @@ def main(args):
             dry = train_epochs(r, stop)
             if dry is not None or not r.main_process:
                 return dry
-            return final_report(r)
+            results = final_report(r)
+            finish(r)
+            return results
 
 
 @dataclass
@@ -675,6 +680,21 @@ def final_report(r):
         results[name.lower()] = {k: m[k] for k in ("loss", "correct", "total", "acc")}
         print(summary_line(name, m["loss"], m["correct"], m["total"]))
     return results
+
+
+def finish(r):
+    """Where the run's files are, how large, and what to run next; last.pt removed under --no-keep-last."""
+    args, folder = r.args, r.args.save_dir
+    mb = lambda name: os.path.getsize(os.path.join(folder, name)) / 1e6  # noqa: E731
+    if not args.keep_last:
+        os.unlink(r.last_pt)
+    last = (f"last.pt {mb('last.pt'):.1f} MB (what --resume needs; --no-keep-last removes it at the end)"
+            if args.keep_last else "last.pt removed (--no-keep-last)")
+    best = os.path.join(folder, "best.pt")
+    print(f"saved {best} (epoch {r.best['epoch']}, val {100 * r.best['acc']:.2f}%, {mb('best.pt'):.1f} MB); {last}")
+    test = " --split test" if r.data.test is not None else ""
+    print(f"next: python evaluate.py {shlex.quote(best)}{test}   |   python analyze.py {shlex.quote(best)}   |   "
+          f"python report.py {shlex.quote(folder)}")
 
 
 def command_line(args):
