@@ -4,9 +4,9 @@
     python analyze.py checkpoints/best.pt --folds 5   # review the training labels too (5 short runs)
 
 Writes next to the checkpoint (or into --out):
-  kernels.png    every first-layer kernel (and the second layer's, when the first has < 9)
-  tsne.png       penultimate features of the test set (val where there is none) in 2-D
-  gradcam.png    Grad-CAM heat maps (last conv stage) of the held-out mistakes and a sample of correct images
+  kernels.png    every first-layer kernel (and the second layer's, when the first has < 9), one scale
+  tsne.png       penultimate features of the test set (val where there is none) in 2-D, mistakes crossed
+  gradcam.png    Grad-CAM heat maps (the last conv map >= 7x7) of the held-out mistakes and a sample of correct images
   neighbors.png  query images, each followed by its 8 nearest training images in feature space
   samples.csv    one row per train / val / test sample: prediction, loss, confidence in the given
                  label, margin, kNN label agreement and a flag (ok, or suspect / mistake / duplicate)
@@ -109,38 +109,41 @@ def _plt():
 
 
 def kernel_images(weight):
-    """Conv weights [out, in, k, k] -> a list of displayable [k, k(, 3)] arrays in [0, 1]:
-    RGB kernels as colour images, others one grey image per (out, in) pair."""
+    """Conv weights [out, in, k, k] -> (a list of displayable [k, k(, 3)] arrays in [0, 1], strongest
+    (L2 norm) first; the scale): RGB kernels as colour images, others one grey image per (out, in) pair.
+    One scale for the whole layer, 0 at mid-grey: per-kernel min-max stretching made a dead or still
+    random 3x3 kernel look as strong and as structured as a learned one."""
     w = weight.detach().float().cpu()
-    if w.shape[1] == 3:
-        tiles = [k.permute(1, 2, 0) for k in w]
-    else:
-        tiles = [k for k in w.flatten(0, 1)]
-    out = []
-    for t in tiles:  # each kernel scaled on its own, so weak kernels stay visible
-        t = (t - t.min()) / (t.max() - t.min()).clamp_min(1e-12)
-        out.append(t.numpy())
-    return out
+    tiles = w if w.shape[1] == 3 else w.flatten(0, 1)[:, None]
+    tiles = tiles[tiles.flatten(1).norm(dim=1).argsort(descending=True)]
+    scale = w.abs().max().clamp_min(1e-12).item()
+    tiles = (tiles / (2 * scale) + 0.5).permute(0, 2, 3, 1)
+    return [t.squeeze(-1).numpy() for t in tiles], scale
 
 
 def plot_kernels(model, path):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     layers = [("first layer", first_conv(model))]
-    if len(kernel_images(convs[0].weight)) < 9 and len(convs) > 1:
+    if len(kernel_images(convs[0].weight)[0]) < 9 and len(convs) > 1:
         layers.append(("second layer", convs[1]))
     plt = _plt()
-    fig = plt.figure(figsize=(10, 5 * len(layers)))
-    subfigs = fig.subfigures(len(layers), 1) if len(layers) > 1 else [fig]
-    for sf, (title, conv) in zip(subfigs, layers):
-        tiles = kernel_images(conv.weight)
-        cols = int(np.ceil(np.sqrt(len(tiles))))
-        rows = int(np.ceil(len(tiles) / cols))
-        axes = np.atleast_1d(sf.subplots(rows, cols)).flatten()
+    grids = [(title, conv, *kernel_images(conv.weight)) for title, conv in layers]
+    shapes = [(math.ceil(math.sqrt(len(t))), math.ceil(len(t) / math.ceil(math.sqrt(len(t))))) for _, _, t, _ in grids]
+    tile = 0.75 if max(c for c, _ in shapes) > 8 else 1.0  # inches: a 3x3 kernel needs room to be seen
+    heights = [r * tile + 0.8 for _, r in shapes]
+    width = max(4.5, max(c for c, _ in shapes) * tile)
+    fig = plt.figure(figsize=(width, sum(heights)))
+    subfigs = fig.subfigures(len(grids), 1, height_ratios=heights) if len(grids) > 1 else [fig]
+    for sf, (title, conv, tiles, scale), (cols, rows), h in zip(subfigs, grids, shapes, heights):
+        side = (1 - cols * tile / width) / 2 + 0.02  # a narrower grid centred, its tiles as large as the others'
+        axes = np.atleast_1d(sf.subplots(rows, cols, gridspec_kw=dict(
+            wspace=0.08, hspace=0.08, left=side, right=1 - side, bottom=0.02, top=1 - 0.7 / h))).flatten()
         for ax in axes:
             ax.axis("off")
         for ax, t in zip(axes, tiles):
-            ax.imshow(t, cmap="gray" if t.ndim == 2 else None, interpolation="nearest")
-        sf.suptitle(f"{title}: {tuple(conv.weight.shape)} ({len(tiles)} kernels)")
+            ax.imshow(t, cmap="gray" if t.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        sf.suptitle(f"{title} kernels {tuple(conv.weight.shape)}, strongest first\n"
+                    f"one scale: mid-grey = 0, black / white = -/+{scale:.2g}", fontsize=10)
     cli.save_figure(fig, path, dpi=90)
 
 
@@ -155,14 +158,20 @@ def tsne_2d(features, seed=0):
     return TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
 
 
-def plot_tsne(xy, labels, classes, path, title):
+def plot_tsne(xy, labels, preds, classes, path, title):
+    """Points coloured by true class; misclassified ones (preds != labels) as black-edged crosses."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 8))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    wrong = preds != labels
     for c in range(len(classes)):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(c % cmap.N), label=classes[c], alpha=0.8)
-    ax.legend(markerscale=3, fontsize=8, loc="best", ncol=1 + len(classes) // 12)
+        ax.scatter(xy[m & ~wrong, 0], xy[m & ~wrong, 1], s=6, color=cmap(c % cmap.N), label=classes[c], alpha=0.8)
+        ax.scatter(xy[m & wrong, 0], xy[m & wrong, 1], s=40, marker="X", color=cmap(c % cmap.N), edgecolors="k",
+                   linewidths=0.6)  # still its true class's colour, so a cross inside another cluster reads
+    ax.scatter([], [], s=40, marker="X", color="w", edgecolors="k", linewidths=0.6,
+               label=f"misclassified ({wrong.sum()})")  # the legend's one entry for every class's crosses
+    ax.legend(markerscale=2, fontsize=8, loc="best", ncol=1 + len(classes) // 12)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -183,13 +192,15 @@ def plot_neighbors(query_ds, query_idx, query_labels, pool_ds, nn_idx, pool_labe
     axes = np.atleast_2d(axes)
     for r in range(q):
         E.show_image(axes[r, 0], query_ds, query_idx[r])
-        axes[r, 0].set_title(f"query: {classes[query_labels[r]]}", fontsize=8, color="blue")
+        axes[r, 0].set_title(f"query: {classes[query_labels[r]]}", fontsize=8, fontweight="bold")
         for c in range(k):
             j = int(nn_idx[r, c])
             E.show_image(axes[r, c + 1], pool_ds, j)
             same = pool_labels[j] == query_labels[r]
-            axes[r, c + 1].set_title(classes[pool_labels[j]], fontsize=8, color="black" if same else "red")
-    fig.suptitle("nearest training images in feature space (red: other class)", fontsize=10)
+            axes[r, c + 1].set_title(classes[pool_labels[j]], fontsize=8,
+                                     color=report.CORRECT if same else report.WRONG)
+    fig.suptitle("nearest training images in feature space (blue label: the query's class; orange: another class)",
+                 fontsize=10)
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
@@ -200,27 +211,55 @@ POOLS = (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, tor
          torch.nn.Dropout, torch.nn.Dropout2d)
 
 
-def grad_cam(model, images, target=None):
-    """Grad-CAM (Selvaraju et al. 2017) of the last conv stage: the last spatial feature map a leaf
-    module outputs before the pooling (any model of the registry), weighted by the spatially averaged
-    gradient of the `target` logit (default: the prediction), ReLU, upsampled to the input and scaled
-    to [0, 1] per image. Returns (cams [B, H, W], logits [B, C]). Eval mode, so images are independent."""
-    found = {}
+CAM_SIDE = 7  # the coarsest map Grad-CAM was shown on (7x7, ResNet at 224 px); a 2x2 map is four blobs
+
+
+@contextlib.contextmanager
+def feature_maps(model):
+    """Records [(module name, output)] of every spatial feature map a leaf module outputs (pools and
+    dropout aside), in the order of the forward pass, while open."""
+    maps, names = [], {m: n for n, m in model.named_modules()}
 
     def keep(module, inputs, output):
         if output.dim() == 4 and output.shape[-1] > 1 and not isinstance(module, POOLS):
-            found["maps"] = output
+            maps.append((names[module], output))
     hooks = [m.register_forward_hook(keep) for m in model.modules() if not list(m.children())]
-    model.eval()
     try:
-        with torch.enable_grad():
-            logits = model(images)
-            maps = found["maps"]
-            target = logits.argmax(1) if target is None else target
-            grads, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), maps)
+        yield maps
     finally:
         for h in hooks:
             h.remove()
+
+
+def cam_map(maps, input_side):
+    """The (name, map) Grad-CAM reads: the last at least CAM_SIDE on a side (for small inputs an
+    earlier, finer stage than the last: ResNet-18 at 64 px reads layer2's 8x8, not layer4's 2x2),
+    or, for inputs under 28 px, the last with cells of at most 4 px (not the first conv's edges)."""
+    side = min(CAM_SIDE, input_side // 4)
+    return next(((n, m) for n, m in reversed(maps) if min(m.shape[-2:]) >= side), maps[-1])
+
+
+def cam_stage(model, image_shape):
+    """(module name, (h, w)) of the map grad_cam reads for images of `image_shape` [C, H, W] (for titles)."""
+    model.eval()
+    p = next(model.parameters())
+    with torch.no_grad(), feature_maps(model) as maps:
+        model(torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype))
+        name, m = cam_map(maps, min(image_shape[-2:]))
+    return name, tuple(m.shape[-2:])
+
+
+def grad_cam(model, images, target=None):
+    """Grad-CAM (Selvaraju et al. 2017) of the map `cam_map` picks (any model of the registry),
+    weighted by the spatially averaged gradient of the `target` logit (default: the prediction),
+    ReLU, upsampled to the input and scaled to [0, 1] per image. Returns (cams [B, H, W], logits [B, C]).
+    Eval mode, so images are independent."""
+    model.eval()
+    with torch.enable_grad(), feature_maps(model) as maps:
+        logits = model(images)
+        maps = cam_map(maps, min(images.shape[-2:]))[1]
+        target = logits.argmax(1) if target is None else target
+        grads, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), maps)
     cam = F.relu((grads.mean((2, 3), keepdim=True) * maps).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return (cam / cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)).detach(), logits.detach()
@@ -246,7 +285,7 @@ def dataset_cams(model, dataset, idx, targets, device, batch_size=64):
     return torch.cat(cams) if cams else torch.empty(0)
 
 
-def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0):
+def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0, title=""):
     """gradcam.png: up to n mistakes (most confident first) and n correct images picked at random,
     each with its Grad-CAM heat map for the predicted class."""
     conf = out["probs"].max(1).values
@@ -267,9 +306,12 @@ def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0):
             i = idx[c]
             ax.imshow(cam_overlay(D.raw_image(dataset, i), cams[c]))
             ax.set_title(f"{classes[out['labels'][i]]} -> {classes[out['preds'][i]]}", fontsize=8,
-                         color="red" if kind == "mistake" else "black")
+                         color=report.WRONG if kind == "mistake" else report.CORRECT)
         axes[r, 0].text(-0.1, 0.5, kind, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right")
-    fig.suptitle("Grad-CAM of the last conv stage (true -> predicted; red: mistakes)", fontsize=10)
+    x = dataset[0][0]
+    stage, (h, w) = cam_stage(model, x.shape)
+    fig.suptitle(f"Grad-CAM of {stage}: its {h}x{w} map upsampled to the {x.shape[-2]}x{x.shape[-1]} px input\n"
+                 f"true -> predicted class" + (f", {title}" if title else ""), fontsize=9)
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
@@ -598,14 +640,15 @@ def main(args):
     held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
     xy = tsne_2d(held_out["features"][pick], args.seed)
-    plot_tsne(xy, held_out["labels"][pick].numpy(), data.classes, os.path.join(out_dir, "tsne.png"),
-              f"t-SNE of penultimate features, {len(pick)} {held} images")
+    plot_tsne(xy, held_out["labels"][pick].numpy(), held_out["preds"][pick].numpy(), data.classes,
+              os.path.join(out_dir, "tsne.png"), f"t-SNE of penultimate features, {len(pick)} {held} images")
 
     queries = torch.randperm(len(splits[held]), generator=g)[:max(4, args.queries)]
     nn_idx = nearest(held_out["features"][queries], train_out["features"], args.neighbors)
     plot_neighbors(splits[held], queries.tolist(), held_out["labels"][queries].tolist(), splits["train"],
                    nn_idx, train_out["labels"].tolist(), data.classes, os.path.join(out_dir, "neighbors.png"))
-    plot_gradcam(model, splits[held], held_out, data.classes, device, os.path.join(out_dir, "gradcam.png"), seed=args.seed)
+    plot_gradcam(model, splits[held], held_out, data.classes, device, os.path.join(out_dir, "gradcam.png"),
+                 seed=args.seed, title=f"{held} split")
     print(f"wrote kernels.png, tsne.png, neighbors.png, gradcam.png to {out_dir}")
 
     oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None

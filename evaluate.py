@@ -235,7 +235,16 @@ def show_image(ax, dataset, i):
     ax.set_yticks([])
 
 
-def plot_confusion(cm, classes, path):
+def figure_title(shown, settings):
+    """A figure's title: what images it shows (`shown`: "test split") and the checkpoint(s) that
+    predicted them (`settings`, eval_settings; <run folder>/<file>), so a copied figure still says both."""
+    paths = (settings or {}).get("checkpoints") or []
+    names = [os.path.join(os.path.basename(os.path.dirname(p)), os.path.basename(p)) for p in paths]
+    by = names[0] if len(names) == 1 else f"{len(names)}-model ensemble ({', '.join(names)})" if names else ""
+    return f"{shown}, {by}" if by else shown
+
+
+def plot_confusion(cm, classes, path, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -244,9 +253,9 @@ def plot_confusion(cm, classes, path):
     k = len(classes)
     size = max(5, 0.5 * k + 2)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, m, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+    for ax, m, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
         im = ax.imshow(m, cmap="Blues")
-        ax.set_title(title)
+        ax.set_title(name)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_xticks(range(k), classes, rotation=90 if k > 10 else 0)
@@ -257,11 +266,12 @@ def plot_confusion(cm, classes, path):
                     ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > m.max() / 2 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"confusion matrix: {title}" if title else "confusion matrix")
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
 
-def plot_mistakes(dataset, out, classes, path, n=9):
+def plot_mistakes(dataset, out, classes, path, n=9, title=""):
     """A 3x3 grid of the most confident wrong predictions: true, predicted, confidence."""
     import matplotlib
     matplotlib.use("Agg")
@@ -277,7 +287,8 @@ def plot_mistakes(dataset, out, classes, path, n=9):
         show_image(ax, dataset, i)
         ax.set_title(f"true {classes[out['labels'][i]]} / pred {classes[out['preds'][i]]}\n"
                      f"confidence {conf[i]:.2f}", fontsize=9)
-    fig.suptitle(f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes")
+    what = f"{len(wrong)} most confident mistakes" if len(wrong) else "no mistakes"
+    fig.suptitle(f"{what}: {title}" if title else what)
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
@@ -296,18 +307,25 @@ def plot_calibration(probs, labels, path, title=""):
     count, conf, acc, ece = calibration_bins(probs, labels, ECE_BINS)
     edges = np.linspace(0, 1, ECE_BINS + 1)
     used = (count > 0).numpy()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    ax.bar(edges[:-1][used], acc.numpy()[used], width=1 / ECE_BINS, align="edge", edgecolor="k", label="accuracy")
-    ax.bar(edges[:-1][used], (conf - acc).numpy()[used], bottom=acc.numpy()[used], width=1 / ECE_BINS, align="edge",
-           color="tab:red", alpha=0.3, label="gap to confidence")
+    x, a, c = edges[:-1][used], acc.numpy()[used], conf.numpy()[used]
+    ax.bar(x, a, width=1 / ECE_BINS, align="edge", color="C0", edgecolor="k", label="accuracy")
+    # the gap unfilled and hatched: it lies over the accuracy bar where confidence < accuracy, and a
+    # translucent fill there blended into a colour the legend did not show
+    ax.bar(x, np.abs(c - a), bottom=np.minimum(a, c), width=1 / ECE_BINS, align="edge", fill=False,
+           edgecolor="C3", hatch="////", lw=0, label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}ECE {100 * ece:.2f}% ({ECE_BINS} bins, {len(labels)} images)", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
-    hist.bar(edges[:-1], (count / count.sum()).numpy(), width=1 / ECE_BINS, align="edge", edgecolor="k")
-    hist.set_yscale("log")
+    hist.bar(edges[:-1], (count / count.sum()).numpy(), width=1 / ECE_BINS, align="edge", color="C0", edgecolor="k")
+    hist.set_yscale("log")  # most images sit in the top bin: a linear axis hides the others
+    hist.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    hist.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))  # 10%, not 10^-1
+    hist.yaxis.set_minor_formatter(NullFormatter())
     hist.set_xlabel("confidence (top-1 probability)")
-    hist.set_ylabel("share")
+    hist.set_ylabel("share of images")
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
@@ -333,10 +351,12 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
         results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
     cli.write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, **results})
     shown = shown_split(results)
-    plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"))
-    plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"))
+    title = figure_title(f"{shown} split", settings)
+    plot_confusion(results[shown]["confusion"], data.classes, os.path.join(out_dir, "confusion.png"), title)
+    plot_mistakes(eval_splits(data, shown)[shown], outs[shown], data.classes, os.path.join(out_dir, "mistakes.png"),
+                  title=title)
     plot_calibration(outs[shown]["probs"], outs[shown]["labels"], os.path.join(out_dir, "calibration.png"),
-                     f"{shown}: ")
+                     f"{title}\n")
     return results, outs
 
 
@@ -437,7 +457,7 @@ def score_images(labels, probs, classes, unknown, out_dir, settings):
             os.unlink(confusion)
         print(f"wrote images_metrics.json to {out_dir} (no labels in {folder}: nothing scored)")
         return None
-    plot_confusion(r["confusion"], classes, confusion)
+    plot_confusion(r["confusion"], classes, confusion, figure_title(f"images in {folder}", settings))
     print(summary_line("Images", r["loss"], r["correct"], r["total"]))
     print(f"wrote images_metrics.json, images_confusion.png to {out_dir}")
     return r

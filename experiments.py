@@ -205,6 +205,15 @@ def pyplot():
     return plt
 
 
+def text_colour(im, value):
+    """Black or white, whichever reads on the cell colour `im` (an imshow) gives `value`: white on
+    viridis' bright yellow, where the best cell is, could not be read."""
+    if value != value:  # nan: a failed cell, drawn blank
+        return "k"
+    r, g, b, _ = im.cmap(im.norm(value))
+    return "k" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "w"  # luma (Rec. 709 weights)
+
+
 def ensemble_rows(args, device):
     """Per cell: the held-out accuracy of each seed's best.pt and of their ensemble (mean softmax)."""
     rows = []
@@ -333,14 +342,14 @@ def grid(args, base):
             for j, b in enumerate(v2s):
                 r = cell[a, b]
                 ax.text(j, i, pct(r, "val", args.seeds).replace(" ± ", "\n± "), ha="center", va="center",
-                        color="w", fontsize=8, fontweight="bold" if r["best"] else "normal")
+                        color=text_colour(im, z[i][j]), fontsize=8, fontweight="bold" if r["best"] else "normal")
                 if r["best"]:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=3))
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="k", lw=3))
         ax.set_xticks(range(len(v2s)), v2s)
         ax.set_yticks(range(len(v1s)), v1s)
         ax.set_xlabel(p2)
         ax.set_ylabel(p1)
-        ax.set_title("val accuracy (%), best outlined")
+        ax.set_title("val accuracy (%), best outlined in black")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         cli.save_figure(fig, path, dpi=90)

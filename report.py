@@ -35,6 +35,8 @@ from model import count_parameters
 
 THUMB = 40                       # thumbnail side (px) in dashboard.html; tooltips show them at 96 px
 SOURCES = ("real", "synthetic")  # TensorImageDataset.source 0 / 1
+# right / wrong in every figure: Okabe-Ito blue and vermillion, told apart with any colour vision (red/green is not)
+CORRECT, WRONG = "#0072B2", "#D55E00"
 
 
 # ----------------------------------------------------------------------------- history.csv and the run's figures
@@ -45,6 +47,14 @@ def write_history(history, path):
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
         w.writeheader()
         w.writerows(history)
+
+
+def epoch_axis(ax):
+    """An x axis of whole epochs: a short run's default ticks (1.25, 1.5, ...) name epochs that do not exist."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
 
 
 def plot_history(history, classes, folder):
@@ -62,8 +72,7 @@ def plot_history(history, classes, folder):
     ax[2].plot(ep, [h["lr"] for h in history])
     for a, t in zip(ax, ("loss", "accuracy", "learning rate (end of epoch)")):
         a.set_title(t)
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
+        epoch_axis(a)
     ax[0].legend()
     ax[1].legend()
     fig.tight_layout()
@@ -80,8 +89,7 @@ def plot_history(history, classes, folder):
     ax[2].plot(ep, [h["val_acc"] for h in history], label="val (real)", linestyle="--")
     for a, t in zip(ax, ("train loss per class", "val accuracy per class", "accuracy per source")):
         a.set_title(t)
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
+        epoch_axis(a)
         a.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     cli.save_figure(fig, os.path.join(folder, "curves_detail.png"), dpi=90)
@@ -109,9 +117,10 @@ def _denorm(x, mean, std):
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
 
 
-def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
+def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0, augment=""):
     """augmentations.png (originals beside augmented copies), mixup.png and, with synthetic
-    data, synthetic.png: written at the start of a run so a user sees what the network is fed."""
+    data, synthetic.png: written at the start of a run so a user sees what the network is fed.
+    `augment` (the --augment preset) names the augmentation in the titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,6 +137,8 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
             axes[r, c + 1].imshow(_denorm(augment_fn(real, i), data.mean, data.std), cmap="gray" if gray else None)
         for ax in axes[r]:
             ax.axis("off")
+    how = f" (augment {augment})" if augment else ""
+    fig.suptitle(f"real train photos: original, then {copies} augmented copies{how}", fontsize=9)
     fig.tight_layout()
     cli.save_figure(fig, os.path.join(folder, "augmentations.png"), dpi=80)
 
@@ -140,6 +151,7 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
             ax.imshow(_denorm(x, data.mean, data.std), cmap="gray" if gray else None)
             ax.set_title(t, fontsize=8)
             ax.axis("off")
+    fig.suptitle(f"real train photos, augmented{how}: mixup of a and b", fontsize=9)
     fig.tight_layout()
     cli.save_figure(fig, os.path.join(folder, "mixup.png"), dpi=80)
 
@@ -147,7 +159,7 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0):
         syn = data.train.datasets[1]
         k = min(64, len(syn))
         synth.preview_grid(syn.images[:k], [data.classes[int(c)] for c in syn.labels[:k]],
-                           os.path.join(folder, "synthetic.png"))
+                           os.path.join(folder, "synthetic.png"), title=synth.preview_title(k, len(syn), data.config))
 
 
 # ----------------------------------------------------------------------------- dashboard: the page

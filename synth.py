@@ -20,8 +20,14 @@ from images import IMG_EXTENSIONS
 PREVIEW_MAX = 64  # tiles in a preview grid
 
 
-def preview_grid(images, labels, path, ncol=8):
-    """A labelled grid of uint8 images [N, C, H, W] (C = 1 or 3) written to `path` (PNG)."""
+def preview_title(shown, n, cfg):
+    """What a preview grid of synthetic digits shows: how many, made how (a data config's synthetic options)."""
+    return (f"synthetic training digits, not photos: {shown} of {n} "
+            f"(source {cfg['synthetic_source']}, backgrounds {os.path.basename(os.path.normpath(cfg['backgrounds']))})")
+
+
+def preview_grid(images, labels, path, ncol=8, title=None):
+    """A labelled grid of uint8 images [N, C, H, W] (C = 1 or 3) written to `path` (PNG), under `title`."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend needed, lazy for import time
     images, n = images[:PREVIEW_MAX], min(len(images), PREVIEW_MAX)
     ncol = max(1, min(ncol, n))
@@ -35,6 +41,8 @@ def preview_grid(images, labels, path, ncol=8):
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
             if labels is not None:
                 ax.set_title(str(labels[k] if isinstance(labels[k], str) else int(labels[k])), fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     cli.save_figure(fig, path, dpi=100)
@@ -120,7 +128,8 @@ def main(args):
             if args.all:
                 stem, ext = os.path.splitext(out)
                 path = f"{stem}_{tag}{ext or '.png'}"
-            preview_grid(syn.images[:PREVIEW_MAX], names[:PREVIEW_MAX], path)
+            preview_grid(syn.images[:PREVIEW_MAX], names[:PREVIEW_MAX], path,
+                         title=preview_title(min(len(syn), PREVIEW_MAX), len(syn), d.config))
             print(f"wrote a preview of {min(len(syn), PREVIEW_MAX)} synthetic samples to {path} "
                   f"({source} on {backgrounds}, {n_photos} training photos)")
 

@@ -561,7 +561,7 @@ def train_epochs(r, stop):
     args, data, device = r.args, r.data, r.device
     device_loader, augment_one = input_pipeline(r)
     if r.main_process and not args.dry_run and not args.resume:
-        report.plot_inputs(data, augment_one, args.save_dir, seed=args.seed)
+        report.plot_inputs(data, augment_one, args.save_dir, seed=args.seed, augment=args.augment)
     net = ddp(r.model, device)  # what trains; r.model (the same parameters) is what is evaluated and saved
     if args.compile:
         net = torch.compile(net)  # compiles on the first step(s): the time estimate skips those

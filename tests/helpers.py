@@ -178,6 +178,24 @@ def tiny_train_args(mnist_root, save_dir, *extra):
             "--quiet", "--workers", "0", "--save-dir", str(save_dir), *map(str, extra)]
 
 
+def saved_figures(mp):
+    """Every figure cli.save_figure writes while the MonkeyPatch `mp` holds, as {file name: Figure}
+    (still written): the tests read titles, ticks, legends and colours from its artists, not pixels."""
+    import cli
+    figures, save = {}, cli.save_figure
+
+    def keep(fig, path, **kwargs):
+        figures[os.path.basename(path)] = fig
+        save(fig, path, **kwargs)
+    mp.setattr(cli, "save_figure", keep)
+    return figures
+
+
+def title_text(fig):
+    """A figure's suptitle and its axes' titles, one string."""
+    return " | ".join([fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.axes])
+
+
 def no_figures(mp):
     """Leave out train.py's per-run figures (augmentations.png, mixup.png, curves*.png) through the
     MonkeyPatch `mp`: tested where a test is about them, and a good part of a tiny run's time."""

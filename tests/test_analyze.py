@@ -16,9 +16,10 @@ import analyze as A
 import data as D
 import evaluate as E
 import model as M
+import report
 import train
-from helpers import (assert_one_line_error, assert_png, no_figures, page_data, read_csv, run_analyze,
-                     run_script)
+from helpers import (DRAWN, assert_one_line_error, assert_png, data_config, no_figures, page_data, photo_folder,
+                     read_csv, run_analyze, run_script, saved_figures, title_text)
 
 
 # ----------------------------------------------------------------------------- its figures, Grad-CAM
@@ -32,6 +33,69 @@ def test_analyze(tiny_run, tmp_path, capsys):
     for f in ("kernels.png", "tsne.png", "neighbors.png"):
         assert_png(tmp_path / f)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_kernels_share_one_scale_centred_on_grey_strongest_first():
+    w = torch.zeros(3, 1, 3, 3)
+    w[0, 0, 0, 0], w[1, 0, 1, 1], w[1, 0, 2, 2] = 0.01, 1.0, -1.0  # a weak, a strong and a dead kernel
+    tiles, scale = A.kernel_images(w)
+    assert scale == 1.0
+    assert tiles[0][1, 1] == 1.0 and tiles[0][2, 2] == 0.0  # the strong one first, spanning black to white
+    assert tiles[1].max() == pytest.approx(0.505) and tiles[1].min() == 0.5  # the weak one stays near grey
+    assert (tiles[2] == 0.5).all()  # zero is mid-grey, not stretched into a pattern
+
+
+@pytest.mark.parametrize("name, size, stage, side", [
+    ("resnet18", 64, "backbone.layer2", 8),    # layer4 would be 2x2, layer3 4x4
+    ("resnet18", 224, "backbone.layer4", 7),  # big enough: the last stage, as usual
+    ("net", 28, "features.6", 7),              # the last conv stage, before its pooling
+    ("convnet", 16, "features.5", 5)])         # 16 px: 3 px cells of the second conv, not the first conv's 14x14
+def test_grad_cam_reads_a_fine_enough_map(name, size, stage, side):
+    model = M.build_model(name, 10, 3, img_size=size)
+    found, (h, w) = A.cam_stage(model, (3, size, size))
+    assert found.startswith(stage) and h == w == side
+    cams, logits = A.grad_cam(model, torch.randn(2, 3, size, size))
+    assert cams.shape == (2, size, size) and logits.shape == (2, 10)
+
+
+def test_figures_say_their_stage_and_colour_right_and_wrong_blind_safely(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    folder = photo_folder(tmp_path / "photos", [str(d) for d in range(4)], 6, layout="flat", **DRAWN)
+    data = D.build_datasets(data_config("--data-dir", folder, "--img-size", 64))
+    torch.manual_seed(0)
+    model = M.build_model("resnet18", 4, 3, img_size=64)
+    out = E.collect(model, data.val, torch.device("cpu"))
+    out["preds"][:2] = (out["labels"][:2] + 1) % 4  # a mistake and a right answer at least
+    out["preds"][2:4] = out["labels"][2:4]
+    A.plot_gradcam(model, data.val, out, data.classes, torch.device("cpu"), str(tmp_path / "gradcam.png"), n=2,
+                   title="val split")
+    fig = figures["gradcam.png"]
+    assert "8x8" in title_text(fig) and "layer2" in title_text(fig) and "val split" in title_text(fig)
+    colours = {ax.title.get_color() for ax in fig.axes[:2]}, {ax.title.get_color() for ax in fig.axes[2:]}
+    assert colours == ({report.WRONG}, {report.CORRECT})  # row 1 mistakes, row 2 right answers
+    pool = torch.arange(len(data.train))
+    labels = torch.tensor([int(data.train.targets[i]) for i in pool])
+    nn_idx = torch.stack([pool[:3]] * 2)
+    A.plot_neighbors(data.val, [0, 1], out["labels"][:2].tolist(), data.train, nn_idx, labels.tolist(), data.classes,
+                     str(tmp_path / "neighbors.png"))
+    fig = figures["neighbors.png"]
+    for r in range(2):
+        for c in range(3):
+            same = labels[c] == out["labels"][r]
+            assert fig.axes[4 * r + c + 1].title.get_color() == (report.CORRECT if same else report.WRONG)
+
+
+def test_tsne_marks_the_mistakes(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    labels = np.arange(20) % 4
+    preds = labels.copy()
+    preds[[1, 5, 9]] = 0
+    xy = np.random.default_rng(0).normal(size=(20, 2))
+    A.plot_tsne(xy, labels, preds, list("abcd"), str(tmp_path / "t.png"), "t")
+    ax = figures["t.png"].axes[0]
+    crosses = [c for c in ax.collections if len(c.get_offsets()) and (c.get_edgecolor()[:, :3] == 0).all()]
+    assert sum(len(c.get_offsets()) for c in crosses) == 3
+    assert "misclassified (3)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 @pytest.mark.slow  # trains net on 3,000 synthetic composites, ~40 s

@@ -6,6 +6,7 @@ command line as a subprocess (a user error is one `error:` line).
 On the tests' MNIST subset (conftest's tiny_run and mnist_run) or small photo folders."""
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ import device as DV
 import data as D
 import evaluate as E
 import model as M
-from helpers import (MIXED, MNIST_RUN_IMAGES, assert_one_line_error, assert_png, fabricate_checkpoint, photo_folder,
-                     read_csv, run_script, run_scripts, run_train, save_image, save_rgba, summary_by_split,
-                     summary_lines)
+from helpers import (DRAWN, MIXED, MNIST_RUN_IMAGES, assert_one_line_error, assert_png, data_config,
+                     fabricate_checkpoint, photo_folder, read_csv, run_script, run_scripts, run_train, save_image,
+                     save_rgba, saved_figures, summary_by_split, summary_lines, title_text)
 
 CPU = torch.device("cpu")
 
@@ -194,6 +195,37 @@ def test_calibration_error_and_temperature_fit():
     z = torch.randn(4000, 5, generator=g) * 2
     y = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)  # labels drawn from softmax(z)
     assert E.fit_temperature(z * 3, y) == pytest.approx(3.0, rel=0.1)  # logits 3x too sharp
+
+
+def test_calibration_gap_looks_like_its_legend_and_shares_read_as_percent(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    probs = torch.tensor([[0.9, 0.1]] * 50 + [[0.6, 0.4]] * 50)
+    labels = torch.tensor([0] * 20 + [1] * 30 + [0] * 50)  # 40% right at 0.9 (over-), 100% at 0.6 (under-confident)
+    E.plot_calibration(probs, labels, str(tmp_path / "calibration.png"))
+    ax, hist = figures["calibration.png"].axes
+    legend = ax.get_legend()
+    bars = {c.get_label(): c.patches for c in ax.containers}
+    for handle, name in zip(legend.legend_handles, [t.get_text() for t in legend.get_texts()]):
+        for bar in bars.get(name, []):
+            # an unfilled or opaque bar looks like its legend handle wherever it is drawn; a translucent
+            # fill over the accuracy bars (the under-confident bin) blended into a colour the legend lacked
+            assert not bar.get_fill() or bar.get_alpha() in (None, 1), name
+            assert (bar.get_fill(), bar.get_hatch(), bar.get_facecolor(), bar.get_edgecolor()) == (
+                handle.get_fill(), handle.get_hatch(), handle.get_facecolor(), handle.get_edgecolor()), name
+    lo, hi = hist.get_ylim()
+    shown = [t.get_text() for t in hist.yaxis.get_majorticklabels() if lo <= t.get_position()[1] <= hi]
+    assert len(shown) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?%", t) for t in shown), shown  # not 10^{-1}
+
+
+def test_figures_name_the_split_and_the_checkpoint(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    folder = photo_folder(tmp_path / "photos", [str(d) for d in range(3)], 6, layout="flat", **DRAWN)
+    data = D.build_datasets(data_config("--data-dir", folder, "--img-size", 16))
+    model = M.build_model("convnet", 3, 3, img_size=16)
+    settings = {"checkpoints": [str(tmp_path / "run7" / "best.pt")]}
+    E.evaluate_run(model, data, CPU, str(tmp_path), settings=settings)
+    for name in ("confusion.png", "mistakes.png", "calibration.png"):
+        assert "val split" in title_text(figures[name]) and "run7/best.pt" in title_text(figures[name]), name
 
 
 @pytest.mark.slow  # fixture mnist_run: net trained 3 epochs on MNIST, ~11 s

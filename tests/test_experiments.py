@@ -1,7 +1,9 @@
 """experiments.py: learning curve, ablation and grid on tiny budgets (the tests' MNIST subset
 and a fabricated 10-class photo folder); skipping of finished runs, resuming of interrupted ones."""
 import json
+import types
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,8 @@ import data as D
 import evaluate as E
 import experiments
 import train
-from helpers import MNIST_ROOT, have_mnist, interrupt_at_epoch, needs_mnist, no_figures, photo_folder, read_csv
+from helpers import (MNIST_ROOT, have_mnist, interrupt_at_epoch, needs_mnist, no_figures, photo_folder, read_csv,
+                     saved_figures)
 
 HAVE_MNIST = have_mnist()
 MNIST_ARGS = ["--dataset", "mnist", "--mnist-root", MNIST_ROOT, "--no-download", "--model", "convnet",
@@ -159,6 +162,23 @@ def test_grid_marks_best_cell_and_reports_mean_std(digit_folder, tmp_path):
         acc = ((probs[0] + probs[1]).argmax(1) == labels).float().mean().item()
         line = next(line for line in ens_md.splitlines() if line.startswith(f"| {cell} |"))
         assert line.endswith(f"| **{100 * acc:.2f}** |") and "| val | 2 |" in line
+
+
+def test_grid_figure_text_reads_on_every_cell(tmp_path, monkeypatch):
+    """Each cell's number contrasts with its colour (white on viridis' bright yellow, the best cell, did not)."""
+    figures = saved_figures(monkeypatch)
+    accs = {"1e-3": 0.90, "3e-2": 0.97, "1e-1": 0.93}
+    monkeypatch.setattr(experiments, "run_cell", lambda args, name, overrides: [
+        {"results": {s: {"acc": accs[overrides[1]], "total": 10} for s in ("train", "val")}}])
+    args = types.SimpleNamespace(grid=[("lr", list(accs)), ("batch_size", ["16"])], seeds=1)
+    experiments.grid(args, None)[3](str(tmp_path / "grid.png"))
+    ax = figures["grid.png"].axes[0]
+    im = ax.images[0]
+    luma = lambda c: np.dot(matplotlib.colors.to_rgb(c), [0.2126, 0.7152, 0.0722])  # noqa: E731
+    for text in ax.texts:
+        x, y = (round(v) for v in text.get_position())
+        cell = im.cmap(im.norm(im.get_array()[y, x]))
+        assert abs(luma(cell) - luma(text.get_color())) > 0.4, text.get_text()
 
 
 def test_grid_rejects_unknown_option_before_training(tmp_path, monkeypatch, digit_folder):

@@ -19,13 +19,43 @@ import pytest
 import torch
 from PIL import Image
 
+import data as D
 import report
 import train
-from helpers import page_data, run_script
+from helpers import DRAWN, data_config, page_data, photo_folder, run_script, saved_figures, title_text
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium; CI installs it)")
+
+
+# ----------------------------------------------------------------------------- the run's figures
+
+def test_curves_tick_whole_epochs(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    classes = ["a", "b"]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": e / 4, "val_acc": e / 4, "lr": 0.1,
+                "train_acc_real": e / 4, "train_n_real": 10, "train_acc_synthetic": 0.0, "train_n_synthetic": 0,
+                **{f"train_loss_{c}": 1 / e for c in classes}, **{f"val_acc_{c}": e / 4 for c in classes}}
+               for e in (1, 2, 3)]  # 3 epochs: matplotlib's own ticks are 1.0, 1.25, ..., 3.0
+    report.plot_history(history, classes, str(tmp_path))
+    for name in ("curves.png", "curves_detail.png"):
+        for ax in figures[name].axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
+
+
+def test_previews_say_what_they_show(tmp_path, monkeypatch):
+    figures = saved_figures(monkeypatch)
+    folder = photo_folder(tmp_path / "photos", [str(d) for d in range(10)], 2, layout="flat", **DRAWN)
+    data = D.build_datasets(data_config("--data-dir", folder, "--img-size", 16, "--synthetic-n", 8,
+                                        "--synthetic-source", "fonts"))
+    report.plot_inputs(data, lambda ds, i: ds[i][0], str(tmp_path), n=4, copies=2, augment="light")
+    for name in ("augmentations.png", "mixup.png"):
+        assert "real train photos" in title_text(figures[name]) and "augment light" in title_text(figures[name]), name
+    synthetic = title_text(figures["synthetic.png"])
+    assert "synthetic" in synthetic and "source fonts" in synthetic
 
 
 # ----------------------------------------------------------------------------- chromium
