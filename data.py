@@ -515,10 +515,26 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
     for i, c in fix.labels.items():
         labels[i] = classes.index(c)
     weights = torch.ones(n + len(fix.added))
-    for i, w in fix.weights.items():
-        weights[i] = w
+    for i, weight in fix.weights.items():
+        weights[i] = weight
+    in_train = torch.zeros(n, dtype=torch.bool)
+    in_train[train_idx] = True
+    w = weights[:n]
+    summary = {"relabelled": int((labels != before).sum()),
+               "relabelled_val": int((labels[val_idx] != before[val_idx]).sum()),
+               "excluded": int((in_train & (w == 0)).sum()),
+               "reweighted": int((in_train & (w != 0) & (w != 1)).sum()),
+               "added": len(fix.added), "new_classes": new,
+               "ignored": int((~in_train & (w != 1)).sum())}  # weights of val images: val keeps them
+    if recorded is not None and summary != recorded:
+        diff = ", ".join(f"{k} {recorded.get(k)} then, {v} now" for k, v in summary.items() if recorded.get(k) != v)
+        message = f"--corrections {path} changes other images now than in training ({diff}): the data folder changed?"
+        if summary["relabelled_val"] != recorded.get("relabelled_val"):
+            raise UsageError(message + " val would be scored with other labels; refused")
+        warn(message)
     if fix.added:
-        added, kept = decode_folder([p for p, _, _ in fix.added], images.shape[-1], cfg["cache_dir"], warn_skipped=False)
+        added, kept = decode_folder([p for p, _, _ in fix.added], images.shape[-1], cfg["cache_dir"],
+                                    warn_skipped=False)
         if len(kept) < len(fix.added):
             bad = next(p for k, (p, _, _) in enumerate(fix.added) if k not in kept)
             raise UsageError(f"--corrections {path} adds {bad}, which cannot be read as an image")
@@ -529,21 +545,9 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
         images, paths = torch.cat([images, added]), paths + [p for p, _, _ in fix.added]
         labels = torch.cat([labels, torch.tensor([classes.index(c) for _, c, _ in fix.added])])
         weights[n:] = torch.tensor([w for _, _, w in fix.added])
-    in_train = torch.zeros(n, dtype=torch.bool)
-    in_train[train_idx] = True
-    w = weights[:n]
-    summary = {"relabelled": int((labels[:n] != before).sum()), "relabelled_val": int((labels[val_idx] != before[val_idx]).sum()),
-               "excluded": int((in_train & (w == 0)).sum()), "reweighted": int((in_train & (w != 0) & (w != 1)).sum()),
-               "added": len(fix.added), "new_classes": new, "ignored": int((~in_train & (w != 1)).sum())}
-    if recorded is not None and summary != recorded:
-        diff = ", ".join(f"{k} {recorded.get(k)} then, {v} now" for k, v in summary.items() if recorded.get(k) != v)
-        message = f"--corrections {path} changes other images now than in training ({diff}): the data folder changed?"
-        if summary["relabelled_val"] != recorded.get("relabelled_val"):
-            raise UsageError(message + " val would be scored with other labels; refused")
-        warn(message)
     train_idx = torch.cat([train_idx[weights[train_idx] != 0], torch.arange(n, len(labels))])
     empty = [c for c, k in zip(classes, torch.bincount(labels[train_idx], minlength=len(classes)).tolist()) if not k]
-    if empty and recorded is None:
+    if empty and len(train_idx) and recorded is None:  # (none at all is refused in build_datasets)
         warn(f"after --corrections {path}, class(es) {', '.join(empty)} have no training images")
     return (images, labels, classes, paths, train_idx, weights if (weights != 1).any() else None,
             {"corrections_sha256": fix.sha256, "corrections_summary": summary})
