@@ -19,6 +19,7 @@ import cli
 import corrections as C
 import data as D
 import evaluate as E
+import report
 from checkpoint import save_checkpoint
 from helpers import data_config, photo_folder, run_train, save_image, warning_lines
 from model import build_model, model_kwargs
@@ -153,6 +154,9 @@ def test_the_checkpoint_records_the_file_and_evaluate_rebuilds_the_same_data(cor
     train = labels_by_path(data, data.train)
     assert train[paths_of(base.train)[0]] == "1" and paths_of(base.train)[1] not in train
     assert train[next(p for p in train if p.endswith("new.png"))] == "cat"
+    report.write_report(str(root / "run"))  # the report says what the file changed, and that it is still that file
+    line = next(ln for ln in (root / "run" / "report.md").read_text().splitlines() if "corrections c.csv" in ln)
+    assert "2 relabelled (1 of them val)" in line and "changed since" not in line
 
 
 @pytest.mark.slow  # evaluate.py's figures, ~3 s
@@ -211,3 +215,12 @@ def test_a_moved_data_folder_does_not_pass_for_the_same_corrections(photos, tmp_
 def test_analyze_folds_refuses_a_corrected_run():
     with pytest.raises(cli.UsageError, match="--corrections"):
         analyze.out_of_fold_probs(None, {"data": {"corrections": "c.csv"}}, None, None, None, None)
+
+
+def test_resume_refuses_other_corrections(corrected_run, photos, tmp_path):
+    root, _, csv_path, _ = corrected_run
+    other = write(tmp_path / "c.csv", csv_path.read_text().replace(",,0\n", ",,0.5\n"))
+    with pytest.raises(cli.UsageError, match="other --corrections"):
+        run_train(["--data-dir", photos / "d", "--model", "convnet", "--img-size", IMG, "--epochs", 1,
+                   "--batch-size", 4, "--workers", 0, "--quiet", "--augment", "none", "--no-download",
+                   "--save-dir", tmp_path / "run", "--corrections", other, "--resume", root / "run" / "last.pt"])
