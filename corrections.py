@@ -65,21 +65,22 @@ def read_rows(csv_path, option="--corrections", legacy=False):
     except csv.Error as e:
         raise UsageError(f"{option} {csv_path} is not a CSV file ({e})") from None
     names = [c.strip().lower() for c in rows[0][1]] if rows else []
-    if names and names[0] in ("path", "file") or "path" in names:
+    expected = "path,weight" if legacy else "path,label,weight"
+    if "path" in names or names[:1] == ["file"]:
         columns, rows = names, rows[1:]
     elif legacy:
         columns = ["path", "weight"]
     elif b"\0" in raw:
-        raise UsageError(f"{option} {csv_path} is a binary file, not a CSV of path,label,weight rows")
+        raise UsageError(f"{option} {csv_path} is a binary file, not a CSV of {expected} rows")
     else:
         raise UsageError(f"{option} {csv_path} has no header: its first line must name the columns, "
-                         f"path,label,weight (got {first[:60]!r})")
+                         f"{expected} (got {first[:60]!r})")
     path_col = columns.index("path") if "path" in columns else columns.index("file")
     label_col = columns.index("label") if "label" in columns and not legacy else None
     weight_col = columns.index("weight") if "weight" in columns else None
     if label_col is None and weight_col is None:
         raise UsageError(f"{option} {csv_path}: the header names no label or weight column "
-                         f"(got {','.join(columns)}; expected path,label,weight)")
+                         f"(got {','.join(columns)}; expected {expected})")
     out = []
     for line, r in rows:
         if legacy and len(r) < 2:
