@@ -327,6 +327,9 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     and an interrupted one resumes from its last.pt, so the same command continues."""
     if ckpt["data"].get("folds"):
         raise cli.UsageError("--folds needs the checkpoint of a whole run, not of one cross-validation fold")
+    if ckpt["data"].get("corrections"):  # its folds are cut before the corrections, these after: not the same
+        raise cli.UsageError("--folds does not yet review a run trained with --corrections (its fold runs would "
+                             "hold out other images than the ones scored here)")
     base = vars(train.get_args_parser().parse_args([]))
     base.update((k, v) for k, v in ckpt["args"].items() if k in base)  # an older train.py's run: defaults
     base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights") if data.config.get(k)})

@@ -19,7 +19,8 @@ class CheckpointError(UsageError):
 
 # One format, plain types only, readable with torch.load(weights_only=True):
 #   model, model_args, state_dict, classes, in_channels, img_size, mean, std,
-#   data (what rebuilds the same split), args, epoch, best_val_acc
+#   data (what rebuilds the same split; a --corrections run adds the file's corrections_sha256 and
+#   corrections_summary, what it changed), args, epoch, best_val_acc
 # and from train.py also amp (the resolved --amp: "bf16", "fp16" or "off"),
 # and in last.pt also: optimizer, scheduler, scaler, rng, early_stopping. Optional: temperature (the
 # softmax temperature fitted on val by evaluate.py --temperature auto; logits are divided by it) and

@@ -6,10 +6,8 @@ function that every script calls to get the same train / val / test sets back fr
 checkpoint's `data` dict.
 """
 import argparse
-import csv
 import gzip
 import hashlib
-import io
 import math
 import os
 import re
@@ -22,8 +20,10 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 import composite
+import corrections as C
 from augment import build_transform
 from cli import UsageError, check_args, check_folder_arg, check_memory, warn
+from corrections import read_sample_weights  # noqa: F401 (data.read_sample_weights, as before)
 from images import cache_size, decode_folder, fingerprint, list_images, load_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ DATA_KEYS = ("dataset", "data_dir", "mnist_root", "val_fraction", "split_seed", 
 DATA_DEFAULTS = {"download": True, "cache_dir": None, "test_dir": None, "synthetic_n": 0, "synthetic_ratio": None,
                  "synthetic_seed": 0, "synthetic_source": "mnist", "backgrounds": "photo-crops", "group_split": False,
                  "group_threshold": GROUP_THRESHOLD, "group_regex": None, "sample_weights": None, "folds": 0,
-                 "fold": None}
+                 "fold": None, "corrections": None}
 
 
 def check_data_args(args):
@@ -87,6 +87,9 @@ def check_data_config(cfg):
                ("fold", c.folds == 0 or c.fold is not None, f"set with --folds {c.folds}: the fold that validates"))
     if c.group_regex is not None:
         group_regex(c.group_regex)
+    if c.sample_weights and c.corrections:
+        raise UsageError("--sample-weights is a --corrections file without a label column: give one file "
+                         "(add the weights as its weight column)")
     if c.synthetic_source not in composite.SOURCES:
         raise UsageError(f"--synthetic-source must be one of {', '.join(composite.SOURCES)}, got {c.synthetic_source!r}")
     if c.dataset == "mnist" and c.synthetic_n > 0:
@@ -433,6 +436,7 @@ def data_config(args):
         "group_threshold": args.group_threshold,
         "group_regex": args.group_regex,
         "sample_weights": os.path.abspath(args.sample_weights) if getattr(args, "sample_weights", None) else None,
+        "corrections": os.path.abspath(args.corrections) if getattr(args, "corrections", None) else None,
         "folds": args.folds,
         "fold": args.fold,
     }
@@ -462,13 +466,18 @@ def build_datasets(cfg, augment="none", check=True):
     if check and cfg.get("split_hash") and cfg["split_hash"] != split_hash:
         warn(f"the data differ from those the checkpoint was trained on ({len(labels)} samples now, "
              f"{cfg.get('num_samples')} then): train/val are not the same split")
+    n_folder, fixed = len(labels), {}
     in_channels = images.shape[1]
     train_tf = build_transform(augment, img_size, mean, std, train=True)
     eval_tf = build_transform(augment, img_size, mean, std, train=False)
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg["sample_weights"] else None
-    if weights is not None and not weights[train_idx].any():
-        raise UsageError(f"every training sample has weight 0 in {cfg['sample_weights']}: nothing to learn from")
-    if weights is not None and (weights[val_idx] != 1).any() and check:
+    if cfg["corrections"]:  # after the split, so val keeps the same images
+        images, labels, classes, paths, train_idx, weights, fixed = apply_corrections(
+            cfg, images, labels, classes, paths, train_idx, val_idx)
+    if not len(train_idx) or (weights is not None and not weights[train_idx].any()):
+        raise UsageError(f"every training sample has weight 0 in {cfg['sample_weights'] or cfg['corrections']}: "
+                         f"nothing to learn from")
+    if cfg["sample_weights"] and (weights[val_idx] != 1).any() and check:
         warn(f"{int((weights[val_idx] != 1).sum())} weight(s) in {cfg['sample_weights']} are of val photos: they "
              f"change nothing (validation is scored unweighted)")
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
@@ -483,9 +492,84 @@ def build_datasets(cfg, augment="none", check=True):
                              f"must hold photos training never saw")
     if cfg["synthetic_n"] > 0:
         train = ConcatDataset([train, _synthetic(cfg, images[train_idx], classes, train_tf)])
-    config = dict(cfg, num_samples=len(labels), split_hash=split_hash,
-                  num_groups=None if groups is None else int(groups.max()) + 1)
+    config = dict(cfg, num_samples=n_folder, split_hash=split_hash,
+                  num_groups=None if groups is None else int(groups.max()) + 1, **fixed)
     return Data(train, val, test, classes, in_channels, img_size, mean, std, config)
+
+
+def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
+    """--corrections (corrections.py) applied to a data set after its split: labels change on both
+    sides (a wrong val label makes val accuracy wrong), while val keeps its images; excluded
+    (weight 0) images leave training, added images join it. New classes come after the folder's,
+    which keep their indices. Returns (images, labels, classes, paths, train_idx, weights or None,
+    the config entries a checkpoint records: corrections_sha256, corrections_summary).
+    From a checkpoint whose file is gone or changed, see corrections_at_rebuild."""
+    path, recorded = cfg["corrections"], cfg.get("corrections_summary")
+    if not corrections_at_rebuild(cfg):
+        return images, labels, classes + recorded["new_classes"], paths, train_idx, None, {}
+    fix = C.read_corrections(path, paths, classes, len(labels))
+    names = [*fix.labels.values(), *(label for _, label, _ in fix.added)]
+    new = [c for c in dict.fromkeys(names) if c not in classes]
+    classes, n = list(classes) + new, len(labels)
+    before, labels = labels, labels.clone()
+    for i, c in fix.labels.items():
+        labels[i] = classes.index(c)
+    weights = torch.ones(n + len(fix.added))
+    for i, weight in fix.weights.items():
+        weights[i] = weight
+    in_train = torch.zeros(n, dtype=torch.bool)
+    in_train[train_idx] = True
+    w = weights[:n]
+    summary = {"relabelled": int((labels != before).sum()),
+               "relabelled_val": int((labels[val_idx] != before[val_idx]).sum()),
+               "excluded": int((in_train & (w == 0)).sum()),
+               "reweighted": int((in_train & (w != 0) & (w != 1)).sum()),
+               "added": len(fix.added), "new_classes": new,
+               "ignored": int((~in_train & (w != 1)).sum())}  # weights of val images: val keeps them
+    if recorded is not None and summary != recorded:
+        diff = ", ".join(f"{k} {recorded.get(k)} then, {v} now" for k, v in summary.items() if recorded.get(k) != v)
+        message = f"--corrections {path} changes other images now than in training ({diff}): the data folder changed?"
+        if summary["relabelled_val"] != recorded.get("relabelled_val"):
+            raise UsageError(message + " val would be scored with other labels; refused")
+        warn(message)
+    if fix.added:
+        added, kept = decode_folder([p for p, _, _ in fix.added], images.shape[-1], cfg["cache_dir"],
+                                    warn_skipped=False)
+        if len(kept) < len(fix.added):
+            bad = next(p for k, (p, _, _) in enumerate(fix.added) if k not in kept)
+            raise UsageError(f"--corrections {path} adds {bad}, which cannot be read as an image")
+        leak = same_pixels(images[val_idx], added)
+        if leak:
+            raise UsageError(f"--corrections {path} adds {fix.added[leak[0]][0]}, which has the pixels of a val "
+                             f"photo: training on it would leak val into training")
+        images, paths = torch.cat([images, added]), paths + [p for p, _, _ in fix.added]
+        labels = torch.cat([labels, torch.tensor([classes.index(c) for _, c, _ in fix.added])])
+        weights[n:] = torch.tensor([w for _, _, w in fix.added])
+    train_idx = torch.cat([train_idx[weights[train_idx] != 0], torch.arange(n, len(labels))])
+    empty = [c for c, k in zip(classes, torch.bincount(labels[train_idx], minlength=len(classes)).tolist()) if not k]
+    if empty and len(train_idx) and recorded is None:  # (none at all is refused in build_datasets)
+        warn(f"after --corrections {path}, class(es) {', '.join(empty)} have no training images")
+    return (images, labels, classes, paths, train_idx, weights if (weights != 1).any() else None,
+            {"corrections_sha256": fix.sha256, "corrections_summary": summary})
+
+
+def corrections_at_rebuild(cfg):
+    """Whether a checkpoint's corrections file can be applied again: yes when it is the file
+    training read (same sha256; or not from a checkpoint). Gone or changed since: when it
+    relabelled no val image, val is still right, so the data are rebuilt without it and one warning
+    says so; when it did, val would be scored with other labels, so it is refused in one line."""
+    path, then = cfg["corrections"], cfg.get("corrections_sha256")
+    now = C.file_hash(path) if os.path.isfile(path) else None
+    if then is None or now == then:
+        return True
+    what = "is gone" if now is None else f"has changed since training (sha256 {then[:12]} then, {now[:12]} now)"
+    summary = cfg["corrections_summary"]
+    if summary["relabelled_val"]:
+        raise UsageError(f"--corrections {path} {what}: it relabelled {summary['relabelled_val']} val image(s), so "
+                         f"val would be scored with other labels; put the file back as training read it")
+    warn(f"--corrections {path} {what}: rebuilt without it (val is right, the file relabelled no val image; the "
+         f"train split has the folder's labels, without its {summary['added']} added image(s))")
+    return False
 
 
 def split_indices(cfg, labels, classes, paths):
@@ -561,65 +645,6 @@ def _fold_split(train_idx, labels, folds, fold, seed):
     if held.all() or not held.any():
         raise UsageError(f"--folds {folds} cannot be cut from {len(train_idx)} training samples")
     return train_idx[~held], train_idx[held]
-
-
-def read_sample_weights(csv_path, paths, n):
-    """A weight per sample from a CSV of `path,weight` rows (header optional). Paths match by
-    full path or by file name; MNIST samples by index (`#123` or `123`). Unlisted = 1."""
-    if not os.path.isfile(csv_path):
-        raise UsageError(f"--sample-weights file not found: {csv_path}")
-    weights = torch.ones(n)
-    # a row names a file by its full path or by its last one or two components (`x.jpg`,
-    # `cat/x.jpg`); a short name that several files share matches none of them (ambiguous)
-    keys, ambiguous = {}, set()
-    for i, p in enumerate(paths or []):
-        keys[os.path.abspath(p)] = i
-        parts = os.path.abspath(p).split(os.sep)
-        for k in (parts[-1], "/".join(parts[-2:])):
-            if k in keys and keys[k] != i:
-                ambiguous.add(k)
-            keys[k] = i
-    for k in ambiguous:
-        del keys[k]
-    unknown = []
-    try:  # Excel writes a BOM; older tools Latin-1
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        with open(csv_path, newline="", encoding="latin-1") as f:
-            text = f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read --sample-weights {csv_path}: {e.strerror}") from None
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as e:  # e.g. a NUL byte: not a text CSV
-        raise UsageError(f"--sample-weights {csv_path} is not a CSV file ({e})") from None
-    given = {}  # sample -> the row's path, to refuse a sample listed twice
-    for row in rows:
-        if not row or row[0].strip().lower() in ("path", "file") or row[0].startswith("#!"):
-            continue
-        if len(row) < 2:
-            raise UsageError(f"{csv_path}: rows must be path,weight; got {row}")
-        key = row[0].strip()
-        tail = key.replace(os.sep, "/").split("/")
-        i = keys.get(os.path.abspath(key), keys.get("/".join(tail[-2:]), keys.get(tail[-1])))
-        if i is None and paths is None and key.lstrip("#").isdigit():
-            i = int(key.lstrip("#"))
-        try:
-            w = float(row[1])
-        except ValueError:
-            raise UsageError(f"{csv_path}: weight {row[1]!r} of {key} is not a number") from None
-        if not (math.isfinite(w) and w >= 0):
-            raise UsageError(f"{csv_path}: weight {row[1]!r} of {key} must be a finite number >= 0")
-        if i is None or i >= n:
-            unknown.append(key)
-        elif i in given:
-            raise UsageError(f"{csv_path}: {key} is listed twice (as {given[i]!r} and {row[0]!r}): one row per image")
-        else:
-            weights[i], given[i] = w, row[0]
-    if unknown:
-        warn(f"{len(unknown)} path(s) in {csv_path} are not in the dataset, e.g. {unknown[0]}")
-    return weights
 
 
 def _synthetic(cfg, photos, classes, transform):

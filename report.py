@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import cli
+import corrections as C
 import data as D
 import evaluate as E
 import synth
@@ -487,6 +488,12 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
            f"- image size {cfg['img_size']} px, {ckpt['in_channels']} channel(s); {cfg.get('num_samples', '?')} "
            f"labelled images" + (f"; {cfg['synthetic_n']} synthetic composites added to training"
                                  if cfg.get("synthetic_n") else ""), ""]
+    if cfg.get("corrections_summary"):  # what the run's labels owe to its corrections file, and whether it is still that file
+        path, sha = cfg["corrections"], cfg["corrections_sha256"]
+        now = C.file_hash(path) if os.path.isfile(path) else None
+        md[-1:] = [f"- {C.summary_line(path, sha, cfg['corrections_summary'])} (`{path}`"
+                   + ("" if now == sha else ", gone since training" if now is None else ", changed since training")
+                   + ")", ""]
     if results:
         splits = [s for s in E.SPLITS if s in results]
         support = {s: [results[s]["per_class"][c]["support"] for c in classes] for s in splits}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
+import corrections as C
 import data as D
 import report
 from augment import AUGMENT_PRESETS, BatchAugment, DeviceLoader
@@ -79,7 +80,12 @@ def get_args_parser(add_help=True):
     g.add_argument("--t0", type=int, default=10, help="--scheduler restarts: epochs of the first cycle")
     g.add_argument("--t-mult", type=int, default=2, help="--scheduler restarts: cycle growth")
     g.add_argument("--sample-weights", default=None,
-                   help="CSV of path,weight for training samples (weight 0 drops one from the loss)")
+                   help="CSV of path,weight for training samples (weight 0 drops one from the loss); "
+                        "--corrections reads the same files and more")
+    g.add_argument("--corrections", default=None, metavar="CSV",
+                   help="CSV of path,label,weight rows (header required): relabel, exclude (weight 0), reweight, "
+                        "or add an image from elsewhere; applied after the split (val keeps its images, "
+                        "its labels are corrected); docs/data.md")
     g = p.add_argument_group("run")
     g.add_argument("--patience", type=int, default=50, help="early stopping: epochs without a better val accuracy")
     g.add_argument("--save-dir", default="checkpoints")
@@ -168,8 +174,10 @@ def check_args(args):
     if too_small:
         raise cli.UsageError(too_small)
     check_step_memory(args, img_size)
-    if args.sample_weights and not os.path.isfile(args.sample_weights):
-        raise cli.UsageError(f"--sample-weights file not found: {args.sample_weights}")
+    for option in ("sample_weights", "corrections"):
+        path = getattr(args, option)
+        if path and not os.path.isfile(path):
+            raise cli.UsageError(f"--{option.replace('_', '-')} file not found: {path}")
     if args.resume and not os.path.isfile(args.resume):
         raise CheckpointError(f"checkpoint not found: {args.resume}")
 
@@ -491,6 +499,9 @@ def print_header(r, order):
           f"{' | compile' if args.compile else ''}"
           f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
           f" | augment {args.augment}{f' | {r.world} processes' if r.world > 1 else ''}")
+    if data.config.get("corrections_summary"):
+        print(C.summary_line(data.config["corrections"], data.config["corrections_sha256"],
+                             data.config["corrections_summary"]))
     used = sum(i < real for i in order)  # the real images (photos beside composites) an epoch trains on
     dropped = -(-real // r.world) - used if used else 0  # (ratio 1 uses no photo, by design)
     print(f"{r.steps_per_epoch} steps of {args.batch_size} per epoch"
@@ -510,6 +521,9 @@ def resume(r):
         raise CheckpointError(f"{args.resume} was trained with --optimizer {ck['args'].get('optimizer')} and model "
                               f"settings {ck['model_args']}, not --optimizer {args.optimizer} and {r.model_args}: "
                               f"resume with the run's own --width / --drop-rate / --head / --optimizer")
+    if ck["data"].get("corrections_sha256") != data.config.get("corrections_sha256"):
+        raise CheckpointError(f"{args.resume} was trained with other --corrections (another file, or the file "
+                              f"changed since): resume with the file as it was, or start a new run")
     if ck["data"].get("split_hash") != data.config["split_hash"]:
         raise CheckpointError(f"{args.resume} was trained on another data split (data, --val-fraction, "
                               f"--split-seed or --train-fraction differ)")

@@ -18,6 +18,7 @@ from helpers import photo_folder, run_train, save_image
 DRY = ["--data-dir", "d", *TRAIN[2:], "--dry-run"]           # train.py --dry-run on folder d/
 EVAL = ["run/best.pt", "--data-dir", "data", "--out", "ev"]  # evaluate.py / analyze.py of the trained run
 ANALYZE = [*EVAL[:-1], "an", "--tsne-samples", 10, "--dashboard-points", 10]
+FIX = [*DRY, "--corrections", "c.csv"]                      # train.py --dry-run on d/ with c.csv
 RUN_FILES = ("run/best.pt", "run/last.pt", "run/history.csv", "run/*.png")
 
 
@@ -79,6 +80,14 @@ def bytes_name(folder, name):
 
 def weights(content, encoding="utf-8"):
     return text("w.csv", content, encoding)
+
+
+def fixes(content):
+    return text("c.csv", content)
+
+
+def copy_folder(a, b):
+    return lambda w: shutil.copytree(w / a, w / b)
 
 
 def copy_run(dst):
@@ -182,6 +191,45 @@ CASES = [
       "is not a number"),
     C("weights a folder", then(sub, lambda w: (w / "w.csv").mkdir()), "train.py", [*DRY, "--sample-weights", "w.csv"],
       2, "not found"),
+    # --- corrections (path,label,weight; a relative path starts at the CSV's folder): each bad row is one line
+    C("corrections relabel", then(sub, fixes("path,label,weight\nd/0/img0.png,1,\n")), "train.py", FIX, 0, None,
+      stdout="1 relabelled"),
+    C("corrections BOM", then(sub, fixes("\ufeffpath,label,weight\nd/0/img0.png,1,\n")), "train.py", FIX, 0, None,
+      stdout="1 relabelled"),
+    C("corrections ;", then(sub, fixes("path;label;weight\nd/0/img0.png;1;\n")), "train.py", FIX, 0, None,
+      stdout="1 relabelled"),
+    C("corrections new class", then(lambda w: sub(w, 5), fixes("path,label\nd/0/img0.png,cat\nd/0/img1.png,cat\n")),
+      "train.py", FIX, 0, None, stdout="new class(es): cat"),
+    C("corrections add", then(sub, png("x/new.png"), fixes("path,label\nx/new.png,1\n")), "train.py", FIX, 0, None,
+      stdout="1 added to train"),
+    C("corrections unknown path", then(sub, fixes("path,label\nd/0/nope.png,1\n")), "train.py", FIX, 2,
+      "neither an image of the data set nor an image file"),
+    C("corrections class typo", then(sub, fixes("path,label\nd/0/img0.png,01\n")), "train.py", FIX, 2,
+      "did you mean '1'"),
+    C("corrections listed twice", then(sub, fixes("path,label,weight\nd/0/img0.png,1,\n./d/0/img0.png,,0\n")),
+      "train.py", FIX, 2, "listed twice"),
+    C("corrections no header", then(sub, fixes("d/0/img0.png,1,\n")), "train.py", FIX, 2, "has no header"),
+    C("corrections binary", then(sub, fixes(b"\0\1\2,\0\n")), "train.py", FIX, 2, "binary file"),
+    C("corrections negative", then(sub, fixes("path,weight\nd/0/img0.png,-1\n")), "train.py", FIX, 2,
+      "finite number >= 0"),
+    C("corrections nan", then(sub, fixes("path,weight\nd/0/img0.png,nan\n")), "train.py", FIX, 2, "finite number >= 0"),
+    C("corrections not a number", then(sub, fixes("path,weight\nd/0/img0.png,heavy\n")), "train.py", FIX, 2,
+      "not a number"),
+    C("corrections no label column", then(sub, fixes("path,split\nd/0/img0.png,train\n")), "train.py", FIX, 2,
+      "no label or weight column"),
+    C("corrections empty path", then(sub, fixes("path,label\n,1\n")), "train.py", FIX, 2, "no path"),
+    C("corrections add without label", then(sub, png("x/new.png"), fixes("path,label,weight\nx/new.png,,2\n")),
+      "train.py", FIX, 2, "give its label"),
+    C("corrections add unreadable", then(sub, text("x/bad.png", "x"), fixes("path,label\nx/bad.png,1\n")),
+      "train.py", FIX, 2, "cannot be read as an image"),
+    C("corrections add a val copy", then(sub, copy_folder("d", "x"), fixes("path,label\n" + "".join(
+        f"x/{c}/img{i}.png,{c}\n" for c in "01" for i in range(3)))), "train.py", FIX, 2, "pixels of a val photo"),
+    C("corrections exclude all", then(sub, fixes("path,weight\n" + "".join(f"d/{c}/img{i}.png,0\n" for c in "01"
+                                                                           for i in range(3)))),
+      "train.py", FIX, 2, "every training sample has weight 0"),
+    C("corrections missing", sub, "train.py", FIX, 2, "--corrections file not found"),
+    C("corrections and sample weights", then(sub, fixes("path,label\nd/0/img0.png,1\n"), weights("path,weight\n")),
+      "train.py", [*FIX, "--sample-weights", "w.csv"], 2, "give one file"),
     # --- classes changed after training: refused by name, or mapped by name when unambiguous
     C("class renamed", move("data/2", "data/two"), "evaluate.py", EVAL, 2, "not in the checkpoint: two; not in the data: 2"),
     C("class added", then(png("data/3/a.png"), png("data/3/b.png", 8)), "evaluate.py", EVAL, 2, "not in the checkpoint: 3"),

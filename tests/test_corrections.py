@@ -1,0 +1,226 @@
+"""train.py --corrections (corrections.py, data.apply_corrections): a relabel, an exclusion, a reweight
+and an added image land where they say; val keeps its images and gets its labels corrected; the
+checkpoint records the file's hash and what it changed; evaluate.py rebuilds the same data and says
+in one line when the file changed or is gone. The bad rows (one line each) are in test_bad_data.py.
+
+Folders are tiny noise-photo folders (helpers.photo_folder): 2 classes x 6, one val photo per class."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import analyze
+import cli
+import corrections as C
+import data as D
+import evaluate as E
+import report
+from checkpoint import save_checkpoint
+from helpers import data_config, photo_folder, run_train, save_image, warning_lines
+from model import build_model, model_kwargs
+
+IMG = 16
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """d/: classes 0 and 1, 6 noise photos each; extra/new.png: a photo from outside d/."""
+    root = tmp_path_factory.mktemp("corrections")
+    photo_folder(root / "d", ("0", "1"), 6, stem="p{i}", size=20)
+    save_image(root / "extra" / "new.png", 20, seed=99)
+    return root
+
+
+def cfg(root, *extra):
+    return data_config("--data-dir", root / "d", "--img-size", IMG, *extra)
+
+
+def paths_of(ds):
+    return [ds.path(i) for i in range(len(ds))]
+
+
+def labels_by_path(data, ds):
+    return {ds.path(i): data.classes[int(ds.labels[ds.indices[i]])] for i in range(len(ds))}
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_each_kind_of_row_lands_where_it_says(photos, tmp_path):
+    base = D.build_datasets(cfg(photos))
+    zeros = [p for p in paths_of(base.train) if "/0/" in p]
+    relabel, exclude, heavy, val = zeros[0], zeros[1], zeros[2], base.val.path(0)
+    fixes = tmp_path / "fixes"
+    fixes.mkdir()
+    # a relative path starts at the CSV file's folder; an absolute one is taken as it is
+    csv_path = write(fixes / "c.csv", f"path,label,weight\n{os.path.relpath(relabel, fixes)},1,\n{exclude},,0\n"
+                                      f"{heavy},,2.5\n{val},1,\n{photos / 'extra' / 'new.png'},cat,\n")
+    data = D.build_datasets(cfg(photos, "--corrections", csv_path))
+    assert data.classes == ["0", "1", "cat"]  # a new class comes after the folder's, which keep their indices
+    assert torch.equal(data.val.indices, base.val.indices)  # val keeps the same images...
+    assert labels_by_path(data, data.val)[val] == "1"  # ...with their labels corrected
+    train = labels_by_path(data, data.train)
+    assert train[relabel] == "1" and exclude not in train
+    assert train[str(photos / "extra" / "new.png")] == "cat"  # an added image is in train, with its label
+    weights = {data.train.path(i): data.train[i][3] for i in range(len(data.train))}
+    assert weights[heavy] == 2.5 and weights[zeros[3]] == 1.0
+    assert len(data.train) == len(base.train) - 1 + 1
+    assert data.config["split_hash"] == base.config["split_hash"]  # the split is the folder's, as before
+    assert data.config["corrections_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert data.config["corrections_summary"] == {"relabelled": 2, "relabelled_val": 1, "excluded": 1,
+                                                  "reweighted": 1, "added": 1, "new_classes": ["cat"], "ignored": 0}
+
+
+def test_excel_files_read_as_written(tmp_path):
+    # a BOM, ';' separators and a decimal comma: what Excel writes in a comma-decimal locale
+    path = tmp_path / "c.csv"
+    path.write_bytes("\ufeffPath;Label;Weight\r\na.png;;0,5\r\nb.png;7;\r\n".encode())
+    assert [(r.path, r.label, r.weight) for r in C.read_rows(str(path))] == [("a.png", None, 0.5), ("b.png", "7", None)]
+
+
+def test_a_label_that_looks_like_a_class_is_a_typo(photos, tmp_path):
+    path = write(tmp_path / "c.csv", f"path,label\n{photos / 'd' / '0' / 'p1.png'},01\n")
+    with pytest.raises(cli.UsageError, match="did you mean '1'"):
+        D.build_datasets(cfg(photos, "--corrections", path))
+
+
+@pytest.mark.slow  # 20 data sets built, ~2.5 s
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.dictionaries(st.integers(0, 11), st.tuples(st.sampled_from([None, "0", "1", "new"]),
+                                                         st.sampled_from([None, 0.0, 0.5, 1.0, 3.0])),
+                            max_size=12))
+def test_generated_rows_do_what_they_say_and_val_keeps_its_images(photos, tmp_path, rows):
+    base = D.build_datasets(cfg(photos), check=False)
+    files = sorted(p for p in paths_of(base.train) + paths_of(base.val))
+    listed = {files[k]: v for k, v in rows.items() if v != (None, None)}
+    path = write(tmp_path / "c.csv", "path,label,weight\n" + "".join(
+        f"{p},{label or ''},{'' if w is None else w}\n" for p, (label, w) in listed.items()))
+    train = set(paths_of(base.train))
+    if listed and all(w == 0 for p, (_, w) in listed.items() if p in train) and train <= set(listed):
+        with pytest.raises(cli.UsageError, match="every training sample"):
+            D.build_datasets(cfg(photos, "--corrections", path), check=False)
+        return
+    data = D.build_datasets(cfg(photos, "--corrections", path), check=False)
+    assert paths_of(data.val) == paths_of(base.val)
+    old = {**labels_by_path(base, base.train), **labels_by_path(base, base.val)}
+    new = {**labels_by_path(data, data.train), **labels_by_path(data, data.val)}
+    for p in files:
+        label, w = listed.get(p, (None, None))
+        if p in train and w == 0:
+            assert p not in paths_of(data.train)  # excluded: out of training
+        else:
+            assert new[p] == (label or old[p])
+    weights = {data.train.path(i): data.train[i][3] for i in range(len(data.train))}
+    assert all(weights[p] == (1.0 if w is None else w) for p, (_, w) in listed.items() if p in weights)
+
+
+# ----------------------------------------------------------------------------- a run, and its rebuild
+
+@pytest.fixture(scope="module")
+def corrected_run(photos, tmp_path_factory):
+    """A 1-epoch convnet trained with a corrections file that relabels a training photo, excludes
+    one, relabels the first val photo and adds extra/new.png as class 'cat'."""
+    root = tmp_path_factory.mktemp("corrected_run")
+    base = D.build_datasets(cfg(photos), check=False)
+    train = paths_of(base.train)
+    csv_path = write(root / "c.csv", f"path,label,weight\n{train[0]},1,\n{train[1]},,0\n{base.val.path(0)},1,\n"
+                                     f"{photos / 'extra' / 'new.png'},cat,\n")
+    _, out = run_train(["--data-dir", photos / "d", "--model", "convnet", "--img-size", IMG, "--epochs", 1,
+                        "--batch-size", 4, "--workers", 0, "--quiet", "--augment", "none", "--no-download",
+                        "--save-dir", root / "run", "--corrections", csv_path])
+    return root, base, csv_path, out
+
+
+def test_the_checkpoint_records_the_file_and_evaluate_rebuilds_the_same_data(corrected_run, capsys):
+    root, base, csv_path, out = corrected_run
+    assert "corrections c.csv" in out and "2 relabelled (1 of them val), 1 excluded" in out  # said at the start
+    ckpt = torch.load(root / "run" / "best.pt", weights_only=True)
+    assert ckpt["data"]["corrections"] == str(csv_path)
+    assert ckpt["data"]["corrections_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert ckpt["data"]["corrections_summary"]["added"] == 1 and ckpt["classes"] == ["0", "1", "cat"]
+    capsys.readouterr()
+    _, _, data = E.load_run(str(root / "run" / "best.pt"), torch.device("cpu"))
+    assert warning_lines(capsys.readouterr().err) == []
+    assert paths_of(data.val) == paths_of(base.val) and labels_by_path(data, data.val)[base.val.path(0)] == "1"
+    train = labels_by_path(data, data.train)
+    assert train[paths_of(base.train)[0]] == "1" and paths_of(base.train)[1] not in train
+    assert train[next(p for p in train if p.endswith("new.png"))] == "cat"
+    report.write_report(str(root / "run"))  # the report says what the file changed, and that it is still that file
+    line = next(ln for ln in (root / "run" / "report.md").read_text().splitlines() if "corrections c.csv" in ln)
+    assert "2 relabelled (1 of them val)" in line and "changed since" not in line
+
+
+@pytest.mark.slow  # evaluate.py's figures, ~3 s
+def test_evaluate_scores_the_corrected_split(corrected_run):
+    root, base, _, _ = corrected_run
+    E.main(E.get_args_parser().parse_args([str(root / "run" / "best.pt"), "--out", str(root / "ev")]))
+    metrics = json.loads((root / "ev" / "metrics.json").read_text())
+    assert metrics["train"]["total"] == len(base.train) and metrics["val"]["total"] == len(base.val)
+
+
+def fabricated(path, config):
+    """A checkpoint of an untrained convnet whose data config is `config` (what train.py stores)."""
+    data = D.build_datasets(config, check=False)
+    kwargs = model_kwargs("convnet", img_size=IMG)
+    save_checkpoint({"model": "convnet", "model_args": kwargs, "classes": data.classes, "in_channels": 3,
+                     "state_dict": build_model("convnet", len(data.classes), 3, **kwargs).state_dict(),
+                     "img_size": IMG, "mean": list(data.mean), "std": list(data.std), "data": data.config,
+                     "args": {}, "epoch": 1, "best_val_acc": 0.5}, str(path))
+    return path
+
+
+def test_a_changed_or_lost_file_is_refused_where_val_would_be_wrong(photos, tmp_path, capsys):
+    base = D.build_datasets(cfg(photos), check=False)
+    val_fix = write(tmp_path / "val.csv", f"path,label\n{base.val.path(0)},1\n")
+    ck = fabricated(tmp_path / "a.pt", cfg(photos, "--corrections", val_fix))
+    val_fix.write_text(val_fix.read_text() + f"{base.train.path(0)},1\n")
+    with pytest.raises(cli.UsageError, match="changed since training.*relabelled 1 val image"):
+        E.load_run(str(ck), torch.device("cpu"))
+    val_fix.unlink()
+    with pytest.raises(cli.UsageError, match="is gone: it relabelled 1 val image"):
+        E.load_run(str(ck), torch.device("cpu"))
+
+
+def test_a_lost_file_that_left_val_alone_is_one_warning(photos, tmp_path, capsys):
+    base = D.build_datasets(cfg(photos), check=False)
+    fix = write(tmp_path / "train.csv", f"path,label\n{base.train.path(0)},cat\n")
+    ck = fabricated(tmp_path / "a.pt", cfg(photos, "--corrections", fix))
+    fix.unlink()
+    capsys.readouterr()
+    _, _, data = E.load_run(str(ck), torch.device("cpu"))
+    lines = warning_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "is gone: rebuilt without it (val is right" in lines[0]
+    assert data.classes == ["0", "1", "cat"] and paths_of(data.val) == paths_of(base.val)
+
+
+def test_a_moved_data_folder_does_not_pass_for_the_same_corrections(photos, tmp_path):
+    # absolute paths into the folder training read: a copy of it scored instead would relabel nothing
+    base = D.build_datasets(cfg(photos), check=False)
+    fix = write(tmp_path / "c.csv", f"path,label\n{base.val.path(0)},1\n")
+    ck = fabricated(tmp_path / "a.pt", cfg(photos, "--corrections", fix))
+    shutil.copytree(photos / "d", tmp_path / "copy")
+    with pytest.raises(cli.UsageError, match="changes other images now than in training"):
+        E.load_run(str(ck), torch.device("cpu"), data_dir=str(tmp_path / "copy"))
+
+
+def test_analyze_folds_refuses_a_corrected_run():
+    with pytest.raises(cli.UsageError, match="--corrections"):
+        analyze.out_of_fold_probs(None, {"data": {"corrections": "c.csv"}}, None, None, None, None)
+
+
+def test_resume_refuses_other_corrections(corrected_run, photos, tmp_path):
+    root, _, csv_path, _ = corrected_run
+    other = write(tmp_path / "c.csv", csv_path.read_text().replace(",,0\n", ",,0.5\n"))
+    with pytest.raises(cli.UsageError, match="other --corrections"):
+        run_train(["--data-dir", photos / "d", "--model", "convnet", "--img-size", IMG, "--epochs", 1,
+                   "--batch-size", 4, "--workers", 0, "--quiet", "--augment", "none", "--no-download",
+                   "--save-dir", tmp_path / "run", "--corrections", other, "--resume", root / "run" / "last.pt"])
