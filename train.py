@@ -194,7 +194,11 @@ def step_cost(args, img_size):
 def check_step_memory(args, img_size):
     """A training step that cannot fit in the memory of the device it runs on: one line now, not an
     out-of-memory error (or a machine swapping) after the data are loaded."""
-    _, nbytes = step_cost(args, img_size)
+    try:
+        _, nbytes = step_cost(args, img_size)
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # a layer past int64 (a huge --width)
+        raise cli.UsageError(f"{args.model} cannot be built at --img-size {img_size}"
+                             f"{f' with --width {args.width}' if args.width else ''}: {str(e).splitlines()[0]}") from None
     what = f"training {args.model} on batches of {args.batch_size} at --img-size {img_size}"
     device = get_device(args.device)
     if device.type == "cuda":

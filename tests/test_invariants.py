@@ -319,7 +319,8 @@ def test_scoring_a_synthetic_run_on_other_classes_names_the_classes(tmp_path):
 def test_outputs_are_checked_before_the_work(tmp_path, mnist_root):
     import bench
     import export
-    args = bench.get_args_parser().parse_args(["--out", str(tmp_path / "missing" / "b.json"), "--only", "synth",
+    (tmp_path / "file").write_text("")  # an --out under a file: its folder cannot be made
+    args = bench.get_args_parser().parse_args(["--out", str(tmp_path / "file" / "b.json"), "--only", "synth",
                                                "--data-dir", str(tmp_path)])
     with pytest.raises(cli.UsageError, match="cannot write into"):  # before the benchmarks, not after them
         bench.check_args(args)
