@@ -45,7 +45,7 @@ from model import first_conv
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Kernels, t-SNE and nearest neighbours of a checkpoint.")
+    p = cli.ArgumentParser(description="Kernels, t-SNE and nearest neighbours of a checkpoint.")
     p.add_argument("checkpoint")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")

@@ -396,9 +396,9 @@ def add_data_args(parser):
                         "(an epoch is one pass over the real training images; 1 = synthetic only)")
     g.add_argument("--group-split", action=argparse.BooleanOptionalAction, default=True,
                    help="photo folders: keep near-duplicate photos (and --group-regex groups) on one side "
-                        "of the train/val split (default: yes)")
+                        "of the train/val split")
     g.add_argument("--group-threshold", type=float, default=GROUP_THRESHOLD, metavar="T",
-                   help="photos whose downscaled pixels correlate >= T are one group (default: %(default)s)")
+                   help="photos whose downscaled pixels correlate >= T are one group")
     g.add_argument("--group-regex", default=None, metavar="REGEX",
                    help="files whose names give the same match (its first group, if any) are one group, "
                         r"e.g. '^(meter\d+)_' for a meter id")

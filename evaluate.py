@@ -8,7 +8,6 @@
 Needs nothing but the checkpoint: the data config inside it rebuilds the same split
 (`--data-dir` / `--mnist-root` point at the data where it moved).
 """
-import argparse
 import csv
 import functools
 import os
@@ -28,7 +27,7 @@ SPLITS = ("train", "val", "test")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint.")
+    p = cli.ArgumentParser(description="Evaluate a checkpoint.")
     p.add_argument("checkpoint", nargs="+", help="one checkpoint, or several of the same classes: an ensemble "
                                                  "(the mean of their softmax; architectures and sizes may differ)")
     p.add_argument("--split", default="all", choices=SPLITS + ("all",))

@@ -11,7 +11,6 @@ preprocessing, so a deployment needs nothing else. The parity check runs both mo
 checkpoint's own held-out images (test, else val) and prints the largest logit difference and
 whether the top-1 class agrees on every image.
 """
-import argparse
 import json
 import os
 import warnings
@@ -27,7 +26,7 @@ FORMATS = ("torchscript", "onnx")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
+    p = cli.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
     p.add_argument("checkpoint")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
     p.add_argument("--out", default=None, help="output file, or a folder (default: beside the checkpoint)")

@@ -12,7 +12,6 @@ report.md       the run written up: command, data, model, curves, final lines, c
 report.html     mistakes, kernels, t-SNE, neighbours, suspects, sweep tables; the same content
                 twice, figures as the PNG files beside it (relative links).
 """
-import argparse
 import csv
 import html
 import io
@@ -642,7 +641,7 @@ __BODY__
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
+    p = cli.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
     p.add_argument("run_dir", help="the folder with the checkpoint and the figures")
     p.add_argument("--checkpoint", default=None, help="default: RUN_DIR/best.pt")
     p.add_argument("--sweeps", nargs="+", default=[], metavar="DIR",

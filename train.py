@@ -51,7 +51,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
+    p = cli.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
     D.add_data_args(p)
     p.add_argument("--augment", default=None, choices=AUGMENT_PRESETS,
                    help="augmentation preset (default: strong for folders, light for MNIST)")
