@@ -39,14 +39,14 @@ import evaluate as E
 import experiments
 import report
 import train
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from device import AMP_CHOICES, check_device, get_device
 from model import first_conv
 
 
 def get_args_parser():
     p = cli.ArgumentParser(description="Kernels, t-SNE and nearest neighbours of a checkpoint.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint, or a run folder (its best.pt)")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
@@ -91,6 +91,7 @@ def check_args(args):
                            ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
         cli.check_args(args, (name, ok, need))
     check_device(args.device)
+    args.checkpoint = checkpoint_path(args.checkpoint)
     cli.check_folder_arg(args.out, "--out")
     cli.check_folder_arg(os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "mistakes"),
                        "mistakes/ in --out")

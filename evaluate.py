@@ -19,22 +19,25 @@ import torch.nn.functional as F
 import cli
 import data as D
 from augment import build_transform
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, update_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, update_checkpoint
 from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
-from images import decode_folder, fingerprint, list_images, scan_folder, short_names, to_channels, warn_unreadable
+from images import (IMG_EXTENSIONS, LABEL_RE, decode_folder, fingerprint, list_images, scan_folder, short_names,
+                    to_channels, warn_unreadable)
 
 SPLITS = ("train", "val", "test")
 
 
 def get_args_parser():
     p = cli.ArgumentParser(description="Evaluate a checkpoint.")
-    p.add_argument("checkpoint", nargs="+", help="one checkpoint, or several of the same classes: an ensemble "
-                                                 "(the mean of their softmax; architectures and sizes may differ)")
+    p.add_argument("checkpoint", nargs="+", help="one checkpoint (or a run folder: its best.pt), or several of the "
+                                                 "same classes: an ensemble (the mean of their softmax; architectures "
+                                                 "and sizes may differ)")
     p.add_argument("--split", default="all", choices=SPLITS + ("all",))
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder; for an "
                                                "ensemble, ensemble/ in the checkpoints' common folder)")
-    p.add_argument("--images", default=None, help="classify every image in this folder -> predictions.csv; "
-                                                  "scored too when labels can be read (class subfolders or x_label7.jpg)")
+    p.add_argument("--images", default=None, help="classify every image in this folder (or this one image file) -> "
+                                                  "predictions.csv; scored too when labels can be read (class "
+                                                  "subfolders or x_label7.jpg)")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help=f"test-time augmentation: the mean softmax over N deterministic views (small shifts "
                         f"and scales, no flips; 1..{len(TTA_VIEWS)}; default 1 = off)")
@@ -372,9 +375,12 @@ def ensemble_outs(members):
 
 def image_labels(folder):
     """{path: class name} for the images of `folder` whose label can be read (class subfolders or
-    x_label7.jpg names), {} for an unlabelled folder."""
+    x_label7.jpg names), {} for an unlabelled folder. `folder` may be one image file (its name's label)."""
     import contextlib
     import io
+    if os.path.isfile(folder):
+        m = LABEL_RE.search(os.path.basename(folder))
+        return {folder: m.group(1)} if m else {}
     with contextlib.redirect_stderr(io.StringIO()):  # its warnings concern training folders
         try:
             paths, names = scan_folder(folder)
@@ -388,7 +394,7 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
     each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
     prediction, confidence, top-3 (and the label where the folder gives one). Returns
     (number classified, labels tensor or None, mean probs, class names, unknown {name: count})."""
-    paths = list_images(folder)
+    paths = [folder] if os.path.isfile(folder) else list_images(folder)
     probs, kept = [], None
     for model, ckpt in runs:
         images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
@@ -411,6 +417,8 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
             w.writerow([paths[i], classes[top.indices[row, 0]], f"{top.values[row, 0]:.4f}",
                         " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))]
                        + ([names[row] or ""] if given else []))
+    if os.path.isfile(folder):  # one image: its answer here, not only in the CSV
+        print(f"{folder}: {classes[top.indices[0, 0]]} ({100 * top.values[0, 0]:.1f}%)")
     unknown = {}
     for n in names:
         if n is not None and n not in classes:
@@ -450,6 +458,7 @@ def check_args(args):
                  ("temperature", args.temperature in (None, "auto"), "auto (fit on val)"))
     check_device(args.device)
     cli.check_folder_arg(args.out, "--out")
+    args.checkpoint = [checkpoint_path(p) for p in args.checkpoint]
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
@@ -457,8 +466,10 @@ def check_args(args):
         raise cli.UsageError("--temperature auto fits one checkpoint: run it on each member first")
     if args.temperature and args.images:
         raise cli.UsageError("--temperature auto fits on the checkpoint's val split, not on --images")
+    if args.images and os.path.isfile(args.images) and not args.images.lower().endswith(IMG_EXTENSIONS):
+        raise cli.UsageError(f"--images {args.images} is not an image file ({'/'.join(IMG_EXTENSIONS)}) nor a folder")
     for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
-        if path and not os.path.isdir(path):
+        if path and not os.path.isdir(path) and not (option == "--images" and os.path.isfile(path)):
             raise cli.UsageError(f"{option} folder not found: {path}")
 
 
@@ -497,7 +508,7 @@ def main(args):
         n, labels, probs, classes, unknown = classify_folder(runs, args.images, device,
                                                              os.path.join(out_dir, "predictions.csv"),
                                                              args.batch_size, args.tta)
-        print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
+        print(f"classified {cli.plural(n, 'image')} -> {os.path.join(out_dir, 'predictions.csv')}")
         settings = {"folder": os.path.abspath(args.images), "checkpoints": [os.path.abspath(p) for p in paths],
                     "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
         score_images(labels, probs, classes, unknown, out_dir, settings)

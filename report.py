@@ -28,7 +28,7 @@ import cli
 import data as D
 import evaluate as E
 import synth
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from evaluate import summary_line
 from model import count_parameters
 
@@ -643,7 +643,8 @@ __BODY__
 def get_args_parser():
     p = cli.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
     p.add_argument("run_dir", help="the folder with the checkpoint and the figures")
-    p.add_argument("--checkpoint", default=None, help="default: RUN_DIR/best.pt")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint, or a run folder for its best.pt "
+                                                      "(default: RUN_DIR/best.pt)")
     p.add_argument("--sweeps", nargs="+", default=[], metavar="DIR",
                    help="also include the experiments.py tables in these folders")
     return p
@@ -655,6 +656,8 @@ def main(args):
     for d in args.sweeps:
         if not os.path.isdir(d):
             raise CheckpointError(f"--sweeps folder not found: {d}")
+    if args.checkpoint:
+        args.checkpoint = checkpoint_path(args.checkpoint)
     md, page = write_report(args.run_dir, args.checkpoint, args.sweeps)
     print(f"wrote {md} and {page}")
 
