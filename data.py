@@ -45,6 +45,8 @@ DATA_DEFAULTS = {"download": True, "cache_dir": None, "test_dir": None, "synthet
 
 def check_data_args(args):
     """The shared data options (add_data_args), checked before any data is read."""
+    if args.dataset == "folder" and args.data_dir is None:  # a default path would be one the user never chose
+        raise UsageError("no data given: pass --data-dir DIR (a photo folder) or --dataset mnist")
     check_args(args, ("img_size", args.img_size is None or args.img_size >= 1, ">= 1"))
     check_data_config(data_config(args))
     check_folder_arg(args.cache_dir, "--cache-dir")
@@ -366,10 +368,11 @@ def add_data_args(parser):
     """The data arguments shared by every script that builds datasets."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="folder", choices=["folder", "mnist"])
-    g.add_argument("--data-dir", default="data/dataset", help="photo folder (--dataset folder)")
+    g.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the photo folder (--dataset folder): class subfolders, or files named like x_label7.jpg")
     g.add_argument("--mnist-root", default="data", help="holds MNIST/raw/ (downloaded there if missing)")
     g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download MNIST when its files are missing (default: yes)")
+                   help="download MNIST when its files are missing")
     g.add_argument("--val-fraction", type=float, default=0.15)
     g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--train-fraction", type=float, default=1.0,
