@@ -585,6 +585,7 @@ def main(args):
     device = get_device(args.device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
                                    synthetic=True)
+    print(E.found_line(data))
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)

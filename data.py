@@ -631,6 +631,9 @@ def _synthetic(cfg, photos, classes, transform):
     if sorted(classes) != [str(d) for d in range(10)]:
         raise UsageError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
     source, backgrounds = cfg["synthetic_source"], cfg["backgrounds"]
+    # rendering the digits and compositing them takes a while (16 s for 9000 at 128 px): say so first
+    print(f"making {cfg['synthetic_n']} synthetic digits ({source} on {os.path.basename(backgrounds)} backgrounds) "
+          f"for training ...", flush=True)
     mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg["download"]) if source != "fonts" else None
     mode = backgrounds if backgrounds in composite.BACKGROUNDS else "photo-crops"
     if backgrounds not in composite.BACKGROUNDS:  # a folder (checked): decoded at twice the size, crops of a quarter

@@ -189,6 +189,19 @@ def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False):
     return data
 
 
+def found_line(data, width=160):
+    """`Found 1006 files belonging to 10 classes: 0 (101), 1 (99), ...` (as Keras says it) for the
+    train + val pool of `data`: every class with its count, the list cut to one line where it is long."""
+    counts = torch.bincount(D.real_part(data.train).labels, minlength=len(data.classes)).tolist()
+    noun = "files" if data.config.get("dataset", "folder") == "folder" else "images"
+    head = f"Found {sum(counts)} {noun} belonging to {cli.plural(len(data.classes), 'class')}: "
+    shown, more = [f"{c} ({n})" for c, n in zip(data.classes, counts)], ""
+    while len(shown) > 1 and len(head + ", ".join(shown) + more) > width:  # as many as fit, then how many more
+        shown.pop()
+        more = f", ... ({len(data.classes) - len(shown)} more)"
+    return head + ", ".join(shown) + more
+
+
 def match_classes(data, trained, where):
     """The data's classes against the checkpoint's, by name: a class added or renamed since training
     would be scored as another (0% and every image a "label error"), so it is refused with one line
@@ -517,6 +530,8 @@ def main(args):
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        if not members:
+            print(found_line(data_k))
         if args.temperature:
             ckpt["temperature"] = calibrate(path, model, data_k, device, args.batch_size)
         t = ckpt["temperature"]
