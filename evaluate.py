@@ -50,6 +50,7 @@ def get_args_parser():
     p.add_argument("--device", default=None)
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast precision (default: the checkpoint's, what training evaluated with)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -231,10 +232,12 @@ def eval_splits(data, which="all"):
     return {k: v for k, v in sets.items() if v is not None and which in ("all", k)}
 
 
-def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0):
+def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0, desc=None, quiet=False):
     """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features); with
-    tta > 1 the mean softmax of that many views, logits divided by `temperature` first."""
-    out = predict(model, D.make_loader(dataset, batch_size), device, features=features,
+    tta > 1 the mean softmax of that many views, logits divided by `temperature` first. `desc`: the
+    label of a progress bar over the batches (cli.progress; none without it, or when `quiet`)."""
+    loader = D.make_loader(dataset, batch_size)
+    out = predict(model, cli.progress(loader, desc, quiet) if desc else loader, device, features=features,
                   views=tta_views(tta) if tta > 1 else None, temperature=temperature)
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
@@ -402,7 +405,7 @@ def image_labels(folder):
     return dict(zip(paths, names))
 
 
-def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
+def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=False):
     """Predict every image in `folder` (recursively) with `runs` ([(model, ckpt)], one or an ensemble),
     each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
     prediction, confidence, top-3 (and the label where the folder gives one). Returns
@@ -416,7 +419,8 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
         images = to_channels(images, ckpt["in_channels"])
         tf = build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
         ds = D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf)
-        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"])["probs"])
+        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"],
+                             desc=f"classifying {os.path.basename(folder)}", quiet=quiet)["probs"])
     warn_unreadable([p for i, p in enumerate(paths) if i not in set(kept)])
     probs = torch.stack(probs).mean(0)
     classes = runs[0][1]["classes"]
@@ -520,7 +524,7 @@ def main(args):
         runs = load_members(paths, device, args.amp)
         n, labels, probs, classes, unknown = classify_folder(runs, args.images, device,
                                                              os.path.join(out_dir, "predictions.csv"),
-                                                             args.batch_size, args.tta)
+                                                             args.batch_size, args.tta, args.quiet)
         print(f"classified {cli.plural(n, 'image')} -> {os.path.join(out_dir, 'predictions.csv')}")
         settings = {"folder": os.path.abspath(args.images), "checkpoints": [os.path.abspath(p) for p in paths],
                     "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
@@ -543,8 +547,8 @@ def main(args):
                                  f"than {paths[0]} (other data, --val-fraction, --split-seed or --train-fraction): an "
                                  f"ensemble averages predictions of the same images")
         scored = same
-        outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t)
-                for name, ds in splits.items()}
+        outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t,
+                              desc=f"predicting {name}", quiet=args.quiet) for name, ds in splits.items()}
         if len(paths) > 1:
             for name, o in outs.items():
                 r = metrics(o["logits"], o["labels"], data_k.classes)

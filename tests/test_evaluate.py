@@ -4,9 +4,11 @@ augmentation, ensembles, calibration (ECE, --temperature auto), a folder run end
 command line as a subprocess (a user error is one `error:` line).
 
 On the tests' MNIST subset (conftest's tiny_run and mnist_run) or small photo folders."""
+import io
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,3 +311,18 @@ def test_found_line_names_the_classes_and_their_counts_in_one_line():
     assert len(many) <= 160 and re.search(r", \.\.\. \((\d+) more\)$", many), many
     shown = many.count("(2)")
     assert int(re.search(r"\((\d+) more\)$", many).group(1)) == 500 - shown
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_predictions_draw_a_progress_bar_on_a_terminal(monkeypatch):
+    model = M.build_model("convnet", 2, 1).eval()
+    data = fake_data(["a", "b"], [5, 5])
+    for quiet in (False, True):
+        monkeypatch.setattr("sys.stderr", Terminal())
+        out = E.collect(model, data.val, torch.device("cpu"), batch_size=4, desc="predicting val", quiet=quiet)
+        assert len(out["preds"]) == 10
+        assert ("predicting val" in sys.stderr.getvalue()) != quiet
