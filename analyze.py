@@ -39,14 +39,14 @@ import evaluate as E
 import experiments
 import report
 import train
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from device import AMP_CHOICES, check_device, get_device
 from model import first_conv
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Kernels, t-SNE and nearest neighbours of a checkpoint.")
-    p.add_argument("checkpoint")
+    p = cli.ArgumentParser(description="Kernels, t-SNE and nearest neighbours of a checkpoint.")
+    p.add_argument("checkpoint", help="a checkpoint, or a run folder (its best.pt)")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
@@ -59,6 +59,7 @@ def get_args_parser():
     p.add_argument("--device", default=None)
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast precision (default: the checkpoint's, what training evaluated with)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help=f"predictions are the mean softmax over N test-time views "
                         f"(evaluate.py --tta; 1..{len(E.TTA_VIEWS)})")
@@ -91,6 +92,7 @@ def check_args(args):
                            ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
         cli.check_args(args, (name, ok, need))
     check_device(args.device)
+    args.checkpoint = checkpoint_path(args.checkpoint)
     cli.check_folder_arg(args.out, "--out")
     cli.check_folder_arg(os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "mistakes"),
                        "mistakes/ in --out")
@@ -147,7 +149,7 @@ def plot_kernels(model, path):
     cli.save_figure(fig, path, dpi=90)
 
 
-def tsne_2d(features, seed=0):
+def tsne_2d(features, seed=0, quiet=False):
     """2-D t-SNE of `features` (PCA to 50 dims first, as usual, for speed and noise)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -155,7 +157,11 @@ def tsne_2d(features, seed=0):
     dims = min(50, len(x))  # PCA cannot give more components than samples (a small val split)
     if x.shape[1] > dims:
         x = PCA(dims, random_state=seed).fit_transform(x)
-    return TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
+    # one sklearn call, no steps to count: the bar only says what the half minute on a large set is spent on
+    with cli.progress(None, f"t-SNE of {len(x)} points", quiet, total=1) as bar:
+        xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
+        bar.update()
+    return xy
 
 
 def plot_tsne(xy, labels, preds, classes, path, title):
@@ -364,13 +370,13 @@ def confident_learning(probs, labels):
     return (confident >= 0) & (confident != labels), confident
 
 
-def knn_agreement(features, labels, pool, k, device, chunk=512):
+def knn_agreement(features, labels, pool, k, device, chunk=512, quiet=False):
     """For every row, the share of its k nearest `pool` rows (cosine on `features`; a row is not
     its own neighbour) that carry its label. `pool`: sorted row numbers (the training rows)."""
     x = F.normalize(features.to(device), dim=1)
     pool_x, pool_y, k = x[pool.to(device)], labels[pool], min(k, len(pool) - 1)
     out = torch.empty(len(x))
-    for a in range(0, len(x), chunk):
+    for a in cli.progress(range(0, len(x), chunk), f"{k}-NN label agreement", quiet):
         rows = torch.arange(a, min(a + chunk, len(x)))
         sim = (x[a:a + chunk] @ pool_x.T).cpu()
         at = torch.searchsorted(pool, rows).clamp(max=len(pool) - 1)
@@ -380,7 +386,7 @@ def knn_agreement(features, labels, pool, k, device, chunk=512):
     return out
 
 
-def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None):
+def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None, quiet=False):
     """Everything analyze.py knows per sample, one row per sample of `splits` (E.eval_splits),
     split by split in dataset order; `outs` ({split: E.collect(..., features=True)}) skips splits
     already predicted. A dict of aligned columns:
@@ -418,7 +424,7 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
             t["suspect"][rows], t["suggested"][rows] = confident_learning(probs[rows], t["label"][rows])
     t["suggested"][~t["suspect"]] = -1
     t["knn_agreement"] = knn_agreement(t["features"], t["label"], torch.from_numpy(np.flatnonzero(split == "train")),
-                                       knn, device)
+                                       knn, device, quiet=quiet)
     t["duplicate"] = torch.zeros(len(split), dtype=torch.bool)
     if pairs is not None:
         t["duplicate"][pairs.flatten()] = True
@@ -567,7 +573,7 @@ def balanced_sample(keys, n, seed=0):
     return grouped[torch.sort(rank, stable=True).indices[:n]].sort().values  # round robin over keys
 
 
-def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256, tta=1, temperature=1.0):
+def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256, tta=1, temperature=1.0, quiet=False):
     """What write_dashboard draws: at most `max_points` images, balanced over (split, source) x
     class, with the model's penultimate features, predictions and confidences (eval transforms;
     the predictions as evaluate.py makes them, with `tta` views and the checkpoint's temperature)."""
@@ -578,7 +584,7 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
     pick = balanced_sample(torch.cat([g * k + ds.targets for g, (_, _, ds) in enumerate(groups)]), max_points, seed)
     pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": [],
            "cams": []}
-    start = 0
+    start, bar = 0, cli.progress(None, "dashboard images", quiet, total=len(pick), unit="img")
     for split, source, ds in groups:
         idx = (pick[(pick >= start) & (pick < start + len(ds))] - start).tolist()
         start += len(ds)
@@ -596,6 +602,8 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         cams = dataset_cams(model, ds, idx, out["preds"], device)  # of the predictions shown
         pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, cams)]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
+        bar.update(len(idx))
+    bar.close()
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])
     return pts
@@ -607,14 +615,14 @@ def pca_2d(features, seed=0):
 
 
 def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None,
-                tta=1):
+                tta=1, quiet=False):
     """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
     {split: collect() output}), dashboard.html, report.md and report.html; the dashboard's
     predictions made as `outs` were (`tta` views, the checkpoint's temperature)."""
     E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs,
                    settings=E.eval_settings([checkpoint], [ckpt], data, tta))
-    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"])
-    maps = {"tsne": tsne_2d(points["features"], seed), "pca": pca_2d(points["features"], seed)}
+    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"], quiet)
+    maps = {"tsne": tsne_2d(points["features"], seed, quiet), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
             f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image and its "
@@ -629,6 +637,7 @@ def main(args):
     device = get_device(args.device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
                                    synthetic=True)
+    print(E.found_line(data))
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
@@ -639,10 +648,11 @@ def main(args):
     held = "test" if "test" in splits else "val"
     # every split predicted once: the figures, the sample table and the pages all reuse it
     outs = {name: E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta,
-                            temperature=ckpt["temperature"]) for name, ds in splits.items()}
+                            temperature=ckpt["temperature"], desc=f"predicting {name}", quiet=args.quiet)
+            for name, ds in splits.items()}
     held_out, train_out = outs[held], outs["train"]
     pick = torch.randperm(len(splits[held]), generator=g)[:args.tsne_samples]
-    xy = tsne_2d(held_out["features"][pick], args.seed)
+    xy = tsne_2d(held_out["features"][pick], args.seed, args.quiet)
     plot_tsne(xy, held_out["labels"][pick].numpy(), held_out["preds"][pick].numpy(), data.classes,
               os.path.join(out_dir, "tsne.png"), f"t-SNE of penultimate features, {len(pick)} {held} images")
 
@@ -657,7 +667,7 @@ def main(args):
     oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
     pairs, sims = D.near_duplicates(torch.cat([D.pixel_vectors(ds.images, ds.indices) for ds in splits.values()]),
                                      args.duplicate_threshold, device)
-    table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs)
+    table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs, args.quiet)
     write_quality(table, pairs, sims, data.classes, out_dir)
     plot_suspects(table, splits, data.classes, os.path.join(out_dir, "suspects.png"))
     n_wrong = save_mistakes(table, splits, data.classes, os.path.join(out_dir, "mistakes"), args.max_mistakes)
@@ -665,7 +675,7 @@ def main(args):
     print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
 
     write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
-                outs=outs, tta=args.tta)
+                outs=outs, tta=args.tta, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Measured in one process, side by side, so ratios are comparable on a noisy machi
 
     python bench.py --only time-to-accuracy,folder10k --out bench_slow.json     # the slow ones (~15 min)
 """
-import argparse
 import os
 import platform
 import re
@@ -53,7 +52,7 @@ BENCHMARKS = ("cache", "pipeline", "model", "layout", "infer", "gpu", "synth", "
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Throughput benchmarks (prints a table, writes JSON).")
+    p = cli.ArgumentParser(description="Throughput benchmarks (prints a table, writes JSON).")
     p.add_argument("--data-dir", default="../shared/data/meter_digits")
     p.add_argument("--mnist-root", default="../shared/data")
     p.add_argument("--img-size", type=int, default=128)

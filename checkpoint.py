@@ -2,9 +2,11 @@
 
 Every script reads and writes checkpoints through this module, so the format lives here only.
 """
+import contextlib
 import os
 import pickle
 import re
+import zipfile
 
 import torch
 
@@ -47,8 +49,22 @@ def save_checkpoint(ckpt, path):
                               f"{os.path.basename(path)} there is unchanged") from None
 
 
+def checkpoint_path(path):
+    """The checkpoint a script was given: a run folder stands for its best.pt (said in one line), a
+    file for itself. A folder without best.pt is refused here, as a missing file would be."""
+    if not os.path.isdir(path):
+        return path
+    best = os.path.join(path, "best.pt")
+    if not os.path.isfile(best):
+        raise CheckpointError(f"checkpoint not found: {path} is a folder without a best.pt")
+    print(f"{path} is a run folder: using {best}")
+    return best
+
+
 def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint dict (weights_only=True) or raise CheckpointError with one line."""
+    """Load a checkpoint dict (weights_only=True) or raise CheckpointError with one line; any file
+    that is not one (a CSV, a text, an empty file, a zip, a torch file of a tensor) is `not a readable
+    checkpoint`, with what it looks like instead."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -59,13 +75,38 @@ def load_checkpoint(path, map_location="cpu"):
         if refused:
             raise CheckpointError(f"{path} needs pickled objects to load ({refused.group(1)}); refused: "
                                   f"checkpoints are loaded with weights_only=True") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not a torch file)") from None
-    except Exception as e:  # a text file, a CSV, a JSON: the unpickler fails in many ways (IndexError...)
-        raise CheckpointError(f"{path} is not a readable checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (missing keys)")
+        raise CheckpointError(f"{path} is not a readable checkpoint ({file_kind(path)})") from None
+    except OSError as e:  # (an unreadable file: no permission, an I/O error)
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception:  # the unpickler fails on other files in many ways (IndexError, KeyError, EOFError...)
+        raise CheckpointError(f"{path} is not a readable checkpoint ({file_kind(path)})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a readable checkpoint (a torch file holding a {type(ckpt).__name__}, "
+                              f"not a checkpoint dict)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a readable checkpoint (a dict without {', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''}: not a checkpoint of this toolkit)")
     return {**CHECKPOINT_DEFAULTS, **ckpt}
+
+
+def file_kind(path):
+    """What a file torch.load refused looks like, for the error line (the unpickler's own error, e.g.
+    `IndexError: pop from empty list` for a CSV, says nothing to the user)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    if zipfile.is_zipfile(path):
+        with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as z:
+            if any(n.endswith("/data.pkl") for n in z.namelist()):
+                return "a damaged torch file"
+        return "a zip archive, not a torch file"
+    if head.startswith(b"PK"):
+        return "a damaged (truncated?) torch file or zip archive"
+    if b"\0" not in head and head.decode("utf-8", errors="replace").count("\ufffd") <= 1:  # (a cut last character)
+        return "a text file, not a torch file"
+    return "corrupt, or not a torch file"
 
 
 def model_from_checkpoint(ckpt, device="cpu", expect=None, amp=None):

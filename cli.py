@@ -1,11 +1,15 @@
-"""What every script shares at its edges: the usage error, option checks, the entry point that
-turns bad input into one line, and atomic writes.
+"""What every script shares at its edges: the argument parser, the usage error, option checks,
+the entry point that turns bad input into one line, progress bars, and atomic writes.
 
-Every script ends with `cli.run_main(main, parser.parse_args)`, raises `UsageError` (or a
+Every script builds its options on `cli.ArgumentParser` (defaults in --help, a mistyped option
+in one line), ends with `cli.run_main(main, parser.parse_args)`, raises `UsageError` (or a
 subclass: `CheckpointError`, `TrainingError`) for bad input, and writes every file through
 `atomic_write`, so a crash or a full disk never leaves a half-written output.
 """
+import argparse
 import contextlib
+import copy
+import difflib
 import fcntl
 import json
 import os
@@ -21,6 +25,68 @@ class UsageError(Exception):
 
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
+
+
+def plural(n, word):
+    """`1 thread`, `2 threads`, `3 classes`: a count with its noun."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every option's default, except where there is none to show (None, a flag that is
+    off, an empty list) or the help text already says what the default is in its own words."""
+
+    def _format_action(self, action):
+        if action.help is None and self._shows_default(action):  # an option without help text: its default alone
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        return super()._get_help_string(action) if self._shows_default(action) else action.help or ""
+
+    @staticmethod
+    def _shows_default(action):
+        default = action.default
+        return not (default is None or default is False or default == [] or default == argparse.SUPPRESS
+                    or "default" in (action.help or ""))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser: defaults in --help (HelpFormatter), and a bad option is one line
+    (`error: unrecognized arguments: --epoch 3 (did you mean --epochs?)`, and where --help is),
+    exit 2, not the whole usage first."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}{self._did_you_mean(message)}; "
+                     f"{self.prog} --help lists the options\n")
+
+    def _did_you_mean(self, message):
+        """` (did you mean --epochs?)` for the unrecognized options that are close to a known one."""
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        known = [s.lstrip("-") for a in self._actions for s in a.option_strings if s.startswith("--")]
+        guesses = {}
+        for word in message.split(": ", 1)[1].split():
+            name = word.split("=", 1)[0]
+            close = difflib.get_close_matches(name.lstrip("-"), known, n=1) if name.startswith("-") else []
+            if close:
+                guesses[name] = "--" + close[0]
+        if len(guesses) == 1:
+            return f" (did you mean {next(iter(guesses.values()))}?)"
+        return f" (did you mean {', '.join(f'{right} for {wrong}' for wrong, right in guesses.items())}?)" if guesses else ""
+
+
+def progress(iterable, desc, quiet=False, **kwargs):
+    """A progress bar on stderr over a slow loop, drawn as train.py draws its epochs' (left off when
+    done), but only where someone watches: not with --quiet, nor when stderr is not a terminal
+    (a log file would fill with redraws)."""
+    from tqdm import tqdm  # here, not at import: most of cli's users never draw one
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty(), **kwargs)
 
 
 def check_args(args, *rules):

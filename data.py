@@ -45,6 +45,8 @@ DATA_DEFAULTS = {"download": True, "cache_dir": None, "test_dir": None, "synthet
 
 def check_data_args(args):
     """The shared data options (add_data_args), checked before any data is read."""
+    if args.dataset == "folder" and args.data_dir is None:  # a default path would be one the user never chose
+        raise UsageError("no data given: pass --data-dir DIR (a photo folder) or --dataset mnist")
     check_args(args, ("img_size", args.img_size is None or args.img_size >= 1, ">= 1"))
     check_data_config(data_config(args))
     check_folder_arg(args.cache_dir, "--cache-dir")
@@ -369,10 +371,11 @@ def add_data_args(parser):
     """The data arguments shared by every script that builds datasets."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="folder", choices=["folder", "mnist"])
-    g.add_argument("--data-dir", default="data/dataset", help="photo folder (--dataset folder)")
+    g.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the photo folder (--dataset folder): class subfolders, or files named like x_label7.jpg")
     g.add_argument("--mnist-root", default="data", help="holds MNIST/raw/ (downloaded there if missing)")
     g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download MNIST when its files are missing (default: yes)")
+                   help="download MNIST when its files are missing")
     g.add_argument("--val-fraction", type=float, default=0.15)
     g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--train-fraction", type=float, default=1.0,
@@ -399,9 +402,9 @@ def add_data_args(parser):
                         "(an epoch is one pass over the real training images; 1 = synthetic only)")
     g.add_argument("--group-split", action=argparse.BooleanOptionalAction, default=True,
                    help="photo folders: keep near-duplicate photos (and --group-regex groups) on one side "
-                        "of the train/val split (default: yes)")
+                        "of the train/val split")
     g.add_argument("--group-threshold", type=float, default=GROUP_THRESHOLD, metavar="T",
-                   help="photos whose downscaled pixels correlate >= T are one group (default: %(default)s)")
+                   help="photos whose downscaled pixels correlate >= T are one group")
     g.add_argument("--group-regex", default=None, metavar="REGEX",
                    help="files whose names give the same match (its first group, if any) are one group, "
                         r"e.g. '^(meter\d+)_' for a meter id")
@@ -653,6 +656,9 @@ def _synthetic(cfg, photos, classes, transform):
     if sorted(classes) != [str(d) for d in range(10)]:
         raise UsageError(f"--synthetic-n needs digit classes 0-9; this dataset has {classes[:5]}...")
     source, backgrounds = cfg["synthetic_source"], cfg["backgrounds"]
+    # rendering the digits and compositing them takes a while (16 s for 9000 at 128 px): say so first
+    print(f"making {cfg['synthetic_n']} synthetic digits ({source} on {os.path.basename(backgrounds)} backgrounds) "
+          f"for training ...", flush=True)
     mnist = load_mnist(cfg["mnist_root"], train=True, download=cfg["download"]) if source != "fonts" else None
     mode = backgrounds if backgrounds in composite.BACKGROUNDS else "photo-crops"
     if backgrounds not in composite.BACKGROUNDS:  # a folder (checked): decoded at twice the size, crops of a quarter

@@ -8,7 +8,6 @@
 Needs nothing but the checkpoint: the data config inside it rebuilds the same split
 (`--data-dir` / `--mnist-root` point at the data where it moved).
 """
-import argparse
 import csv
 import functools
 import os
@@ -20,22 +19,25 @@ import torch.nn.functional as F
 import cli
 import data as D
 from augment import build_transform
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
-from images import decode_folder, fingerprint, list_images, scan_folder, short_names, to_channels, warn_unreadable
+from images import (IMG_EXTENSIONS, LABEL_RE, decode_folder, fingerprint, list_images, scan_folder, short_names,
+                    to_channels, warn_unreadable)
 
 SPLITS = ("train", "val", "test")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint.")
-    p.add_argument("checkpoint", nargs="+", help="one checkpoint, or several of the same classes: an ensemble "
-                                                 "(the mean of their softmax; architectures and sizes may differ)")
+    p = cli.ArgumentParser(description="Evaluate a checkpoint.")
+    p.add_argument("checkpoint", nargs="+", help="one checkpoint (or a run folder: its best.pt), or several of the "
+                                                 "same classes: an ensemble (the mean of their softmax; architectures "
+                                                 "and sizes may differ)")
     p.add_argument("--split", default="all", choices=SPLITS + ("all",))
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder; for an "
                                                "ensemble, ensemble/ in the checkpoints' common folder)")
-    p.add_argument("--images", default=None, help="classify every image in this folder -> predictions.csv; "
-                                                  "scored too when labels can be read (class subfolders or x_label7.jpg)")
+    p.add_argument("--images", default=None, help="classify every image in this folder (or this one image file) -> "
+                                                  "predictions.csv; scored too when labels can be read (class "
+                                                  "subfolders or x_label7.jpg)")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help=f"test-time augmentation: the mean softmax over N deterministic views (small shifts "
                         f"and scales, no flips; 1..{len(TTA_VIEWS)}; default 1 = off)")
@@ -49,6 +51,7 @@ def get_args_parser():
     p.add_argument("--device", default=None)
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast precision (default: the checkpoint's, what training evaluated with)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -188,6 +191,19 @@ def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False):
     return data
 
 
+def found_line(data, width=160):
+    """`Found 1006 files belonging to 10 classes: 0 (101), 1 (99), ...` (as Keras says it) for the
+    train + val pool of `data`: every class with its count, the list cut to one line where it is long."""
+    counts = torch.bincount(D.real_part(data.train).labels, minlength=len(data.classes)).tolist()
+    noun = "files" if data.config.get("dataset", "folder") == "folder" else "images"
+    head = f"Found {sum(counts)} {noun} belonging to {cli.plural(len(data.classes), 'class')}: "
+    shown, more = [f"{c} ({n})" for c, n in zip(data.classes, counts)], ""
+    while len(shown) > 1 and len(head + ", ".join(shown) + more) > width:  # as many as fit, then how many more
+        shown.pop()
+        more = f", ... ({len(data.classes) - len(shown)} more)"
+    return head + ", ".join(shown) + more
+
+
 def match_classes(data, trained, where):
     """The data's classes against the checkpoint's, by name: a class added or renamed since training
     would be scored as another (0% and every image a "label error"), so it is refused with one line
@@ -217,10 +233,12 @@ def eval_splits(data, which="all"):
     return {k: v for k, v in sets.items() if v is not None and which in ("all", k)}
 
 
-def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0):
+def collect(model, dataset, device, batch_size=256, features=False, tta=1, temperature=1.0, desc=None, quiet=False):
     """Predictions of `model` on `dataset`: logits, probs, preds, labels (and features); with
-    tta > 1 the mean softmax of that many views, logits divided by `temperature` first."""
-    out = predict(model, D.make_loader(dataset, batch_size), device, features=features,
+    tta > 1 the mean softmax of that many views, logits divided by `temperature` first. `desc`: the
+    label of a progress bar over the batches (cli.progress; none without it, or when `quiet`)."""
+    loader = D.make_loader(dataset, batch_size)
+    out = predict(model, cli.progress(loader, desc, quiet) if desc else loader, device, features=features,
                   views=tta_views(tta) if tta > 1 else None, temperature=temperature)
     out["probs"] = out["logits"].softmax(1)
     out["preds"] = out["logits"].argmax(1)
@@ -394,9 +412,12 @@ def ensemble_outs(members):
 
 def image_labels(folder):
     """{path: class name} for the images of `folder` whose label can be read (class subfolders or
-    x_label7.jpg names), {} for an unlabelled folder."""
+    x_label7.jpg names), {} for an unlabelled folder. `folder` may be one image file (its name's label)."""
     import contextlib
     import io
+    if os.path.isfile(folder):
+        m = LABEL_RE.search(os.path.basename(folder))
+        return {folder: m.group(1)} if m else {}
     with contextlib.redirect_stderr(io.StringIO()):  # its warnings concern training folders
         try:
             paths, names = scan_folder(folder)
@@ -405,12 +426,12 @@ def image_labels(folder):
     return dict(zip(paths, names))
 
 
-def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
+def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=False):
     """Predict every image in `folder` (recursively) with `runs` ([(model, ckpt)], one or an ensemble),
     each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
     prediction, confidence, top-3 (and the label where the folder gives one). Returns
     (number classified, labels tensor or None, mean probs, class names, unknown {name: count})."""
-    paths = list_images(folder)
+    paths = [folder] if os.path.isfile(folder) else list_images(folder)
     probs, kept = [], None
     for model, ckpt in runs:
         images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
@@ -419,7 +440,8 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
         images = to_channels(images, ckpt["in_channels"])
         tf = build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
         ds = D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf)
-        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"])["probs"])
+        probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"],
+                             desc=f"classifying {os.path.basename(folder)}", quiet=quiet)["probs"])
     warn_unreadable([p for i, p in enumerate(paths) if i not in set(kept)])
     probs = torch.stack(probs).mean(0)
     classes = runs[0][1]["classes"]
@@ -433,6 +455,8 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1):
             w.writerow([paths[i], classes[top.indices[row, 0]], f"{top.values[row, 0]:.4f}",
                         " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))]
                        + ([names[row] or ""] if given else []))
+    if os.path.isfile(folder):  # one image: its answer here, not only in the CSV
+        print(f"{folder}: {classes[top.indices[0, 0]]} ({100 * top.values[0, 0]:.1f}%)")
     unknown = {}
     for n in names:
         if n is not None and n not in classes:
@@ -473,6 +497,7 @@ def check_args(args):
                   "auto (fit on val) or a number > 0"))
     check_device(args.device)
     cli.check_folder_arg(args.out, "--out")
+    args.checkpoint = [checkpoint_path(p) for p in args.checkpoint]
     for path in args.checkpoint:
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
@@ -481,8 +506,10 @@ def check_args(args):
                              "ensemble the -calibrated.pt copies")
     if args.temperature == "auto" and args.images:
         raise cli.UsageError("--temperature auto fits on the checkpoint's val split, not on --images")
+    if args.images and os.path.isfile(args.images) and not args.images.lower().endswith(IMG_EXTENSIONS):
+        raise cli.UsageError(f"--images {args.images} is not an image file ({'/'.join(IMG_EXTENSIONS)}) nor a folder")
     for option, path in (("--images", args.images), ("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
-        if path and not os.path.isdir(path):
+        if path and not os.path.isdir(path) and not (option == "--images" and os.path.isfile(path)):
             raise cli.UsageError(f"{option} folder not found: {path}")
 
 
@@ -534,8 +561,8 @@ def main(args):
         runs = load_members(paths, device, args.amp)
         n, labels, probs, classes, unknown = classify_folder(runs, args.images, device,
                                                              os.path.join(out_dir, "predictions.csv"),
-                                                             args.batch_size, args.tta)
-        print(f"classified {n} images -> {os.path.join(out_dir, 'predictions.csv')}")
+                                                             args.batch_size, args.tta, args.quiet)
+        print(f"classified {cli.plural(n, 'image')} -> {os.path.join(out_dir, 'predictions.csv')}")
         settings = {"folder": os.path.abspath(args.images), "checkpoints": [os.path.abspath(p) for p in paths],
                     "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
         score_images(labels, probs, classes, unknown, out_dir, settings)
@@ -544,6 +571,8 @@ def main(args):
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        if not members:
+            print(found_line(data_k))
         if args.temperature == "auto":
             ckpt["temperature"] = calibrate(path, model, ckpt, data_k, device, args.batch_size, out_dir)
         elif args.temperature:
@@ -557,8 +586,8 @@ def main(args):
                                  f"than {paths[0]} (other data, --val-fraction, --split-seed or --train-fraction): an "
                                  f"ensemble averages predictions of the same images")
         scored = same
-        outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t)
-                for name, ds in splits.items()}
+        outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t,
+                              desc=f"predicting {name}", quiet=args.quiet) for name, ds in splits.items()}
         if len(paths) > 1:
             for name, o in outs.items():
                 r = metrics(o["logits"], o["labels"], data_k.classes)

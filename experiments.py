@@ -62,7 +62,7 @@ def choice_list(dest):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="experiment", required=True)
 
     def add(name, help):
@@ -72,7 +72,8 @@ def get_args_parser():
         return q
 
     add("learning-curve", "Train on fractions of the training split; error against examples.").add_argument(
-        "--fractions", type=fractions, default=fractions("1,1/2,1/4,1/8,1/16"), help="e.g. 1,1/2,1/4")
+        "--fractions", type=fractions, default=fractions("1,1/2,1/4,1/8,1/16"),
+        help="fractions of the training split (default: 1,1/2,1/4,1/8,1/16)")
     q = add("ablation", "Augmentation on/off x synthetic data on/off (MNIST: augmentation only).")
     q.add_argument("--aug-on", default=None, choices=["light", "strong"],
                    help="the 'on' preset (default: the run's --augment, else strong for folders, light for MNIST)")
@@ -80,12 +81,12 @@ def get_args_parser():
     q = add("synth-to-real", "Train on synthetic digits only, score on the real val photos, per digit "
             "source x background: how much a synthetic source resembles the photos.")
     q.add_argument("--sources", type=choice_list("synthetic_source"), default="mnist,fonts,both",
-                   help="--synthetic-source values (default: %(default)s)")
+                   help="--synthetic-source values")
     q.add_argument("--backgrounds-list", type=choice_list("backgrounds"), default="field,shuffle,photo-crops",
-                   metavar="B1,B2,...", help="--backgrounds values, names or folders (default: %(default)s)")
+                   metavar="B1,B2,...", help="--backgrounds values, names or folders")
     q.add_argument("--synthetic-on", type=int, default=2000, metavar="N", help="the pool size --synthetic-n")
     q.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train on the real photos only, the same budget (default: yes)")
+                   help="also train on the real photos only, the same budget")
     add("grid", "Two train.py hyper-parameters over lists, for a fixed budget of epochs.").add_argument(
         "--grid", action="append", type=grid_axis, metavar="NAME=V1,V2,...",
         help="twice; default: lr=1e-4,3e-4,1e-3 and batch_size=32,64,128")

@@ -11,7 +11,6 @@ preprocessing, so a deployment needs nothing else. The parity check runs both mo
 checkpoint's own held-out images (test, else val) and prints the largest logit difference and
 whether the top-1 class agrees on every image.
 """
-import argparse
 import json
 import os
 import warnings
@@ -21,14 +20,14 @@ import torch
 import cli
 import data as D
 import evaluate as E
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, checkpoint_path
 
 FORMATS = ("torchscript", "onnx")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
-    p.add_argument("checkpoint")
+    p = cli.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
+    p.add_argument("checkpoint", help="a checkpoint, or a run folder (its best.pt)")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
     p.add_argument("--out", default=None, help="output file, or a folder (default: beside the checkpoint)")
     p.add_argument("--parity-images", type=int, default=512, help="held-out images of the parity check")
@@ -93,6 +92,7 @@ def parity(model, exported, images):
 def main(args):
     cli.check_args(args, ("parity_images", args.parity_images >= 1, ">= 1"))
     cli.check_folder_arg(os.path.dirname(os.path.abspath(args.out)) if args.out else None, "--out's folder")
+    args.checkpoint = checkpoint_path(args.checkpoint)
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     device = torch.device("cpu")  # a deployable file: traced and checked on the CPU
@@ -105,7 +105,7 @@ def main(args):
     if args.out:  # a folder gets the default name inside it
         path = os.path.join(args.out, os.path.basename(path)) if os.path.isdir(args.out) else args.out
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # (a bare file name: the current folder)
     except OSError as e:
         raise cli.UsageError(f"cannot create the folder of {path}: {e.strerror}") from None
     meta = metadata(ckpt)

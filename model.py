@@ -5,7 +5,6 @@ analyze.py for t-SNE and neighbours) and `forward_head(features)` (the classifie
 
     python model.py resnet18 --in-channels 3 --num-classes 10
 """
-import argparse
 import functools
 import inspect
 import warnings
@@ -233,7 +232,7 @@ def first_conv(model):
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Print a model, its parameters per top-level module, and the total.")
+    p = cli.ArgumentParser(description="Print a model, its parameters per top-level module, and the total.")
     p.add_argument("model", choices=list_models())
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=10)

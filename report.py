@@ -12,7 +12,6 @@ report.md       the run written up: command, data, model, curves, final lines, c
 report.html     mistakes, kernels, t-SNE, neighbours, suspects, sweep tables; the same content
                 twice, figures as the PNG files beside it (relative links).
 """
-import argparse
 import csv
 import html
 import io
@@ -30,7 +29,7 @@ import corrections as C
 import data as D
 import evaluate as E
 import synth
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from evaluate import summary_line
 from model import count_parameters
 
@@ -661,9 +660,10 @@ __BODY__
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
+    p = cli.ArgumentParser(description="(Re)write report.md and report.html of a run folder from its files.")
     p.add_argument("run_dir", help="the folder with the checkpoint and the figures")
-    p.add_argument("--checkpoint", default=None, help="default: RUN_DIR/best.pt")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint, or a run folder for its best.pt "
+                                                      "(default: RUN_DIR/best.pt)")
     p.add_argument("--sweeps", nargs="+", default=[], metavar="DIR",
                    help="also include the experiments.py tables in these folders")
     return p
@@ -675,6 +675,8 @@ def main(args):
     for d in args.sweeps:
         if not os.path.isdir(d):
             raise CheckpointError(f"--sweeps folder not found: {d}")
+    if args.checkpoint:
+        args.checkpoint = checkpoint_path(args.checkpoint)
     md, page = write_report(args.run_dir, args.checkpoint, args.sweeps)
     print(f"wrote {md} and {page}")
 

@@ -7,7 +7,6 @@ trains on.
     python synth.py --data-dir ... --export synth_dir --n 5000
     python synth.py --benchmark
 """
-import argparse
 import os
 
 import torch
@@ -58,7 +57,7 @@ def export(images, labels, out_dir, start=0):
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Preview or export the synthetic training digits that "
+    p = cli.ArgumentParser(description="Preview or export the synthetic training digits that "
                                 "train.py --synthetic-n N adds (same data options)", add_help=add_help)
     data.add_data_args(p)
     p.add_argument("--n", type=int, default=64, help="number of synthetic samples (the --synthetic-n they stand for)")

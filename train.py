@@ -34,7 +34,7 @@ from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from device import (AMP_CHOICES, all_finite, autocast, check_device, cpu_cores, ddp, distributed, from_main_process,
                     get_device, is_distributed, is_main_process, needs_grad_scaler, rank_and_world, resolve_amp,
                     set_threads, use_channels_last)
-from evaluate import metrics, predict, summary_line
+from evaluate import found_line, metrics, predict, summary_line
 from meters import RATE_WARMUP_STEPS, EpochSums, RateMeter, conv_flops_per_s, format_seconds
 from model import build_model, count_parameters, forward_cost, img_size_error, list_models, model_kwargs
 
@@ -52,7 +52,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
+    p = cli.ArgumentParser(description="Train an image classifier from scratch.", add_help=add_help)
     D.add_data_args(p)
     p.add_argument("--augment", default=None, choices=AUGMENT_PRESETS,
                    help="augmentation preset (default: strong for folders, light for MNIST)")
@@ -338,7 +338,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         meter.step(step, images.size(0))
         if step % 10 == 0 or step == last:
             loss_so_far, acc_so_far = sums.running()
-            bar.set_postfix(loss=f"{loss_so_far:.4f}", acc=f"{acc_so_far:.4f}", img_s=f"{meter.images_per_s():.0f}")
+            bar.set_postfix(loss=f"{loss_so_far:.4f}", acc=f"{100 * acc_so_far:.2f}%", img_s=f"{meter.images_per_s():.0f}")
         if max_steps and step + 1 >= max_steps:
             break
         if stop is not None and stop.requested and step < last:
@@ -492,23 +492,29 @@ def setup(args, device):
 def print_header(r, order):
     """The run's first lines: the model, the data, the device and precision; the steps per epoch."""
     args, data, device = r.args, r.data, r.device
+    print(found_line(data))
     real = len(D.real_part(data.train))
     pool = f" + {len(data.train) - real} synthetic (ratio {args.synthetic_ratio})" if real < len(data.train) else ""
     groups = data.config.get("num_groups")
+    # what feeds the training batches: loader processes, or (--device-data) the tensors on the device,
+    # where the workers only load val / test
+    workers = cli.plural(args.workers, "loader worker")
+    feed = f"data on the device{f' ({workers} for evaluation)' if args.workers else ''}" if args.device_data else workers
+    threads = cli.plural(torch.get_num_threads(), "thread") + ", " if device.type == "cpu" else ""
     print(f"{args.model}: {count_parameters(r.model):,} parameters | {real} train{pool}, {len(data.val)} val"
           f"{f' ({groups} photo groups)' if groups else ''}"
           f"{f', {len(data.test)} test' if data.test else ''} | {len(data.classes)} classes | device {device}"
           f" | amp {args.amp}{' (fp32)' if args.amp == 'off' else ''}"
           f"{' | channels_last' if use_channels_last(device, args.amp, data.img_size) else ''}"
           f"{' | compile' if args.compile else ''}"
-          f"{f' | {torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, {args.workers} loader workers"
+          f" | {threads}{feed}"
           f" | augment {args.augment}{f' | {r.world} processes' if r.world > 1 else ''}")
     if data.config.get("corrections_summary"):
         print(C.summary_line(data.config["corrections"], data.config["corrections_sha256"],
                              data.config["corrections_summary"]))
     used = sum(i < real for i in order)  # the real images (photos beside composites) an epoch trains on
     dropped = -(-real // r.world) - used if used else 0  # (ratio 1 uses no photo, by design)
-    print(f"{r.steps_per_epoch} steps of {args.batch_size} per epoch"
+    print(f"{cli.plural(r.steps_per_epoch, 'step')} of {args.batch_size} per epoch"
           + (f" (the last partial batch, {dropped} {'photos' if pool else 'images'}, is left out of each epoch; "
              "a new shuffle every epoch)" if dropped > 0 else ""))
 
@@ -568,8 +574,10 @@ def time_estimate(r, images_per_s, steps_done, resumed):
     total = (time.perf_counter() - r.t_start + first + (epochs_to_run - 1) * epoch_s
              + (epochs_to_run * eval_n + final_n) / (3 * images_per_s))
     if r.main_process:
-        print(f"estimate: {images_per_s:.0f} img/s, {epoch_s:.0f} s/epoch, {format_seconds(total)} in all for "
-              f"{epochs_to_run} epoch{'s' * (epochs_to_run != 1)} (early stopping aside)", flush=True)
+        # tqdm.write: the epoch's bar is on screen; it is cleared and redrawn below this line, not glued to it
+        tqdm.write(f"estimate: {images_per_s:.0f} img/s, {epoch_s:.0f} s/epoch, {format_seconds(total)} in all for "
+                   f"{cli.plural(epochs_to_run, 'epoch')} (early stopping aside)")
+        sys.stdout.flush()
     return {"est_images_per_s": images_per_s, "est_epoch_s": epoch_s, "est_total_s": total}
 
 
@@ -677,11 +685,11 @@ def end_of_epoch(r, epoch, train, val, estimate):
     save_checkpoint(r.checkpoint(epoch, with_state=True), r.last_pt)
     report.write_history(r.history, os.path.join(args.save_dir, "history.csv"))
     report.plot_history(r.history, data.classes, args.save_dir)
-    print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
-          f"val loss {val['loss']:.4f} acc {val['acc']:.4f}{' *' if improved else '  '} | "
+    print(f"epoch {epoch:3d}/{args.epochs} | train loss {train['loss']:.4f} acc {100 * train['acc']:6.2f}% | "
+          f"val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%{' *' if improved else '  '} | "
           f"lr {lr:.2e} | {train['seconds']:.1f}s {train['images_per_s']:.0f} img/s", flush=True)
     if best["bad_epochs"] >= args.patience:
-        print(f"early stopping: no better val accuracy for {args.patience} epochs (best {best['acc']:.4f} "
+        print(f"early stopping: no better val accuracy for {args.patience} epochs (best {100 * best['acc']:.2f}% "
               f"at epoch {best['epoch']})")
 
 

@@ -248,7 +248,7 @@ CASES = [
            lambda w: os.link(w / "data/0/img0.png", os.path.join(os.fsencode(w / "data/0"), b"\xff.png")),
            "analyze.py", ANALYZE, 0, "not the same split", ("an/*",), subprocess=True, stdout="duplicate")),
     C("--images non-UTF-8", bytes_name("im", b"\xff.png"), "evaluate.py", [*EVAL, "--images", "im"], 0, None, ("ev/*",),
-      stdout="classified 1 images"),
+      stdout="classified 1 image "),
     C("--images hidden only", png("im/.a.png"), "evaluate.py", [*EVAL, "--images", "im"], 2, "no images"),
     C("--split test keeps metrics.json", text("ev/metrics.json", '{"val": 1}'), "evaluate.py",
       [*EVAL, "--split", "test"], 2, "no test split"),

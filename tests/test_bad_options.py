@@ -51,6 +51,7 @@ TRAIN_CASES = cases("train.py",
     (("--save-dir", "notes.txt"), "cannot create --save-dir notes.txt"),
     (("--data-dir", "missing"), "data folder not found: missing"),
     (("--data-dir", "notes.txt"), "data folder not found: notes.txt"),
+    (("--run-as", "--epochs", 1), "no data given: pass --data-dir DIR (a photo folder) or --dataset mnist"),
     (("--device", "bogus"), "--device 'bogus' is not a device"), (("--device", "tpu"), "is not a device"),
     (("--device", "cuda:7"), "--device cuda:7"),
     (("--sample-weights", "missing.csv"), "--sample-weights file not found"),
@@ -75,7 +76,7 @@ if not torch.cuda.is_available():
 EVALUATE_CASES = cases("evaluate.py",
     *bad("--batch-size", [0, -1]), (("--device", "bogus"), "not a device"), (("--out", "notes.txt"), "is a file"),
     (("--data-dir", "missing"), "--data-dir folder not found"), (("--mnist-root", "missing"), "--mnist-root folder"),
-    (("--images", "missing"), "--images folder not found"), (("--images", "notes.txt"), "--images folder not found"),
+    (("--images", "missing"), "--images folder not found"), (("--images", "notes.txt"), "is not an image file"),
     (("--split", "test"), "no test split"), (("--split", "bogus"), "invalid choice"),
     *bad("--temperature", [0, -1, "nan", "inf", "warm"]),
 )
@@ -180,3 +181,22 @@ def command_line(script, args):
 @pytest.mark.parametrize("script,args,text", ALL)
 def test_bad_option(case_dir, script, args, text):
     check(case_dir, script, command_line(script, args), 2, text)
+
+
+# What a newcomer passes that is not wrong: a run folder for a checkpoint (its best.pt, said in one
+# line), one image file for --images. (script, arguments, outputs it writes, a fragment of stdout)
+WELCOME = [
+    ("evaluate.py", ["run", "--data-dir", "data", "--out", "ev"], ("ev/*",), "run is a run folder: using run/best.pt"),
+    ("evaluate.py", ["run/best.pt", "--images", "data/1/img0.png", "--out", "ev"], ("ev/*",),
+     "classified 1 image -> "),
+    ("evaluate.py", ["run/best.pt", "--images", "data/1/img0.png", "--out", "ev"], ("ev/*",), "data/1/img0.png: "),
+    ("export.py", ["run", "--out", "ex.pt"], ("ex.pt",), "using run/best.pt"),
+    ("report.py", ["run", "--checkpoint", "run"], ("run/report.*",), "using run/best.pt"),
+    slow(pytest.param("analyze.py", ["run", "--data-dir", "data", "--out", "an", "--tsne-samples", 4], ("an/*", "an/*/*/*"),
+                      "using run/best.pt", id="analyze.py run")),
+]
+
+
+@pytest.mark.parametrize("script,args,outputs,stdout", WELCOME)
+def test_a_run_folder_or_one_image_is_taken(case_dir, script, args, outputs, stdout):
+    check(case_dir, script, args, 0, None, outputs, stdout=stdout)

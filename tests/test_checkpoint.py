@@ -1,10 +1,14 @@
 """checkpoint.py: the format's round trip (weights and BatchNorm buffers, bit for bit), and every
 damaged or foreign checkpoint refused with a CheckpointError: corrupt, truncated, missing, not a
 dict, another architecture, weights that do not fit, a pickled object."""
+import io
 import random
+import zipfile
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import checkpoint as CK
 import device as DV
@@ -127,3 +131,66 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     with pytest.raises(CK.CheckpointError):
         CK.load_checkpoint(str(tmp_path / "evil.pt"))
     assert UNPICKLED == []
+
+
+def zip_of(files):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def torch_bytes(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+NOT_CHECKPOINTS = {  # file name: its bytes, and what the one line says it is
+    "table.csv": (b"path,weight\na.png,0\n", "a text file"),
+    "notes.txt": ("a note, é\n".encode(), "a text file"),
+    "config.json": (b'{"model": "net", "state_dict": {}}', "a text file"),
+    "empty.pt": (b"", "an empty file"),
+    "noise.pt": (random.Random(1).randbytes(3000), "not a torch file"),
+    "archive.zip": (zip_of({"a.txt": "x", "b/c.csv": "1,2"}), "a zip archive"),
+    "tensor.pt": (torch_bytes(torch.zeros(3)), "a torch file holding a Tensor"),
+    "list.pt": (torch_bytes([1, 2]), "a torch file holding a list"),
+    "partial.pt": (torch_bytes({"state_dict": {}}), "a dict without model"),
+    "cut.pt": (torch_bytes({"w": torch.zeros(1000)})[:500], "damaged"),
+}
+
+
+@pytest.mark.parametrize("name", NOT_CHECKPOINTS)
+def test_every_other_file_is_not_a_readable_checkpoint_in_one_plain_line(tmp_path, name):
+    """Whatever the file, one line that says it is no checkpoint and what it looks like, never the
+    unpickler's own error (`IndexError: pop from empty list` for a CSV)."""
+    data, kind = NOT_CHECKPOINTS[name]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CK.CheckpointError) as e:
+        CK.load_checkpoint(str(tmp_path / name))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / name} is not a readable checkpoint (") and kind in msg, msg
+    assert "\n" not in msg and "Error" not in msg, msg
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_are_a_checkpoint_error(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("bytes") / "x.pt"
+    path.write_bytes(blob)
+    with pytest.raises(CK.CheckpointError, match="is not a readable checkpoint"):
+        CK.load_checkpoint(str(path))
+
+
+def test_a_run_folder_stands_for_its_best_pt(saved_net, tmp_path, capsys):
+    _, path = saved_net  # tmp_path/ck.pt
+    assert CK.checkpoint_path(str(path)) == str(path)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CK.CheckpointError, match=f"checkpoint not found: {run} is a folder without a best.pt"):
+        CK.checkpoint_path(str(run))
+    path.rename(run / "best.pt")
+    capsys.readouterr()
+    assert CK.checkpoint_path(str(run)) == str(run / "best.pt")
+    assert capsys.readouterr().out == f"{run} is a run folder: using {run / 'best.pt'}\n"

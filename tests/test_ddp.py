@@ -65,7 +65,7 @@ def test_torchrun_writes_one_set_of_outputs_from_rank_0(runs):
     rc, stdout, stderr, two, _ = runs
     assert rc == 0, stderr[-3000:]
     assert "Traceback" not in stderr
-    assert "| 2 processes" in stdout.splitlines()[0]
+    assert "| 2 processes" in stdout.splitlines()[1]  # the header, after the `Found ...` line
     for pattern in (r"^epoch +1/2 \|", r"^epoch +2/2 \|", r"^Train set: ", r"^Val set: ", r"^Test set: "):
         assert len(re.findall(pattern, stdout, re.M)) == 1, (pattern, stdout)
     assert sorted(os.listdir(two)) == ["augmentations.png", "best.pt", "curves.png", "curves_detail.png",

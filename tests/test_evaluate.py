@@ -4,9 +4,11 @@ augmentation, ensembles, calibration (ECE, --temperature auto), a folder run end
 command line as a subprocess (a user error is one `error:` line).
 
 On the tests' MNIST subset (conftest's tiny_run and mnist_run) or small photo folders."""
+import io
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,3 +334,35 @@ def test_evaluate_corrupt_checkpoint(script_errors):
 @pytest.mark.slow  # a script run as a subprocess (fixture script_errors)
 def test_evaluate_when_the_data_moved(script_errors):
     assert_one_line_error(script_errors["evaluate_data_moved"], "moved")
+
+
+def fake_data(classes, per_class, dataset="folder"):
+    labels = torch.arange(len(classes)).repeat_interleave(torch.tensor(per_class))
+    ds = D.TensorImageDataset(torch.zeros(len(labels), 1, 28, 28, dtype=torch.uint8), labels,
+                              transform=lambda x: x.float() / 255)
+    return D.Data(ds, ds, None, classes, 1, 28, (0.5,), (0.5,), {"dataset": dataset})
+
+
+def test_found_line_names_the_classes_and_their_counts_in_one_line():
+    assert E.found_line(fake_data(["cat", "muffin"], [3, 1])) == "Found 4 files belonging to 2 classes: cat (3), muffin (1)"
+    assert E.found_line(fake_data(["0", "1"], [1, 1], "mnist")).startswith("Found 2 images belonging to 2 classes")
+    many = E.found_line(fake_data([f"class{i:03d}" for i in range(500)], [2] * 500))
+    assert many.startswith("Found 1000 files belonging to 500 classes: class000 (2), class001 (2), ")
+    assert len(many) <= 160 and re.search(r", \.\.\. \((\d+) more\)$", many), many
+    shown = many.count("(2)")
+    assert int(re.search(r"\((\d+) more\)$", many).group(1)) == 500 - shown
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_predictions_draw_a_progress_bar_on_a_terminal(monkeypatch):
+    model = M.build_model("convnet", 2, 1).eval()
+    data = fake_data(["a", "b"], [5, 5])
+    for quiet in (False, True):
+        monkeypatch.setattr("sys.stderr", Terminal())
+        out = E.collect(model, data.val, torch.device("cpu"), batch_size=4, desc="predicting val", quiet=quiet)
+        assert len(out["preds"]) == 10
+        assert ("predicting val" in sys.stderr.getvalue()) != quiet

@@ -5,7 +5,9 @@ as a subprocess (a user error is one `error:` line, --dry-run exits 0).
 The runs are tiny: 1% of the tests' MNIST subset with the 14k-parameter convnet (helpers.tiny_train_args)
 or a few drawn-digit photos, in this process (helpers.run_train) unless the command line is the point."""
 import argparse
+import contextlib
 import dataclasses
+import io
 import re
 from argparse import Namespace
 
@@ -18,7 +20,7 @@ import data as D
 import evaluate as E
 import model as M
 import train
-from helpers import (DRAWN, MNIST_ROOT, assert_one_line_error, assert_png, interrupt_at_epoch, load_raw, photo_folder,
+from helpers import (DRAWN, MNIST_ROOT, assert_one_line_error, assert_png, interrupt_at_epoch, load_raw, no_figures, photo_folder,
                      read_csv, run_script, run_scripts, run_train, summary_by_split, tiny_train_args)
 
 CPU = torch.device("cpu")
@@ -224,6 +226,37 @@ def test_a_mixed_run_says_which_photos_it_leaves_out(tmp_path, mnist_root):
     assert "6 steps of 24 per epoch\n" in out
     _, out = run_train(base + ["--batch-size", 34, "--save-dir", tmp_path / "c"])  # 17 photos a batch: 4 batches, and 2 photos (2.9%) left out
     assert "4 steps of 34 per epoch (the last partial batch, 2 photos, is left out" in out
+
+
+def test_the_first_lines_say_what_was_found_and_that_composites_are_being_made(tmp_path, mnist_root):
+    """Before the seconds spent on composites, a line says so; then the classes found, with their counts."""
+    photos = photo_folder(tmp_path / "photos", DIGITS, 3, layout="flat", **DRAWN)
+    _, out = run_train(["--data-dir", photos, "--mnist-root", mnist_root, "--no-download", "--img-size", 16, "--model",
+                        "convnet", "--synthetic-n", 20, "--augment", "none", "--workers", 0, "--dry-run", "--quiet",
+                        "--save-dir", tmp_path / "run"])
+    lines = out.splitlines()
+    assert lines[0] == "making 20 synthetic digits (fonts on field backgrounds) for training ..."
+    assert lines[1] == "Found 30 files belonging to 10 classes: " + ", ".join(f"{d} (3)" for d in DIGITS)
+    assert lines[2].startswith("convnet: ")
+
+
+def test_a_run_prints_accuracy_in_percent_and_the_estimate_on_its_own_line(tmp_path, mnist_root):
+    """Accuracy as the final lines give it (a percentage), the counts in words that fit them, what
+    feeds the batches (--device-data: no loader worker), and the estimate after the bar, not on it."""
+    argv = tiny_train_args(mnist_root, tmp_path / "run", "--epochs", 1, "--warmup-epochs", 0, "--augment", "none",
+                           "--device-data", "--threads", 1)
+    argv.remove("--quiet")  # the bar is what the estimate line must not be glued to
+    text = io.StringIO()  # stdout and stderr in one stream, as a terminal shows them
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        no_figures(mp)
+        train.main(train.get_args_parser().parse_args(argv))
+    out = text.getvalue()
+    assert "| 1 thread, data on the device | augment none" in out, out
+    assert re.search(r"(^|[\r\n])estimate: \d+ img/s", out) and not re.search(r"[^\r\n]estimate:", out), out
+    out = out.replace("\r", "\n")  # (the bar's redraws)
+    assert "1 step of 64 per epoch" in out
+    assert re.search(r"^epoch   1/1 \| train loss \S+ acc +\d+\.\d\d% \| val loss \S+ acc +\d+\.\d\d% \* \|", out, re.M), out
+    assert re.search(r"^Val set: Average loss: \S+, Accuracy: \d+/\d+ \(\d+\.\d\d%\)$", out, re.M), out
 
 
 @pytest.mark.slow  # trains two MNIST runs, over 1 s
