@@ -5,7 +5,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "evaluate", "analyze", "report", "experiments", "bench", "export", "synth", "test_smoke"}
-LIBRARIES = {"cli", "device", "images", "augment", "composite", "data", "model", "checkpoint", "meters"}
+LIBRARIES = {"cli", "device", "images", "augment", "composite", "data", "model", "checkpoint", "meters", "stats"}
 
 
 def project_imports():
