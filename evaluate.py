@@ -4,6 +4,7 @@
     python evaluate.py checkpoints/best.pt --images photos/  # -> predictions.csv (+ accuracy when labelled)
     python evaluate.py a/best.pt b/best.pt c/best.pt         # an ensemble: the mean of their softmax
     python evaluate.py checkpoints/best.pt --tta 5 --temperature auto
+    python evaluate.py a/best.pt b/best.pt --compare         # paired: Wilson intervals, exact McNemar, a verdict
 
 Needs nothing but the checkpoint: the data config inside it rebuilds the same split
 (`--data-dir` / `--mnist-root` point at the data where it moved).
@@ -479,7 +480,7 @@ def paired_numbers(pred_a, pred_b, labels):
             "mcnemar_p": stats.mcnemar_exact(only_a, only_b)}
 
 
-def verdict(r, names, split, alpha=0.05):
+def verdict(r, names, split, tta=1, alpha=0.05):
     """One paragraph for a report. A winner is named only when McNemar's p < alpha; the one right on more
     discordant images is the one with the higher accuracy (their difference over n is the accuracy gap)."""
     (a, b), p = names, r["mcnemar_p"]
@@ -490,7 +491,8 @@ def verdict(r, names, split, alpha=0.05):
 
     def acc(s):
         return f"{100 * s['accuracy']:.2f}% (95% CI {100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%)"
-    return (f"On the same {r['images']} {split} images, A ({a}) scores {acc(r['a'])} and B ({b}) {acc(r['b'])}. "
+    views = f" ({tta} TTA views)" if tta > 1 else ""
+    return (f"On the same {r['images']} {split} images{views}, A ({a}) scores {acc(r['a'])} and B ({b}) {acc(r['b'])}. "
             f"{lead} is right on {k_lead} images {other} misses, {other} on {k_other} that {lead} misses "
             f"(exact McNemar p = {p:.3g}): {conclusion}.")
 
@@ -535,7 +537,7 @@ def compare(args):
                              temperature=ckpt["temperature"])["preds"])
     labels = ds.targets
     r = paired_numbers(preds[0], preds[1], labels)
-    text = verdict(r, paths, split)
+    text = verdict(r, paths, split, args.tta)
     for name, path in zip("AB", paths):
         s = r[name.lower()]
         print(f"{name} = {path}: {split} {100 * s['accuracy']:.2f}% ({s['correct']}/{r['images']}), 95% Wilson CI "

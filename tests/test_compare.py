@@ -97,6 +97,7 @@ def test_verdict_names_a_winner_only_when_significant():
     assert "A is right on 12 images B misses, B on 4 that A misses (exact McNemar p = 0.0768)" in text
     assert "no significant difference at the 5% level" in text and "better" not in text
     assert "p = 1): no significant difference" in E.verdict(paired(0, 0), ["a", "b"], "val")
+    assert "On the same 12 test images (5 TTA views), A (a) scores" in E.verdict(paired(0, 0), ["a", "b"], "test", 5)
 
 
 @GENERATED
