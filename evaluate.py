@@ -4,6 +4,7 @@
     python evaluate.py checkpoints/best.pt --images photos/  # -> predictions.csv (+ accuracy when labelled)
     python evaluate.py a/best.pt b/best.pt c/best.pt         # an ensemble: the mean of their softmax
     python evaluate.py checkpoints/best.pt --tta 5 --temperature auto
+    python evaluate.py a/best.pt b/best.pt --compare         # paired: Wilson intervals, exact McNemar, a verdict
 
 Needs nothing but the checkpoint: the data config inside it rebuilds the same split
 (`--data-dir` / `--mnist-root` point at the data where it moved).
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 import cli
 import data as D
+import stats
 from augment import build_transform
 from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from device import AMP_CHOICES, autocast, check_device, get_device, use_channels_last
@@ -38,6 +40,10 @@ def get_args_parser():
     p.add_argument("--images", default=None, help="classify every image in this folder (or this one image file) -> "
                                                   "predictions.csv; scored too when labels can be read (class "
                                                   "subfolders or x_label7.jpg)")
+    p.add_argument("--compare", action="store_true",
+                   help="two checkpoints A and B on the same --split val (default) or test images: both accuracies "
+                        "with 95%% Wilson intervals, the images one gets right and the other misses, the exact "
+                        "McNemar test and a verdict -> compare.json, compare.csv")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help=f"test-time augmentation: the mean softmax over N deterministic views (small shifts "
                         f"and scales, no flips; 1..{len(TTA_VIEWS)}; default 1 = off)")
@@ -410,6 +416,20 @@ def ensemble_outs(members):
     return outs
 
 
+def split_fingerprints(splits):
+    """{split name: a hash of its images' pixels} of eval_splits(): runs (an ensemble's members, --compare's
+    two) must score the same images, compared by pixels, not labels."""
+    return {name: fingerprint(ds.images[ds.indices]) for name, ds in splits.items()}
+
+
+def check_same_images(path, same, first, scored, why):
+    """Refuse, in one line saying `why`, the run at `path` whose split_fingerprints `same` differ from
+    those (`scored`) of the run at `first`."""
+    if same != scored:
+        raise cli.UsageError(f"{path} has other {'/'.join(k for k in same if same[k] != scored.get(k))} images "
+                             f"than {first} (other data, --val-fraction, --split-seed or --train-fraction): {why}")
+
+
 def image_labels(folder):
     """{path: class name} for the images of `folder` whose label can be read (class subfolders or
     x_label7.jpg names), {} for an unlabelled folder. `folder` may be one image file (its name's label)."""
@@ -487,6 +507,101 @@ def score_images(labels, probs, classes, unknown, out_dir, settings):
     return r
 
 
+# ----------------------------------------------------------------------------- --compare: two runs, paired
+
+def paired_numbers(pred_a, pred_b, labels):
+    """The paired comparison of two runs' predictions on the same images: each accuracy with its 95% Wilson
+    interval, the discordant images (right by one run only) and the exact McNemar p-value of those."""
+    right_a, right_b = pred_a == labels, pred_b == labels
+    n = len(labels)
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+
+    def score(right):
+        k = int(right.sum())
+        return {"correct": k, "accuracy": k / max(n, 1), "wilson95": list(stats.wilson_interval(k, n))}
+    return {"images": n, "a": score(right_a), "b": score(right_b), "only_a": only_a, "only_b": only_b,
+            "both_right": int((right_a & right_b).sum()), "both_wrong": int((~right_a & ~right_b).sum()),
+            "mcnemar_p": stats.mcnemar_exact(only_a, only_b)}
+
+
+def verdict(r, names, split, tta=1, alpha=0.05):
+    """One paragraph for a report. A winner is named only when McNemar's p < alpha; the one right on more
+    discordant images is the one with the higher accuracy (their difference over n is the accuracy gap)."""
+    (a, b), p = names, r["mcnemar_p"]
+    lead, other, k_lead, k_other = ("B", "A", r["only_b"], r["only_a"]) if r["only_b"] > r["only_a"] else \
+        ("A", "B", r["only_a"], r["only_b"])
+    conclusion = (f"{lead} is better, significant at the {100 * alpha:g}% level" if p < alpha else
+                  f"no significant difference at the {100 * alpha:g}% level")
+
+    def acc(s):
+        return f"{100 * s['accuracy']:.2f}% (95% CI {100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%)"
+    views = f" ({tta} TTA views)" if tta > 1 else ""
+    return (f"On the same {r['images']} {split} images{views}, A ({a}) scores {acc(r['a'])} and B ({b}) {acc(r['b'])}. "
+            f"{lead} is right on {k_lead} images {other} misses, {other} on {k_other} that {lead} misses "
+            f"(exact McNemar p = {p:.3g}): {conclusion}.")
+
+
+def check_compare(args):
+    """--compare's own rules, one line each, before the general option checks."""
+    if len(args.checkpoint) != 2:
+        raise cli.UsageError(f"--compare takes exactly two checkpoints (A and B), got {len(args.checkpoint)}")
+    if args.split not in ("all", "val", "test"):
+        raise cli.UsageError(f"--compare scores held-out images: --split val (the default) or test, not {args.split}")
+    if args.images:
+        raise cli.UsageError("--compare scores the checkpoints' own val or test split, not --images: run evaluate.py "
+                             "--images on each checkpoint instead")
+    if args.temperature:
+        raise cli.UsageError("--compare uses each checkpoint's own temperature: run --temperature auto on each first "
+                             "and compare the -calibrated.pt copies")
+
+
+def compare(args):
+    """--compare: A and B predict the same split (refused otherwise, in one line); prints each accuracy,
+    the discordant counts and the verdict; writes compare.json (settings and numbers) and compare.csv
+    (the discordant images: index in the split, path or #MNIST index, label, both predictions)."""
+    check_compare(args)
+    check_args(args)
+    device, paths = get_device(args.device), args.checkpoint
+    split = "val" if args.split == "all" else args.split
+    out_dir = args.out or os.path.join(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]),
+                                       "compare")
+    os.makedirs(out_dir, exist_ok=True)
+    runs = load_members(paths, device, args.amp)  # the same class list
+    preds, scored, data, ds = [], None, None, None
+    for path, (model, ckpt) in zip(paths, runs):
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        splits = eval_splits(data_k, split)
+        if not splits:
+            raise cli.UsageError(f"--split {split}: the data of {path} have no {split} split")
+        same = split_fingerprints(splits)
+        if scored:
+            check_same_images(path, same, paths[0], scored, "a comparison needs the same images")
+        scored, data, ds = same, data or data_k, ds or splits[split]
+        preds.append(collect(model, splits[split], device, args.batch_size, tta=args.tta,
+                             temperature=ckpt["temperature"])["preds"])
+    labels = ds.targets
+    r = paired_numbers(preds[0], preds[1], labels)
+    text = verdict(r, paths, split, args.tta)
+    for name, path in zip("AB", paths):
+        s = r[name.lower()]
+        print(f"{name} = {path}: {split} {100 * s['accuracy']:.2f}% ({s['correct']}/{r['images']}), 95% Wilson CI "
+              f"{100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%")
+    print(f"right only by A: {r['only_a']}, only by B: {r['only_b']} (both right {r['both_right']}, "
+          f"both wrong {r['both_wrong']}); exact McNemar p = {r['mcnemar_p']:.3g}")
+    print(text)
+    settings = dict(eval_settings(paths, [ck for _, ck in runs], data, args.tta), split=split, images=r["images"])
+    cli.write_json(os.path.join(out_dir, "compare.json"), {"settings": settings, **r, "verdict": text})
+    with cli.atomic_write(os.path.join(out_dir, "compare.csv")) as f:
+        w = csv.writer(f)
+        w.writerow(["right", "index", "path", "label", "prediction_a", "prediction_b"])
+        for who, mask in (("A", (preds[0] == labels) & (preds[1] != labels)),
+                          ("B", (preds[1] == labels) & (preds[0] != labels))):
+            for i in torch.nonzero(mask).flatten().tolist():
+                w.writerow([who, i, ds.path(i)] + [data.classes[int(t[i])] for t in (labels, preds[0], preds[1])])
+    print(f"wrote compare.json, compare.csv to {out_dir}")
+    return r
+
+
 # ----------------------------------------------------------------------------- main
 
 def check_args(args):
@@ -550,6 +665,8 @@ def calibrate(path, model, ckpt, data, device, batch_size, out_dir):
 
 
 def main(args):
+    if args.compare:
+        return compare(args)
     check_args(args)
     device = get_device(args.device)
     paths = args.checkpoint
@@ -579,12 +696,9 @@ def main(args):
             ckpt["temperature"] = float(args.temperature)
         t = ckpt["temperature"]
         splits = eval_splits(data_k, args.split)
-        # an ensemble's members must score the same images: compared by pixels, not labels (one model: no hashing)
-        same = {name: fingerprint(ds.images[ds.indices]) for name, ds in splits.items()} if len(paths) > 1 else None
-        if members and same != scored:
-            raise cli.UsageError(f"{path} has other {'/'.join(k for k in same if same[k] != scored.get(k))} images "
-                                 f"than {paths[0]} (other data, --val-fraction, --split-seed or --train-fraction): an "
-                                 f"ensemble averages predictions of the same images")
+        same = split_fingerprints(splits) if len(paths) > 1 else None  # one model: no hashing
+        if members:
+            check_same_images(path, same, paths[0], scored, "an ensemble averages predictions of the same images")
         scored = same
         outs = {name: collect(model, ds, device, args.batch_size, tta=args.tta, temperature=t,
                               desc=f"predicting {name}", quiet=args.quiet) for name, ds in splits.items()}
