@@ -13,6 +13,8 @@ Writes next to the checkpoint (or into --out):
   suspects.csv   likely label errors (confident learning), most likely first; with its weight
                  column edited (0 = drop) it is a train.py --sample-weights file
   suspects.png   the top suspects: given label, suggested label, confidence in the given one
+  review.json    how good each split's reviewer is (accuracy, per fold too); a split whose reviewer is
+                 below the floor (REVIEW_FLOOR) has its suspects withheld from the files above
   duplicates.csv near-duplicate image pairs; those across splits (leakage) marked
   mistakes/      every misclassified val / test image: <true class>/<split>_<index>_pred-<p>_<conf>.png
 and then, via report.py: evaluate.py's metrics.json, confusion.png and mistakes.png,
@@ -325,7 +327,8 @@ def plot_gradcam(model, dataset, out, classes, device, path, n=8, seed=0, title=
 # ----------------------------------------------------------------------------- data quality
 
 def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
-    """Probabilities [len(train_set), C] of every training sample from a model that never saw it.
+    """(probabilities [len(train_set), C] of every training sample from a model that never saw it,
+    the fold [len(train_set)] that scored each).
 
     Run k of K (--folds) is train.py with the checkpoint's own settings, --epochs --fold-epochs
     and --folds K --fold k (data.py: it trains on the other folds; fold k is its val), in
@@ -342,7 +345,7 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     base.update(download=False, epochs=args.fold_epochs, folds=args.folds, resume=None, device=args.device,
                 workers=None, quiet=True, dry_run=False, amp=args.amp or base["amp"],
                 warmup_epochs=base["warmup_epochs"] * args.fold_epochs / base["epochs"])  # the same schedule, shorter
-    probs = torch.empty(len(train_set), len(ckpt["classes"]))
+    probs, fold = torch.empty(len(train_set), len(ckpt["classes"])), torch.empty(len(train_set), dtype=torch.long)
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
         folder = os.path.join(out_dir, "folds", f"fold{k}")
         settings = dict(base, fold=k, save_dir=folder)
@@ -352,7 +355,8 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores
         net = model_from_checkpoint(load_checkpoint(last), device, amp=args.amp)
         probs[held] = E.collect(net, Subset(train_set, held.tolist()), device, args.batch_size)["probs"]
-    return probs
+        fold[held] = k
+    return probs, fold
 
 
 def confident_learning(probs, labels):
@@ -368,6 +372,41 @@ def confident_learning(probs, labels):
     above = probs >= threshold
     confident = probs.masked_fill(~above, -1).argmax(1).masked_fill(~above.any(1), -1)
     return (confident >= 0) & (confident != labels), confident
+
+
+# A reviewer that is often wrong flags its own mistakes as label errors: measured, a skill (accuracy's share
+# of the way from the majority-class rate to 100%, comparable across class counts) of 0.40 gave a list 80%
+# wrong and 0.71 one 57% right, so the floor sits between (RESULTS.md, "The label review's floor").
+REVIEW_FLOOR = 0.6
+
+
+def review_quality(probs, labels, fold=None):
+    """How good the model(s) behind out-of-sample probabilities [N, C] are as reviewers of these N
+    labels: accuracy against the given labels (and per fold, with `fold` [N] from out_of_fold_probs),
+    the majority-class rate, skill = (accuracy - majority) / (1 - majority), the accuracy the floor
+    asks for here, and whether the review is shown (skill >= REVIEW_FLOOR)."""
+    right = probs.argmax(1) == labels
+    majority = torch.bincount(labels).max().item() / len(labels)
+    accuracy = right.sum().item() / len(labels)
+    skill = (accuracy - majority) / (1 - majority) if majority < 1 else 0.0  # one class: nothing to review
+    per_fold = None if fold is None else [right[fold == k].float().mean().item() for k in range(int(fold.max()) + 1)]
+    return {"rows": len(labels), "accuracy": accuracy, "per_fold": per_fold, "majority": majority, "skill": skill,
+            "floor": REVIEW_FLOOR, "floor_accuracy": majority + REVIEW_FLOOR * (1 - majority),
+            "shown": skill >= REVIEW_FLOOR}
+
+
+def review_summary(split, q):
+    """One line on the review of `split` (q: review_quality plus `reviewer` and `flagged`): printed,
+    stored in review.json and repeated in the report."""
+    folds = f" (folds {', '.join(f'{a:.1%}' for a in q['per_fold'])})" if q["per_fold"] else ""
+    measured = (f"{q['reviewer']}: accuracy {q['accuracy']:.1%} against the given labels{folds}, floor "
+                f"{q['floor_accuracy']:.1%} (skill {q['skill']:.2f} over the majority class's {q['majority']:.1%}, "
+                f"floor {q['floor']:.2f})")
+    if q["shown"]:
+        return f"{split} labels reviewed by {measured}; {q['flagged']} suspects"
+    fix = "more --fold-epochs or a stronger --model" if q["per_fold"] else "a better-trained checkpoint"
+    return (f"{split} label review withheld, below the floor: {measured}; it would flag {q['flagged']} of "
+            f"{q['rows']}, mostly its own mistakes: rerun with {fix}")
 
 
 def knn_agreement(features, labels, pool, k, device, chunk=512, quiet=False):
@@ -386,7 +425,8 @@ def knn_agreement(features, labels, pool, k, device, chunk=512, quiet=False):
     return out
 
 
-def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None, quiet=False):
+def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None, quiet=False,
+                 oof_fold=None):
     """Everything analyze.py knows per sample, one row per sample of `splits` (E.eval_splits),
     split by split in dataset order; `outs` ({split: E.collect(..., features=True)}) skips splits
     already predicted. A dict of aligned columns:
@@ -395,7 +435,10 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
       out_of_sample        probs come from a model that never trained on the row: val and test rows,
                            and train rows when `oof_probs` (out_of_fold_probs) replaces theirs
       loss, confidence     -log p(label), p(label); margin: p(label) - the highest other p
-      suspect, suggested   confident learning on the out-of-sample train and val rows (suggested: -1 elsewhere)
+      suspect, suggested   confident learning on the out-of-sample train and val rows (suggested: -1 elsewhere),
+                           where the split's reviewer clears REVIEW_FLOOR
+      review               not a column: {split: review_quality of its reviewer, with `reviewer` and
+                           `flagged`} for the reviewed splits (`oof_fold`: out_of_fold_probs' folds)
       knn_agreement        share of the `knn` nearest training samples (feature space) with the same label
       duplicate            in one of `pairs` (data.near_duplicates over data.pixel_vectors)
       flag                 "ok", or suspect / mistake / duplicate joined by "+"
@@ -418,10 +461,18 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
     # thresholds per split, as each split's probabilities come from one kind of model (fold runs or
     # the checkpoint). Test is not reviewed: it stays the untouched yardstick, and its MNIST ids (#i)
     # would name training samples in a --sample-weights file.
+    # A weak reviewer's suspects are withheld (the warning says so), never shown as a finding.
+    t["review"] = {}
     for name in ("train", "val"):
         rows = torch.from_numpy(split == name) & t["out_of_sample"]
         if rows.any():
-            t["suspect"][rows], t["suggested"][rows] = confident_learning(probs[rows], t["label"][rows])
+            folds = oof_fold if name == "train" and oof_probs is not None else None
+            q = t["review"][name] = review_quality(probs[rows], t["label"][rows], folds)
+            suspect, suggested = confident_learning(probs[rows], t["label"][rows])
+            q.update(reviewer=f"{int(folds.max()) + 1} fold models (out of fold)" if folds is not None
+                     else "the checkpoint", flagged=int(suspect.sum()))
+            if q["shown"]:
+                t["suspect"][rows], t["suggested"][rows] = suspect, suggested
     t["suggested"][~t["suspect"]] = -1
     t["knn_agreement"] = knn_agreement(t["features"], t["label"], torch.from_numpy(np.flatnonzero(split == "train")),
                                        knn, device, quiet=quiet)
@@ -447,9 +498,9 @@ def _safe(name):
 
 
 def write_quality(table, pairs, sims, classes, out_dir):
-    """samples.csv, suspects.csv and duplicates.csv."""
+    """samples.csv, suspects.csv, duplicates.csv and review.json (how good each split's reviewer is)."""
     name = lambda c: classes[c] if c >= 0 else ""  # noqa: E731
-    cols = {k: v.tolist() for k, v in table.items() if k not in ("probs", "features")}
+    cols = {k: v.tolist() for k, v in table.items() if k not in ("probs", "features", "review")}
     with cli.atomic_write(os.path.join(out_dir, "samples.csv")) as f:
         w = csv.writer(f)
         w.writerow(["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
@@ -467,6 +518,8 @@ def write_quality(table, pairs, sims, classes, out_dir):
         for r in ranked_suspects(table).tolist():
             w.writerow([cols["path"][r], 1, cols["split"][r], name(cols["label"][r]), name(cols["suggested"][r]),
                         f"{cols['confidence'][r]:.4f}", f"{cols['margin'][r]:.4f}"])
+    cli.write_json(os.path.join(out_dir, "review.json"),
+                   {split: dict(q, summary=review_summary(split, q)) for split, q in table["review"].items()})
     with cli.atomic_write(os.path.join(out_dir, "duplicates.csv")) as f:
         w = csv.writer(f)
         w.writerow(["similarity", "cross_split", "split_a", "path_a", "label_a", "split_b", "path_b", "label_b"])
@@ -489,8 +542,11 @@ def plot_suspects(table, splits, classes, path, n=24, cols=6):
         E.show_image(ax, splits[table["split"][r]], int(table["index"][r]))
         ax.set_title(f"{classes[table['label'][r]]} -> {classes[table['suggested'][r]]}\n"
                      f"{table['split'][r]}, conf {table['confidence'][r]:.2f}", fontsize=8)
-    fig.suptitle(f"top {len(show)} of {len(ranked)} suspected label errors: given -> suggested label, "
-                 f"confidence in the given one" if show else "no suspected label errors", fontsize=9)
+    withheld = [f"{split} withheld: its reviewer's accuracy {q['accuracy']:.1%} is below the floor "
+                f"{q['floor_accuracy']:.1%} (review.json)" for split, q in table["review"].items() if not q["shown"]]
+    fig.suptitle("\n".join([f"top {len(show)} of {len(ranked)} suspected label errors: given -> suggested label, "
+                            f"confidence in the given one" if show else "no suspected label errors"] + withheld),
+                 fontsize=9, color="red" if withheld else "black")
     fig.tight_layout()
     cli.save_figure(fig, path, dpi=90)
 
@@ -548,9 +604,17 @@ def print_quality(table, pairs, sims, classes, knn, n=10):
     reviewed = table["out_of_sample"].numpy() & (split != "test")
     print(f"data quality: {len(split)} samples ({per_split(np.ones(len(split), bool))}); labels reviewed "
           f"(out-of-sample probabilities): {per_split(reviewed)}")
+    withheld = {s for s, q in table["review"].items() if not q["shown"]}
+    suspects = ", ".join(f"{s} withheld" if s in withheld else f"{s} {int((table['suspect'][split == s]).sum())}"
+                         for s in dict.fromkeys(split))
     print(f"  mistakes: {per_split((table['pred'] != table['label']).numpy())} | suspected label errors: "
-          f"{per_split(table['suspect'].numpy())} | mean {knn}-NN label agreement: "
+          f"{suspects} | mean {knn}-NN label agreement: "
           + ", ".join(f"{s} {table['knn_agreement'][split == s].mean():.3f}" for s in dict.fromkeys(split)))
+    for name, q in table["review"].items():  # how good the reviewer is, next to its review
+        if q["shown"]:
+            print(f"  {review_summary(name, q)}")
+        else:
+            cli.warn(review_summary(name, q))
     for r in ranked_suspects(table)[:n].tolist():
         print(f"  suspect {table['path'][r]} ({split[r]}): labelled {classes[table['label'][r]]}, "
               f"looks like {classes[table['suggested'][r]]} (confidence {table['confidence'][r]:.2f})")
@@ -664,15 +728,16 @@ def main(args):
                  seed=args.seed, title=f"{held} split")
     print(f"wrote kernels.png, tsne.png, neighbors.png, gradcam.png to {out_dir}")
 
-    oof = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else None
+    oof, fold = out_of_fold_probs(args, ckpt, data, splits["train"], out_dir, device) if args.folds else (None, None)
     pairs, sims = D.near_duplicates(torch.cat([D.pixel_vectors(ds.images, ds.indices) for ds in splits.values()]),
                                      args.duplicate_threshold, device)
-    table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs, args.quiet)
+    table = sample_table(model, splits, device, args.batch_size, outs, oof, args.knn, pairs, args.quiet, fold)
     write_quality(table, pairs, sims, data.classes, out_dir)
     plot_suspects(table, splits, data.classes, os.path.join(out_dir, "suspects.png"))
     n_wrong = save_mistakes(table, splits, data.classes, os.path.join(out_dir, "mistakes"), args.max_mistakes)
     print_quality(table, pairs, sims, data.classes, args.knn)
-    print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, mistakes/ ({n_wrong} images) to {out_dir}")
+    print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, review.json, mistakes/ ({n_wrong} images) "
+          f"to {out_dir}")
 
     write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
                 outs=outs, tta=args.tta, quiet=args.quiet)

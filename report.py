@@ -409,6 +409,22 @@ def read_history(path, ckpt):
     return ckpt["history"]
 
 
+def read_review(path):
+    """analyze.py's review.json: one {shown, summary} per reviewed split (how good the label review's
+    models are); [] when there is none, and with a warning when it is damaged."""
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            review = list(json.load(f).values())
+        if all(isinstance(q["shown"], bool) and isinstance(q["summary"], str) for q in review):
+            return review
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    cli.warn(f"{path} is not analyze.py's label review; left out")
+    return []
+
+
 def read_metrics(path, classes, checkpoint):
     """(metrics.json's {split: metrics}, what produced them) as evaluate.py wrote it; ({}, None) with a
     warning when it is damaged or holds another checkpoint's (or an ensemble's) scores."""
@@ -551,7 +567,10 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     if find("dashboard.html"):
         md += [f"Hover the points of [dashboard.html]({link(find('dashboard.html'))}) for the images behind the map.", ""]
 
-    md += ["## Suspects", ""] + figures("suspects.png")
+    md += ["## Suspects", ""]
+    review = read_review(find("review.json"))  # how good the label review's models are, before its list
+    md += [f"- {q['summary']}" if q["shown"] else f"- **{q['summary']}**" for q in review] + [""] * bool(review)
+    md += figures("suspects.png")
     if not any(find(n) for n in ("suspects.png", "suspects.csv", "duplicates.csv", "samples.csv")):
         md += ["_None of suspects.png, suspects.csv, duplicates.csv, samples.csv in the folder._", ""]
     for csv_name, what in (("suspects.csv", "suspect labels"), ("duplicates.csv", "duplicate images"),

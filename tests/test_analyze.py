@@ -3,12 +3,14 @@ folder of MNIST digits whose labels are corrupted on purpose (conftest's flipped
 label-issue finder (out-of-fold confident learning) must rank the flipped samples first;
 samples.csv, suspects.csv (a --sample-weights file), duplicates.csv and mistakes/ are checked on
 the same run. Its command line as a subprocess: a user error is one `error:` line."""
+import json
 import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import analyze
@@ -223,6 +225,87 @@ def test_confident_learning_uses_per_class_thresholds():
     # sample 2 is confidently 1 (0.7 >= 0.55) though labelled 0; sample 4 clears no threshold
     assert suspect.tolist() == [False, False, True, False, False]
     assert suggested.tolist() == [0, 0, 1, 1, -1]
+
+
+def fabricated_review(train_reviewer, val_reviewer, folds=3, per_class=30, seed=0):
+    """sample_table on 10 classes with 10% of the training labels flipped (no val flips) and
+    out-of-sample probabilities made up, no training: a "good" reviewer puts most weight on each
+    image's true class, a "weak" one is noise. Returns (table, splits, flipped training rows)."""
+    g = torch.Generator().manual_seed(seed)
+    true = {"train": torch.arange(10).repeat(per_class), "val": torch.arange(10).repeat(per_class // 3)}
+    given = {k: v.clone() for k, v in true.items()}
+    flip = torch.randperm(len(true["train"]), generator=g)[:len(true["train"]) // 10]
+    given["train"][flip] = (true["train"][flip] + torch.randint(1, 10, (len(flip),), generator=g)) % 10
+    splits, outs = {}, {}
+    for (name, y), reviewer in zip(given.items(), (train_reviewer, val_reviewer)):
+        paths = [f"/photos/{name}{i}_label{int(c)}.png" for i, c in enumerate(y)]
+        splits[name] = D.TensorImageDataset(torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8), y, paths=paths)
+        logits = torch.randn(len(y), 10, generator=g) + (8.0 * F.one_hot(true[name], 10) if reviewer == "good" else 0)
+        outs[name] = {"probs": logits.softmax(1), "labels": y, "features": torch.randn(len(y), 8, generator=g)}
+    fold = torch.arange(len(given["train"])) % folds
+    table = A.sample_table(None, splits, torch.device("cpu"), outs=outs, oof_probs=outs["train"]["probs"],
+                           oof_fold=fold)
+    return table, splits, set(flip.tolist())
+
+
+def test_a_weak_reviewers_suspects_are_withheld(tmp_path, capsys):
+    """Fold models that know nothing would flag most labels; the review says how good they are and
+    withholds the list (samples.csv, suspects.csv, the warning), while val's good reviewer is shown."""
+    table, splits, flipped = fabricated_review("weak", "good")
+    train = torch.from_numpy(table["split"] == "train")
+    q = table["review"]["train"]
+    assert q["flagged"] > train.sum() / 2 and not q["shown"]  # what the list would have been
+    assert not table["suspect"][train].any() and (table["suggested"][train] == -1).all()
+    assert table["review"]["val"]["shown"] and table["suspect"][~train].any() == (table["review"]["val"]["flagged"] > 0)
+    right = (table["pred"] == table["label"])[train].float()
+    assert q["accuracy"] == pytest.approx(right.mean().item())
+    assert q["per_fold"] == pytest.approx([right[k::3].mean().item() for k in range(3)])
+
+    A.write_quality(table, torch.empty(0, 2, dtype=torch.long), torch.empty(0), [str(c) for c in range(10)], tmp_path)
+    assert not [r for r in read_csv(tmp_path / "suspects.csv") if r["split"] == "train"]
+    assert not [r for r in read_csv(tmp_path / "samples.csv") if r["split"] == "train" and "suspect" in r["flag"]]
+    stored = json.loads((tmp_path / "review.json").read_text())
+    assert stored["train"]["shown"] is False and stored["train"]["accuracy"] == pytest.approx(q["accuracy"])
+    assert len(stored["train"]["per_fold"]) == 3 and stored["val"]["shown"] is True
+
+    capsys.readouterr()
+    A.print_quality(table, torch.empty(0, 2, dtype=torch.long), torch.empty(0), [str(c) for c in range(10)], 10)
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("warning: train label review withheld")
+    assert f"accuracy {q['accuracy']:.1%}" in err and f"floor {q['floor_accuracy']:.1%}" in err
+    assert "--fold-epochs" in err and "val labels reviewed by the checkpoint" in out
+    assert "suspected label errors: train withheld, val " in out
+    assert err == f"warning: {stored['train']['summary']}\n"  # the line review.json keeps for the report
+    assert [q["shown"] for q in report.read_review(str(tmp_path / "review.json"))] == [False, True]
+    (tmp_path / "review.json").write_text("{")
+    assert report.read_review(str(tmp_path / "review.json")) == [] and "warning:" in capsys.readouterr().err
+
+
+def test_a_good_reviewers_suspects_are_shown(tmp_path):
+    table, splits, flipped = fabricated_review("good", "good")
+    q = table["review"]["train"]
+    assert q["shown"] and q["skill"] >= A.REVIEW_FLOOR
+    train = table["split"] == "train"
+    suspects = set(np.flatnonzero(train & table["suspect"].numpy()).tolist())
+    assert len(suspects & flipped) >= 0.9 * len(flipped) and len(suspects & flipped) >= 0.9 * len(suspects)
+    A.write_quality(table, torch.empty(0, 2, dtype=torch.long), torch.empty(0), [str(c) for c in range(10)], tmp_path)
+    assert len([r for r in read_csv(tmp_path / "suspects.csv") if r["split"] == "train"]) == q["flagged"]
+
+
+def test_review_floor_is_skill_over_the_majority_class():
+    """A reviewer that always says the commonest class is no reviewer, however high its accuracy;
+    the floor's accuracy moves with the class count (skill, not accuracy, is what it fixes)."""
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    q = A.review_quality(F.one_hot(torch.zeros(100, dtype=torch.long), 2).float(), labels)
+    assert q["accuracy"] == pytest.approx(0.9) and q["skill"] == pytest.approx(0) and not q["shown"]
+    for classes in (2, 10):
+        labels = torch.arange(classes).repeat(200 // classes)
+        floor = 1 / classes + A.REVIEW_FLOOR * (1 - 1 / classes)
+        for accuracy in (floor - 0.05, floor + 0.05):  # right on the first `accuracy` share of the rows
+            preds = torch.where(torch.arange(200) < round(200 * accuracy), labels, (labels + 1) % classes)
+            q = A.review_quality(F.one_hot(preds, classes).float(), labels)
+            assert q["floor_accuracy"] == pytest.approx(floor) and q["accuracy"] == pytest.approx(accuracy)
+            assert q["shown"] == (accuracy > floor)
 
 
 @pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
