@@ -649,11 +649,13 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
 # ----------------------------------------------------------------------------- --unlabeled: what to label next
 
 @torch.no_grad()
-def rank_unlabeled(args, out_dir, device):
+def rank_unlabeled(args, device):
     """--unlabeled DIR: every photo of DIR scored (unlabeled.py says how) -> unlabeled.csv, unlabeled.json."""
     ckpt = load_checkpoint(args.checkpoint)
     U.check_folder(args.unlabeled, args.data_dir or ckpt["data"].get("data_dir"))
     found = list_images(args.unlabeled)  # one line when it holds no image files
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
     model = model_from_checkpoint(ckpt, device, amp=args.amp)
     data = E.run_data(ckpt, args.data_dir, args.mnist_root)
     ds, kept = E.folder_dataset(ckpt, found, args.unlabeled)
@@ -689,9 +691,7 @@ def main(args):
     check_args(args)
     device = get_device(args.device)
     if args.unlabeled:
-        out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-        os.makedirs(out_dir, exist_ok=True)
-        return rank_unlabeled(args, out_dir, device)
+        return rank_unlabeled(args, device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
                                    synthetic=True)
     print(E.found_line(data))
