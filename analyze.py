@@ -2,6 +2,8 @@
 
     python analyze.py checkpoints/best.pt
     python analyze.py checkpoints/best.pt --folds 5   # review the training labels too (5 short runs)
+    python analyze.py checkpoints/best.pt --unlabeled new/   # only this: new/'s photos ranked for labelling
+                                                             # -> unlabeled.csv, unlabeled.json (unlabeled.py)
 
 Writes next to the checkpoint (or into --out):
   kernels.png    every first-layer kernel (and the second layer's, when the first has < 9), one scale
