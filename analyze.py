@@ -2,6 +2,8 @@
 
     python analyze.py checkpoints/best.pt
     python analyze.py checkpoints/best.pt --folds 5   # review the training labels too (5 short runs)
+    python analyze.py checkpoints/best.pt --unlabeled new/   # only this: new/'s photos ranked for labelling
+                                                             # -> unlabeled.csv, unlabeled.json (unlabeled.py)
 
 Writes next to the checkpoint (or into --out):
   kernels.png    every first-layer kernel (and the second layer's, when the first has < 9), one scale
@@ -41,8 +43,10 @@ import evaluate as E
 import experiments
 import report
 import train
+import unlabeled as U
 from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from device import AMP_CHOICES, check_device, get_device
+from images import list_images, warn_unreadable
 from model import first_conv
 
 
@@ -75,6 +79,13 @@ def get_args_parser():
                    help="pixel correlation from which two images count as near-duplicates")
     g.add_argument("--max-mistakes", type=int, default=None,
                    help="save at most N mistakes per split to mistakes/, most confident first (default: all)")
+    g = p.add_argument_group("unlabelled photos")
+    g.add_argument("--unlabeled", default=None, metavar="DIR",
+                   help="only rank the photos of DIR for labelling -> unlabeled.csv (a --corrections file once its "
+                        "label column is filled) and unlabeled.json; the other outputs are not written")
+    g.add_argument("--reject-below", type=float, default=None, metavar="P",
+                   help="with --unlabeled: flag 'below threshold' where the top probability is under P "
+                        "(evaluate.py --images --reject-below writes prediction none there)")
     return p
 
 
@@ -91,7 +102,8 @@ def check_args(args):
                            ("neighbors", args.neighbors >= 1, ">= 1"),
                            ("seed", args.seed >= 0, ">= 0"),
                            ("batch_size", args.batch_size >= 1, ">= 1"),
-                           ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}")):
+                           ("tta", 1 <= args.tta <= len(E.TTA_VIEWS), f"in 1..{len(E.TTA_VIEWS)}"),
+                           ("reject_below", args.reject_below is None or 0 <= args.reject_below <= 1, "in [0, 1]")):
         cli.check_args(args, (name, ok, need))
     check_device(args.device)
     args.checkpoint = checkpoint_path(args.checkpoint)
@@ -103,6 +115,10 @@ def check_args(args):
     for option, path in (("--data-dir", args.data_dir), ("--mnist-root", args.mnist_root)):
         if path and not os.path.isdir(path):
             raise cli.UsageError(f"{option} folder not found: {path}")
+    if args.reject_below is not None and not args.unlabeled:
+        raise cli.UsageError("--reject-below flags --unlabeled photos: give --unlabeled DIR too")
+    if args.unlabeled:
+        U.check_folder(args.unlabeled, None)  # the training folder is known once the checkpoint is read
 
 
 def _plt():
@@ -696,9 +712,52 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")
 
 
+# ----------------------------------------------------------------------------- --unlabeled: what to label next
+
+@torch.no_grad()
+def rank_unlabeled(args, device):
+    """--unlabeled DIR: every photo of DIR scored (unlabeled.py says how) -> unlabeled.csv, unlabeled.json."""
+    ckpt = load_checkpoint(args.checkpoint)
+    U.check_folder(args.unlabeled, args.data_dir or ckpt["data"].get("data_dir"))
+    found = list_images(args.unlabeled)  # one line when it holds no image files
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
+    model = model_from_checkpoint(ckpt, device, amp=args.amp)
+    data = E.run_data(ckpt, args.data_dir, args.mnist_root)
+    ds, kept = E.folder_dataset(ckpt, found, args.unlabeled)
+    warn_unreadable([p for i, p in enumerate(found) if i not in set(kept)])
+    paths, t = [found[i] for i in kept], ckpt["temperature"]
+    train_set = E.eval_splits(data, "train")["train"]
+    pool = E.collect(model, train_set, device, args.batch_size, features=True, desc="features of train",
+                     quiet=args.quiet)
+    out = E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta, temperature=t,
+                    desc="scoring --unlabeled", quiet=args.quiet)
+    s = U.scores(out["probs"], out["features"], pool["features"])
+    labelled = torch.cat([d.images[d.indices] for d in (train_set, data.val)])
+    copies = D.same_pixels(labelled, ds.images)  # the same photo under another name: labelled already
+    if copies:
+        cli.warn(f"{len(copies)} of the {len(paths)} photos in {args.unlabeled} have the pixels of a labelled photo "
+                 f"(e.g. {os.path.basename(paths[copies[0]])}): flagged in unlabeled.csv")
+    below = E.below_threshold(out["probs"], args.reject_below)
+    settings = {"checkpoint": os.path.abspath(args.checkpoint), "folder": os.path.abspath(args.unlabeled),
+                "n_unreadable": len(found) - len(paths), "tta": args.tta, "temperature": t,
+                "reject_below": args.reject_below, "n_below_threshold": int(below.sum()), "n_copies": len(copies)}
+    classes = ckpt["classes"]
+    rank = U.write(out_dir, paths, [classes[c] for c in out["preds"]], s, U.flags(below.tolist(), copies), settings)
+    print(f"scored {cli.plural(len(paths), 'photo')} of {args.unlabeled}; label first: "
+          + ", ".join(os.path.basename(paths[i]) for i in rank[:5]))
+    if args.reject_below is not None:
+        print(f"{int(below.sum())} of {len(paths)} below --reject-below {args.reject_below} (flagged)")
+    print(f"wrote unlabeled.csv, unlabeled.json to {out_dir} (fill in its label column, then: "
+          f"train.py ... --corrections {os.path.join(out_dir, 'unlabeled.csv')})")
+    return rank
+
+
 def main(args):
     check_args(args)
     device = get_device(args.device)
+    if args.unlabeled:
+        return rank_unlabeled(args, device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
                                    synthetic=True)
     print(E.found_line(data))

@@ -120,6 +120,8 @@ def read_corrections(csv_path, paths, classes, n=None):
     known = {_norm(c): c for c in classes}
     fix, seen = Corrections(file_hash(csv_path)), {}
     for row in rows:
+        if row.label is None and row.weight is None:
+            continue  # asks nothing: an analyze.py unlabeled.csv with only some labels filled in is a corrections file
         where = f"{csv_path} line {row.line}"
         full = os.path.normpath(os.path.join(base, os.path.expanduser(row.path)))  # join keeps an absolute path
         i = index.get(full, index.get(os.path.realpath(full)))

@@ -27,6 +27,7 @@ from images import (IMG_EXTENSIONS, LABEL_RE, decode_folder, fingerprint, list_i
                     to_channels, warn_unreadable)
 
 SPLITS = ("train", "val", "test")
+REJECTED = "none"  # the prediction --reject-below writes: the name a user-made "none of these" class would have too
 
 
 def get_args_parser():
@@ -40,6 +41,9 @@ def get_args_parser():
     p.add_argument("--images", default=None, help="classify every image in this folder (or this one image file) -> "
                                                   "predictions.csv; scored too when labels can be read (class "
                                                   "subfolders or x_label7.jpg)")
+    p.add_argument("--reject-below", type=float, default=None, metavar="P",
+                   help=f"with --images: the prediction is {REJECTED!r} where the top probability is under P (0..1), "
+                        f"for photos that show none of the classes")
     p.add_argument("--compare", action="store_true",
                    help="two checkpoints A and B on the same --split val (default) or test images: both accuracies "
                         "with 95%% Wilson intervals, the images one gets right and the other misses, the exact "
@@ -446,20 +450,33 @@ def image_labels(folder):
     return dict(zip(paths, names))
 
 
-def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=False):
+def folder_dataset(ckpt, paths, folder):
+    """(dataset, kept positions of `paths`): the image files `paths` of `folder` decoded and
+    transformed exactly as the checkpoint's evaluation data (labels 0); unreadable files left out."""
+    images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
+    if not kept:
+        raise cli.UsageError(f"none of the {len(paths)} images in {folder} could be read ({short_names(paths)})")
+    images = to_channels(images, ckpt["in_channels"])
+    tf = build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
+    return D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf), kept
+
+
+def below_threshold(probs, reject_below):
+    """Which rows of `probs` [N, C] the --reject-below threshold turns into `none` (a bool tensor):
+    a top probability under it; none without a threshold."""
+    return probs.max(1).values < reject_below if reject_below is not None else torch.zeros(len(probs), dtype=torch.bool)
+
+
+def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=False, reject_below=None):
     """Predict every image in `folder` (recursively) with `runs` ([(model, ckpt)], one or an ensemble),
     each image decoded and transformed exactly as the checkpoint's evaluation data; write path,
-    prediction, confidence, top-3 (and the label where the folder gives one). Returns
+    prediction, confidence, top-3 (and the label where the folder gives one). With `reject_below`
+    P, the prediction is REJECTED (`none`) where the top probability is under P. Returns
     (number classified, labels tensor or None, mean probs, class names, unknown {name: count})."""
     paths = [folder] if os.path.isfile(folder) else list_images(folder)
     probs, kept = [], None
     for model, ckpt in runs:
-        images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
-        if not kept:
-            raise cli.UsageError(f"none of the {len(paths)} images in {folder} could be read ({short_names(paths)})")
-        images = to_channels(images, ckpt["in_channels"])
-        tf = build_transform("none", ckpt["img_size"], ckpt["mean"], ckpt["std"], train=False)
-        ds = D.TensorImageDataset(images, torch.zeros(len(images), dtype=torch.long), None, tf)
+        ds, kept = folder_dataset(ckpt, paths, folder)
         probs.append(collect(model, ds, device, batch_size, tta=tta, temperature=ckpt["temperature"],
                              desc=f"classifying {os.path.basename(folder)}", quiet=quiet)["probs"])
     warn_unreadable([p for i, p in enumerate(paths) if i not in set(kept)])
@@ -468,15 +485,20 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=
     given = image_labels(folder)
     names = [given.get(paths[i]) for i in kept]
     top = probs.topk(min(3, len(classes)), dim=1)
+    rejected = below_threshold(probs, reject_below)
+    shown = [REJECTED if r else classes[c] for r, c in zip(rejected.tolist(), top.indices[:, 0].tolist())]
     with cli.atomic_write(out_csv) as f:
         w = csv.writer(f)
         w.writerow(["path", "prediction", "confidence", "top3"] + (["label"] if given else []))
         for row, i in enumerate(kept):
-            w.writerow([paths[i], classes[top.indices[row, 0]], f"{top.values[row, 0]:.4f}",
+            w.writerow([paths[i], shown[row], f"{top.values[row, 0]:.4f}",
                         " ".join(f"{classes[c]}:{p:.3f}" for c, p in zip(top.indices[row].tolist(), top.values[row].tolist()))]
                        + ([names[row] or ""] if given else []))
     if os.path.isfile(folder):  # one image: its answer here, not only in the CSV
-        print(f"{folder}: {classes[top.indices[0, 0]]} ({100 * top.values[0, 0]:.1f}%)")
+        print(f"{folder}: {shown[0]} ({100 * top.values[0, 0]:.1f}%)")
+    if reject_below is not None:
+        print(f"{int(rejected.sum())} of {cli.plural(len(kept), 'image')} below --reject-below {reject_below}: "
+              f"prediction {REJECTED}")
     unknown = {}
     for n in names:
         if n is not None and n not in classes:
@@ -550,6 +572,8 @@ def check_compare(args):
     if args.images:
         raise cli.UsageError("--compare scores the checkpoints' own val or test split, not --images: run evaluate.py "
                              "--images on each checkpoint instead")
+    if args.reject_below is not None:
+        raise cli.UsageError("--reject-below applies to --images predictions, not to --compare")
     if args.temperature:
         raise cli.UsageError("--compare uses each checkpoint's own temperature: run --temperature auto on each first "
                              "and compare the -calibrated.pt copies")
@@ -609,7 +633,8 @@ def check_args(args):
     cli.check_args(args, ("batch_size", args.batch_size >= 1, ">= 1"),
                  ("tta", 1 <= args.tta <= len(TTA_VIEWS), f"in 1..{len(TTA_VIEWS)}"),
                  ("temperature", args.temperature in (None, "auto") or _positive(args.temperature),
-                  "auto (fit on val) or a number > 0"))
+                  "auto (fit on val) or a number > 0"),
+                 ("reject_below", args.reject_below is None or 0 <= args.reject_below <= 1, "in [0, 1]"))
     check_device(args.device)
     cli.check_folder_arg(args.out, "--out")
     args.checkpoint = [checkpoint_path(p) for p in args.checkpoint]
@@ -619,6 +644,8 @@ def check_args(args):
     if args.temperature and len(args.checkpoint) > 1:
         raise cli.UsageError("--temperature sets one checkpoint's: run --temperature auto on each member first and "
                              "ensemble the -calibrated.pt copies")
+    if args.reject_below is not None and not args.images:
+        raise cli.UsageError("--reject-below applies to --images predictions (analyze.py --unlabeled takes it too)")
     if args.temperature == "auto" and args.images:
         raise cli.UsageError("--temperature auto fits on the checkpoint's val split, not on --images")
     if args.images and os.path.isfile(args.images) and not args.images.lower().endswith(IMG_EXTENSIONS):
@@ -678,10 +705,11 @@ def main(args):
         runs = load_members(paths, device, args.amp)
         n, labels, probs, classes, unknown = classify_folder(runs, args.images, device,
                                                              os.path.join(out_dir, "predictions.csv"),
-                                                             args.batch_size, args.tta, args.quiet)
+                                                             args.batch_size, args.tta, args.quiet, args.reject_below)
         print(f"classified {cli.plural(n, 'image')} -> {os.path.join(out_dir, 'predictions.csv')}")
         settings = {"folder": os.path.abspath(args.images), "checkpoints": [os.path.abspath(p) for p in paths],
-                    "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs]}
+                    "tta": args.tta, "temperature": [ck["temperature"] for _, ck in runs],
+                    "reject_below": args.reject_below}
         score_images(labels, probs, classes, unknown, out_dir, settings)
         return
     members, data, scored = [], None, None

@@ -78,7 +78,8 @@ EVALUATE_CASES = cases("evaluate.py",
     (("--data-dir", "missing"), "--data-dir folder not found"), (("--mnist-root", "missing"), "--mnist-root folder"),
     (("--images", "missing"), "--images folder not found"), (("--images", "notes.txt"), "is not an image file"),
     (("--split", "test"), "no test split"), (("--split", "bogus"), "invalid choice"),
-    *bad("--temperature", [0, -1, "nan", "inf", "warm"]),
+    *bad("--temperature", [0, -1, "nan", "inf", "warm"]), *bad("--reject-below", [-0.1, 1.5, "nan"]),
+    (("--reject-below", 0.5), "--reject-below applies to --images"),
 )
 CHECKPOINTS = [("missing.pt", "checkpoint not found"), ("notes.txt", "not a readable checkpoint"),
                ("table.csv", "not a readable checkpoint"), ("config.json", "not a readable checkpoint"),
@@ -94,6 +95,9 @@ ANALYZE_CASES = cases("analyze.py",
     *bad("--max-mistakes", [-1]), *bad("--folds", [1, -1]), *bad("--fold-epochs", [0]), *bad("--seed", [-1]),
     *bad("--batch-size", [0]), (("--device", "bogus"), "not a device"), (("--out", "notes.txt"), "is a file"),
     (("--data-dir", "missing"), "--data-dir folder not found"), (("--mnist-root", "missing"), "--mnist-root folder"),
+    (("--unlabeled", "missing"), "--unlabeled folder not found"), (("--unlabeled", "data"), "is the training folder"),
+    (("--unlabeled", "data/1"), "is inside the training folder"), (("--reject-below", 0.5), "give --unlabeled"),
+    *bad("--reject-below", [2, "nan"]),
 )
 
 REPORT_CASES = [pytest.param("report.py", args, text, id=f"report:{' '.join(args)}") for args, text in [

@@ -6,7 +6,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "evaluate", "analyze", "report", "experiments", "bench", "export", "synth", "test_smoke"}
 LIBRARIES = {"cli", "device", "images", "augment", "composite", "corrections", "data", "model", "checkpoint",
-             "meters", "stats"}
+             "meters", "stats", "unlabeled"}
 
 
 def project_imports():
