@@ -75,11 +75,13 @@ def page_today(xy, label, thumbs, path):
 def page_canvas(xy, label, thumbs, path):
     """The hand-written canvas map with lasso and box selection (page.py's labelling page)."""
     import page
+    import report
     n = len(label)
     pts = {"labels": np.asarray(label), "preds": np.asarray(label), "conf": np.full(n, 0.9),
            "split": ["val"] * n, "source": [0] * n, "names": [f"{i}.png" for i in range(n)],
            "paths": [f"/data/{i}.png" for i in range(n)], "images": None, "thumbs": thumbs}
-    page.write_page(path, pts, {"tsne": xy, "pca": xy}, [str(k) for k in range(10)])
+    page.write_page(path, pts, {"tsne": xy, "pca": xy}, [str(k) for k in range(10)], "", "", report.fit_box,
+                    report.class_colours(10))
     hook = ("<script>" + AFTER_PAINT % "window.__drawn = performance.now()" +
             ";window.__mapRect = () => document.getElementById('map').getBoundingClientRect().toJSON();"
             "document.addEventListener('selection', e => " + AFTER_PAINT %

@@ -18,12 +18,10 @@ import cli
 # them would add a test image to training, or name nothing).
 
 
-def write_page(path, points, maps, classes, title="", note="", fit_box=None, palette=None):
-    """Writes the page: `points` as report.write_dashboard takes them (labels, preds, conf, split,
-    source, names, paths, and `thumbs`: data: URIs), `maps` {"tsne": [N, 2], "pca": [N, 2]}."""
-    if fit_box is None or palette is None:
-        import report
-        fit_box, palette = fit_box or report.fit_box, palette or report.class_colours(len(classes))
+def write_page(path, points, maps, classes, title, note, fit_box, palette):
+    """Writes the page: `points` as report.write_dashboard makes them (labels, preds, conf, split,
+    source, names, paths, `thumbs` and `cam_thumbs`: data: URIs), `maps` {"tsne": [N, 2], "pca":
+    [N, 2]} placed by `fit_box` (report.fit_box), `palette` a colour per class."""
     n = len(points["labels"])
     payload = {
         "title": title, "note": note, "classes": list(classes), "palette": palette,
@@ -43,7 +41,7 @@ def write_page(path, points, maps, classes, title="", note="", fit_box=None, pal
     return path
 
 
-# Everything inline: no URL other than data: URIs (and the blob: URL of a download), so the file
+# Everything inline: no URL other than data: URIs (the download too), so the file
 # works from disk with no network. User data reach the DOM through textContent only.
 PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
@@ -364,10 +362,9 @@ function correctionsCSV() {
 }
 document.getElementById("download").onclick = () => {
   const a = el("a");
-  a.href = URL.createObjectURL(new Blob([correctionsCSV()], {type: "text/csv"}));
+  a.href = "data:text/csv;charset=utf-8," + encodeURIComponent(correctionsCSV());  // a data: URI, as the page's images
   a.download = "corrections.csv";
   document.body.appendChild(a); a.click(); a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   say("corrections.csv: " + count() + " row(s); train with: python train.py ... --corrections corrections.csv");
 };
 function parseCSV(text) {  // RFC 4180: quoted cells may hold commas, quotes and line breaks

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,9 @@ def test_dashboard_is_self_contained_static(analysed_run):
     d = page_data(page)
     assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
     assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
+    for p, split, source in zip(d["path"], d["split"], d["source"]):  # what a corrections row may name
+        assert (p != "") == (split != "test" and source == 0) and (not p or Path(p).is_absolute() and Path(p).is_file())
+    assert any(d["path"]) and not all(d["path"])  # the synthetic composites have none
 
 
 @pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
@@ -352,6 +356,8 @@ document.getElementById("setnew").click(); out.refused = document.getElementById
 document.getElementById("newname").value = " 1";                     // an existing class, spaces aside
 document.getElementById("setnew").click();
 out.csv = correctionsCSV();
+HTMLAnchorElement.prototype.click = function () { out.download = [this.download, this.href]; };  // instead of saving
+document.getElementById("download").click();
 while (undoStack.length) undo();
 out.clean = correctionsCSV();
 loadCSV(out.csv + "/elsewhere/not on the map.png,0,\\r\\n");          // back onto the undone state: the same rows
@@ -379,7 +385,9 @@ def test_dashboard_select_relabel_download(tmp_path):
     assert "label: <b>new</b>" in out["grid"]  # a class name is text, never markup
     csv_path = tmp_path / "saved elsewhere" / "corrections.csv"
     csv_path.parent.mkdir()
-    csv_path.write_bytes(out["csv"].encode())  # the Blob's bytes: absolute paths, so any folder works
+    name, href = out["download"]  # what the button saves: the same bytes
+    assert name == "corrections.csv" and urllib.parse.unquote(href.removeprefix("data:text/csv;charset=utf-8,")) == out["csv"]
+    csv_path.write_bytes(out["csv"].encode())  # absolute paths: the file works in any folder
     fix = C.read_corrections(str(csv_path), paths, classes)
     assert fix.labels == {0: "2", 1: "2", 2: "2", 3: "2", 8: "1", 9: "1", 10: "1"}  # not 11: a test image
     assert "'01' looks like the class '1'" in out["refused"]  # corrections.py would refuse it as a typo
