@@ -284,7 +284,8 @@ function grid() {
     const c = el("div", undefined, "card" + (picked.has(i) ? " picked" : "") + (D.path[i] ? "" : " fixed"));
     c.dataset.i = i;
     const img = el("img"); img.src = D.img[i]; img.alt = "";
-    const lab = el("div", "label: " + classes[label[i]], label[i] !== D.label[i] ? "new" : "");
+    const lab = el("div", "label: " + classes[label[i]] + (label[i] !== D.label[i] ? " (was " + classes[D.label[i]] + ")" : ""),
+                   label[i] !== D.label[i] ? "new" : "");
     if (weight[i] === 0) lab.classList.add("gone");
     const wrong = D.pred[i] !== label[i];
     c.append(img, lab, el("div", "pred: " + classes[D.pred[i]] + " " + (100 * D.conf[i]).toFixed(0) + "%", wrong ? "bad" : ""),
@@ -342,7 +343,7 @@ function undo() {
 }
 document.getElementById("undo").onclick = undo;
 addEventListener("keydown", e => {
-  if (e.target.tagName === "INPUT" || e.ctrlKey && e.key !== "z" || e.altKey || e.metaKey) return;
+  if (["INPUT", "SELECT", "TEXTAREA"].includes(e.target.tagName) || e.ctrlKey && e.key !== "z" || e.altKey || e.metaKey) return;
   if (/^\d$/.test(e.key)) {  // the class of that name, else the class of that index
     const k = classes.includes(e.key) ? classes.indexOf(e.key) : +e.key < classes.length ? +e.key : -1;
     if (k >= 0) setLabel(k);
@@ -395,11 +396,12 @@ function loadCSV(text) {  // a corrections file back onto the map: one undoable 
     if (!path) return;
     const i = at.has(path) ? at.get(path) : -1;
     if (i < 0 || !D.path[i]) { other.push([path, lab, wt]); return; }  // kept as it is, written back
-    const k = lab ? classIndex(lab) : label[i];
+    const k = lab ? classIndex(lab) : label[i], wn = +wt.replace(",", ".");  // "0,5": a comma-decimal locale
     if (typeof k !== "number") { bad.push(k); return; }
+    if (wt !== "" && !(wn >= 0 && isFinite(wn))) { bad.push("weight '" + wt + "' of " + path + " is not a number >= 0"); return; }
     step.push([i, label[i], weight[i]]);
     label[i] = k;
-    if (wt !== "") weight[i] = +wt;
+    if (wt !== "") weight[i] = wn;
     matched++;
   });
   if (step.length) undoStack.push(step);
