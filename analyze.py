@@ -663,7 +663,7 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
     k = len(data.classes)
     pick = balanced_sample(torch.cat([g * k + ds.targets for g, (_, _, ds) in enumerate(groups)]), max_points, seed)
     pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": [],
-           "cams": []}
+           "paths": [], "cams": []}
     start, bar = 0, cli.progress(None, "dashboard images", quiet, total=len(pick), unit="img")
     for split, source, ds in groups:
         idx = (pick[(pick >= start) & (pick < start + len(ds))] - start).tolist()
@@ -682,11 +682,19 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         cams = dataset_cams(model, ds, idx, out["preds"], device)  # of the predictions shown
         pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, cams)]
         pts["names"] += [os.path.basename(ds.path(i)) for i in idx]
+        # what a corrections row names (absolute, or MNIST's #i); none for test or synthetic images,
+        # which a row would add to training or not find
+        correctable = split != "test" and source == 0
+        pts["paths"] += [_row_path(ds.path(i)) if correctable else "" for i in idx]
         bar.update(len(idx))
     bar.close()
     for key in ("features", "labels", "preds", "conf"):
         pts[key] = torch.cat(pts[key])
     return pts
+
+
+def _row_path(p):
+    return p if p.startswith("#") else os.path.abspath(p)
 
 
 def pca_2d(features, seed=0):
@@ -706,7 +714,7 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
     note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
             f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image and its "
-            f"Grad-CAM heat map.")
+            f"Grad-CAM heat map; select points to relabel or exclude them and download a --corrections file.")
     report.write_dashboard(os.path.join(out_dir, "dashboard.html"), points, maps, data.classes, title, note)
     report.write_report(out_dir, checkpoint)
     print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")

@@ -4,10 +4,10 @@ feature map and the run report.
     python analyze.py checkpoints/best.pt                     # writes both, after its figures
     python report.py checkpoints/ [--sweeps runs/ablation]    # rewrites report.md/.html from the folder
 
-dashboard.html  one self-contained file (inline JSON, base64 thumbnails, vanilla JS; no network,
-                no server): PCA and t-SNE of the penultimate features of a balanced sample of
-                train / val / test (and synthetic) images. Hover a point for its image, label,
-                prediction and confidence; colour by class, correct / wrong or source; one tab per class.
+dashboard.html  the labelling page (page.py; one self-contained file, no network, no server): PCA
+                and t-SNE of the penultimate features of a balanced sample of train / val / test (and
+                synthetic) images. Hover a point for its image; select (lasso, box), relabel or exclude
+                in a grid, and download the corrections CSV that train.py --corrections reads.
 report.md       the run written up: command, data, model, curves, final lines, confusion matrix,
 report.html     mistakes, kernels, t-SNE, neighbours, suspects, sweep tables; the same content
                 twice, figures as the PNG files beside it (relative links).
@@ -199,155 +199,15 @@ def fit_box(xy, side=1000):
 
 
 def write_dashboard(path, points, maps, classes, title="", note=""):
-    """dashboard.html: `points` (analyze.dashboard_points: labels, preds, conf, split, source,
-    names, images) drawn on `maps`, {"tsne": [N, 2], "pca": [N, 2]} coordinates."""
+    """dashboard.html, the labelling page (page.py): `points` (analyze.dashboard_points: labels, preds,
+    conf, split, source, names, paths, images, cams) drawn on `maps`, {"tsne": [N, 2], "pca": [N, 2]}."""
+    import page
     if len(points["labels"]) < 3:
         raise ValueError(f"a dashboard needs at least 3 images, got {len(points['labels'])}")
-    payload = {
-        "title": title, "note": note, "classes": list(classes), "palette": class_colours(len(classes)),
-        "sources": SOURCES, **{k: v for name in ("tsne", "pca")
-                               for k, v in zip((name, name + "_box"), fit_box(maps[name]))},
-        "label": points["labels"].tolist(), "pred": points["preds"].tolist(),
-        "conf": [round(c, 3) for c in points["conf"].tolist()],
-        "split": points["split"], "source": points["source"], "name": points["names"],
-        "img": [thumbnail_uri(im) for im in points["images"]],
-        "cam": [thumbnail_uri(im) for im in points.get("cams") or []],  # Grad-CAM overlays (analyze.py)
-    }
-    # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
-    data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
-    page = DASHBOARD.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
-    with cli.atomic_write(path) as f:
-        f.write(page)
-    return path
-
-
-# Everything inline: no URL other than data: URIs, so the file works from disk with no network.
-# Data reach the DOM through textContent / attributes only (class names are user data).
-DASHBOARD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
-<style>
-body { font: 14px system-ui, sans-serif; margin: 12px 20px; color: #222; }
-h1 { font-size: 20px; margin: 0 0 4px; }
-#note { color: #555; margin: 0 0 10px; }
-#controls label { margin-right: 10px; }
-#tabs { margin: 10px 0; }
-#tabs button { margin: 0 3px 3px 0; padding: 3px 9px; border: 1px solid #aaa; background: #f4f4f4; cursor: pointer; }
-#tabs button.on { background: #333; color: #fff; border-color: #333; }
-#main { display: flex; gap: 16px; align-items: flex-start; }
-#map { width: min(calc(100vw - 260px), calc(100vh - 150px), 820px); min-width: 300px; aspect-ratio: 1; border: 1px solid #ccc; background: #fff; }  /* resized to the map's box by draw() */
-#map circle { stroke: #fff; stroke-width: 1; }
-#map circle.wrong { stroke: #000; stroke-width: 2.5; }
-#legend div { margin: 3px 0; white-space: nowrap; }
-#legend .sw { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
-#tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
-       padding: 6px; box-shadow: 0 2px 6px #0004; font-size: 13px; line-height: 1.35; }
-#tip img { display: inline-block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin: 0 4px 4px 0; }
-#tip img[hidden] { display: none; }
-#tip .bad { color: #c00; font-weight: bold; }
-</style></head>
-<body>
-<h1 id="title"></h1>
-<p id="note"></p>
-<div id="controls">
-  projection: <label><input type="radio" name="proj" value="tsne" checked> t-SNE</label>
-  <label><input type="radio" name="proj" value="pca"> PCA</label>
-  colour by: <select id="colour">
-    <option value="class">class</option><option value="correct">correct / wrong</option>
-    <option value="source">source (real / synthetic)</option></select>
-</div>
-<div id="tabs"></div>
-<div id="main"><svg id="map" viewBox="-15 -15 1030 1030"></svg><div id="legend"></div></div>
-<div id="tip"><img id="tipimg" alt=""><img id="tipcam" alt="Grad-CAM" title="Grad-CAM" hidden><div id="tiptext"></div></div>
-<script type="application/json" id="data">__DATA__</script>
-<script>
-"use strict";
-const D = JSON.parse(document.getElementById("data").textContent);
-const N = D.label.length, svg = document.getElementById("map"), tip = document.getElementById("tip");
-const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
-const COLOURINGS = {
-  class: {names: D.classes, colours: D.palette, of: i => D.label[i]},
-  correct: {names: ["correct", "wrong"], colours: ["#2ca02c", "#d62728"], of: i => +(D.pred[i] !== D.label[i])},
-  source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e"], of: i => D.source[i]},
-};
-const state = {proj: "tsne", colour: "class", tab: -1};  // tab: a class index, -1 = all
-
-document.getElementById("title").textContent = D.title;
-document.getElementById("note").textContent = D.note;
-const dots = [];
-for (let i = 0; i < N; i++) {
-  const c = document.createElementNS(svg.namespaceURI, "circle");
-  c.setAttribute("r", 6);
-  c.dataset.i = i;
-  if (D.pred[i] !== D.label[i]) c.classList.add("wrong");
-  svg.appendChild(c);
-  dots.push(c);
-}
-const tabs = document.getElementById("tabs");
-[-1, ...D.classes.keys()].forEach(k => {
-  const n = k < 0 ? N : D.label.filter(l => l === k).length;
-  const b = el("button", (k < 0 ? "All" : D.classes[k]) + " (" + n + ")");
-  b.dataset.tab = k;
-  b.title = k < 0 ? "every sampled image" : "images labelled " + D.classes[k] + " or predicted as it";
-  b.onclick = () => { state.tab = k; draw(); };
-  tabs.appendChild(b);
-});
-document.querySelectorAll("input[name=proj]").forEach(r => r.onchange = () => { state.proj = r.value; draw(); });
-document.getElementById("colour").onchange = e => { state.colour = e.target.value; draw(); };
-
-function draw() {
-  const xy = D[state.proj], col = COLOURINGS[state.colour], counts = col.names.map(() => 0);
-  const [bw, bh] = D[state.proj + "_box"], ratio = (bw + 30) / (bh + 30);  // the points' own box, 15 margin
-  svg.setAttribute("viewBox", "-15 -15 " + (bw + 30) + " " + (bh + 30));
-  svg.style.aspectRatio = (bw + 30) + " / " + (bh + 30);
-  svg.style.width = "min(calc(100vw - 260px), 820px, calc((100vh - 150px) * " + ratio.toFixed(4) + "))";
-  dots.forEach((c, i) => {
-    const shown = state.tab < 0 || D.label[i] === state.tab || D.pred[i] === state.tab;
-    c.style.display = shown ? "" : "none";
-    c.setAttribute("cx", xy[2 * i]);
-    c.setAttribute("cy", bh - xy[2 * i + 1]);
-    c.setAttribute("fill", col.colours[col.of(i) % col.colours.length]);
-    if (shown) counts[col.of(i)]++;
-  });
-  for (const b of tabs.children) b.classList.toggle("on", +b.dataset.tab === state.tab);
-  const legend = document.getElementById("legend");
-  legend.replaceChildren();
-  col.names.forEach((name, k) => {
-    if (!counts[k]) return;
-    const row = el("div"), sw = el("span", undefined, "sw");
-    sw.style.background = col.colours[k % col.colours.length];
-    row.append(sw, name + " (" + counts[k] + ")");
-    legend.appendChild(row);
-  });
-  if (state.colour !== "correct") legend.appendChild(el("div", "black ring: wrong prediction"));
-}
-
-svg.addEventListener("mouseover", e => {
-  if (e.target.dataset.i === undefined) return;
-  const i = +e.target.dataset.i, wrong = D.pred[i] !== D.label[i];
-  document.getElementById("tipimg").src = D.img[i];
-  const cam = document.getElementById("tipcam");
-  cam.hidden = !D.cam[i];  // the Grad-CAM heat map of the prediction, beside the image
-  if (D.cam[i]) cam.src = D.cam[i];
-  const lines = [el("div", "label: " + D.classes[D.label[i]]),
-                 el("div", "prediction: " + D.classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
-                 el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
-                 el("div", D.split[i] + " split, " + D.sources[D.source[i]]),
-                 el("div", D.name[i])];
-  document.getElementById("tiptext").replaceChildren(...lines);
-  tip.style.display = "block";
-  place(e);
-});
-svg.addEventListener("mousemove", e => { if (tip.style.display === "block") place(e); });
-svg.addEventListener("mouseout", e => { if (e.target.dataset.i !== undefined) tip.style.display = "none"; });
-function place(e) {  // beside the pointer, flipped to stay inside the window
-  const w = tip.offsetWidth, h = tip.offsetHeight;
-  tip.style.left = (e.clientX + 14 + w > innerWidth ? e.clientX - 14 - w : e.clientX + 14) + "px";
-  tip.style.top = Math.max(0, Math.min(e.clientY + 14, innerHeight - h)) + "px";
-}
-draw();
-</script>
-</body></html>
-"""
+    points = {**points, "labels": points["labels"].tolist(), "preds": points["preds"].tolist(),
+              "conf": points["conf"].tolist(), "thumbs": [thumbnail_uri(im) for im in points["images"]],
+              "cam_thumbs": [thumbnail_uri(im) for im in points.get("cams") or []]}  # Grad-CAM overlays
+    return page.write_page(path, points, maps, classes, title, note, fit_box, class_colours(len(classes)))
 
 
 # ----------------------------------------------------------------------------- report: pieces

@@ -4,9 +4,10 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train", "evaluate", "analyze", "report", "experiments", "bench", "export", "synth", "test_smoke"}
+SCRIPTS = {"train", "evaluate", "analyze", "report", "experiments", "bench", "export", "synth", "test_smoke",
+           "measure_page"}
 LIBRARIES = {"cli", "device", "images", "augment", "composite", "corrections", "data", "model", "checkpoint",
-             "meters", "stats", "unlabeled"}
+             "meters", "stats", "unlabeled", "page"}
 
 
 def project_imports():

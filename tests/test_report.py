@@ -6,12 +6,14 @@ On conftest's analysed_run: a 1-epoch convnet on a 60-photo digit folder plus 30
 composites (so the dashboard has every split and both sources) inside a fake experiments --out
 folder, analysed once. The browser tests need Debian's chromium (.ci/run installs it) and skip
 without it."""
+import html
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,9 @@ def test_dashboard_is_self_contained_static(analysed_run):
     d = page_data(page)
     assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
     assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
+    for p, split, source in zip(d["path"], d["split"], d["source"]):  # what a corrections row may name
+        assert (p != "") == (split != "test" and source == 0) and (not p or Path(p).is_absolute() and Path(p).is_file())
+    assert any(d["path"]) and not all(d["path"])  # the synthetic composites have none
 
 
 @pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
@@ -148,7 +153,7 @@ def test_dashboard_script_builds_points_tabs_and_legend(analysed_run):
     page = (analysed_run / "dashboard.html").read_text()
     d = page_data(page)
     dom = chromium(analysed_run / "dashboard.html", "--dump-dom").stdout
-    assert dom.count("<circle") == len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
+    assert f'data-shown="{len(d["label"])}"' in dom and len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
     assert re.findall(r'<button data-tab="(-?\d+)"', dom) == [str(k) for k in range(-1, 10)]
     assert "All (" + str(len(d["label"])) + ")" in dom
     assert dom.count('class="sw"') == len(set(d["label"]))  # legend: one swatch per class shown
@@ -162,16 +167,19 @@ def test_dashboard_hover_tab_and_controls(analysed_run, tmp_path):
     fills the tooltip, a class tab hides the other points, and every thumbnail decodes."""
     page = (analysed_run / "dashboard.html").read_text()
     d = page_data(page)
-    wrong = next(i for i in range(len(d["label"])) if d["label"][i] != d["pred"][i])
-    probe = f"""<script>
-const dot = document.querySelectorAll("#map circle")[{wrong}], r = dot.getBoundingClientRect();
-dot.dispatchEvent(new MouseEvent("mouseover", {{bubbles: true, clientX: r.x + 2, clientY: r.y + 2}}));
-document.body.dataset.tip = document.getElementById("tip").style.display;
+    probe = """<script>
+// a wrong prediction that no other point covers, hovered at its centre
+const wrong = [...Array(N).keys()].find(i => D.pred[i] !== D.label[i] && nearest(sx[i], sy[i]) === i);
+const [x, y] = screenXY(wrong);
+cv.dispatchEvent(new PointerEvent("pointermove", {bubbles: true, clientX: x, clientY: y}));
+document.body.dataset.tip = tip.style.display;
+document.body.dataset.wrong = wrong;
 document.querySelector("input[value=pca]").click();
+document.body.dataset.sx = JSON.stringify(sx.slice(0, 3));
 document.querySelectorAll("#tabs button")[2].click();   // the tab of class 1
 document.getElementById("colour").value = "source";
 document.getElementById("colour").dispatchEvent(new Event("change"));
-Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.decode().then(() => im.naturalWidth); }}))
+Promise.all(D.img.map(u => { const im = new Image(); im.src = u; return im.decode().then(() => im.naturalWidth); }))
   .then(w => document.body.dataset.decoded = w.filter(x => x > 0).length,
         e => document.body.dataset.decoded = "error " + e);
 </script></body>"""
@@ -181,6 +189,7 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
         dom = chromium(probed, "--dump-dom").stdout
         if "data-decoded=" in dom:
             break
+    wrong = int(re.search(r'data-wrong="(\d+)"', dom).group(1))
     tip = re.search(r'<div id="tiptext">(.*?)</div></div>', dom, re.S).group(1)
     assert 'data-tip="block"' in dom
     assert f"label: {d['classes'][d['label'][wrong]]}" in tip
@@ -190,9 +199,10 @@ Promise.all(D.img.map(u => {{ const im = new Image(); im.src = u; return im.deco
     cam = re.search(r'<img[^>]*id="tipcam"[^>]*>', dom).group(0)  # the hover card's Grad-CAM, shown
     assert 'src="data:image/' in cam and "hidden" not in cam
     shown = sum(1 for lab, p in zip(d["label"], d["pred"]) if 1 in (lab, p))
-    assert len(re.findall(r"<circle(?![^>]*display: none)", dom)) == shown
-    x0 = re.search(r'<circle[^>]*cx="(\d+)"', dom).group(1)
-    assert x0 == str(d["pca"][0])  # the PCA projection is drawn
+    assert f'data-shown="{shown}"' in dom
+    sx = json.loads(html.unescape(re.search(r'data-sx="([^"]*)"', dom).group(1)))
+    pca = d["pca"]  # the PCA projection is drawn: the points' x positions on the canvas are its, scaled
+    assert (sx[1] - sx[0]) * (pca[4] - pca[0]) == pytest.approx((sx[2] - sx[0]) * (pca[2] - pca[0]), abs=1e-6 * max(1, sx[2]) * 1000)
     assert re.search(r'class="sw" style="background: rgb\(255, 127, 14\)', dom)  # source legend: synthetic
     assert f'data-decoded="{len(d["img"])}"' in dom
 
@@ -298,3 +308,90 @@ def test_report_cli(analysed_run, tmp_path):
     assert "## Sweeps" in (folder / "report.md").read_text() and (folder / "report.html").is_file()
     bad = run_script("report.py", tmp_path / "nowhere")  # the __main__ block: a one-line error
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- labelling: select, relabel, download
+
+def labelling_page(tmp_path):
+    """A dashboard of 12 photos (3 classes) in three columns of 4 on the t-SNE map, left to right;
+    file names with a comma and a space (the CSV must quote them). Returns (page, paths, classes)."""
+    classes = ["0", "1", "2"]
+    photos = photo_folder(tmp_path / "photos", classes, 4, stem="im {i},x")
+    paths = sorted(str(p) for p in photos.rglob("*.png"))  # by class folder, then name
+    n = len(paths)
+    col = np.repeat([0.0, 50.0, 100.0], 4)
+    xy = np.stack([col + np.tile([0, 3, 6, 9], 3), np.tile([0, 30, 60, 90], 3)], 1)
+    points = {"labels": torch.tensor([0] * 4 + [1] * 4 + [2] * 4), "preds": torch.tensor([0] * 4 + [1] * 4 + [2] * 4),
+              "conf": torch.linspace(0.4, 0.99, n), "split": ["train"] * 8 + ["val"] * 3 + ["test"],
+              "source": [0] * n, "names": [Path(p).name for p in paths], "paths": paths[:11] + [""],  # a test image
+              "images": [np.full((8, 8, 1), 20 * i, np.uint8) for i in range(n)]}
+    page = report.write_dashboard(tmp_path / "dashboard.html", points, {"tsne": xy, "pca": xy}, classes, "t")
+    return Path(page), paths, classes
+
+
+PROBE = """<script>
+addEventListener("error", e => document.body.dataset.out = JSON.stringify({error: e.message}));
+const r = cv.getBoundingClientRect(), X = f => r.left + f * r.width, Y = f => r.top + f * r.height;
+const dragThrough = pts => {  // a pointer drag through pts, as the mouse makes it
+  const ev = (type, [x, y]) => cv.dispatchEvent(new PointerEvent(type, {bubbles: true, clientX: x, clientY: y, button: 0, pointerId: 1}));
+  ev("pointerdown", pts[0]); pts.slice(1).forEach(p => ev("pointermove", p)); ev("pointerup", pts[pts.length - 1]);
+};
+const key = k => dispatchEvent(new KeyboardEvent("keydown", {key: k}));
+const out = {};
+document.querySelector("input[value=box]").click();
+dragThrough([[X(-0.01), Y(-0.01)], [X(0.2), Y(0.5)], [X(0.25), Y(1.01)]]);    // box: the left column
+out.box = sel.slice().sort((a, b) => a - b);
+key("2");                                                              // its 4 images: label 2
+document.querySelector("input[value=lasso]").click();
+dragThrough([[X(0.35), Y(-0.01)], [X(0.7), Y(-0.01)], [X(0.7), Y(1.01)], [X(0.35), Y(1.01)]]);  // lasso: the middle column
+out.lasso = sel.slice().sort((a, b) => a - b);
+document.querySelectorAll(".card")[0].click();                         // unpick one card (the lowest confidence)
+document.getElementById("exclude").click();                            // the other 3: weight 0
+document.getElementById("newname").value = "<b>new</b>";
+document.getElementById("setnew").click(); out.grid = document.getElementById("grid").textContent;
+key("u");                                                              // undo the new class, keep the exclusion
+dragThrough([[X(0.8), Y(-0.01)], [X(1.01), Y(-0.01)], [X(1.01), Y(1.01)], [X(0.8), Y(1.01)]]);  // right column
+document.getElementById("newname").value = "01";                     // a near-miss of class 1: refused
+document.getElementById("setnew").click(); out.refused = document.getElementById("status").textContent;
+document.getElementById("newname").value = " 1";                     // an existing class, spaces aside
+document.getElementById("setnew").click();
+out.csv = correctionsCSV();
+HTMLAnchorElement.prototype.click = function () { out.download = [this.download, this.href]; };  // instead of saving
+document.getElementById("download").click();
+while (undoStack.length) undo();
+out.clean = correctionsCSV();
+loadCSV(out.csv + "/elsewhere/not on the map.png,0,\\r\\n");          // back onto the undone state: the same rows
+out.csv2 = correctionsCSV();
+document.body.dataset.out = JSON.stringify(out);
+</script></body>"""
+
+
+@pytest.mark.slow  # headless chromium
+@needs_chromium
+def test_dashboard_select_relabel_download(tmp_path):
+    """The labelling page end to end in headless chromium: a box and a lasso drag select the map's
+    left and middle columns, a digit key relabels, exclude / undo / a new class name act on the
+    picked cards, and the CSV the page downloads is one corrections.py reads with those changes."""
+    import corrections as C
+    page, paths, classes = labelling_page(tmp_path)
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
+    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
+    m = re.search(r'data-out="([^"]*)"', proc.stdout)
+    assert m, proc.stderr[-2000:]
+    out = json.loads(html.unescape(m.group(1)))
+    assert "error" not in out, out
+    assert out["box"] == [0, 1, 2, 3] and out["lasso"] == [4, 5, 6, 7]
+    assert "label: <b>new</b>" in out["grid"]  # a class name is text, never markup
+    csv_path = tmp_path / "saved elsewhere" / "corrections.csv"
+    csv_path.parent.mkdir()
+    name, href = out["download"]  # what the button saves: the same bytes
+    assert name == "corrections.csv" and urllib.parse.unquote(href.removeprefix("data:text/csv;charset=utf-8,")) == out["csv"]
+    csv_path.write_bytes(out["csv"].encode())  # absolute paths: the file works in any folder
+    fix = C.read_corrections(str(csv_path), paths, classes)
+    assert fix.labels == {0: "2", 1: "2", 2: "2", 3: "2", 8: "1", 9: "1", 10: "1"}  # not 11: a test image
+    assert "'01' looks like the class '1'" in out["refused"]  # corrections.py would refuse it as a typo
+    excluded = {i for i, w in fix.weights.items() if w == 0}
+    assert len(excluded) == 3 and excluded < {4, 5, 6, 7} and fix.added == []
+    assert out["clean"] == "path,label,weight\r\n"
+    assert out["csv2"] == out["csv"] + "/elsewhere/not on the map.png,0,\r\n"  # loaded back; unknown rows kept

@@ -1,0 +1,421 @@
+"""dashboard.html as a labelling page: one self-contained file (inline JSON, base64 thumbnails,
+vanilla JS on a canvas; no network, no server) that maps the images' features and writes the
+corrections CSV that `train.py --corrections` reads (corrections.py).
+
+Select points on the map (lasso or box; shift adds), look at them in a sortable grid, relabel
+(a class, a new class name, or a digit key), exclude (weight 0) or undo, then "Download
+corrections": `path,label,weight` rows with absolute paths, one per changed image. "Load
+corrections" reads such a file back (its rows for images not on the map are kept and written
+back). Hand-written rather than Bokeh or Plotly: measure_page.py and RESULTS.md give the figures.
+"""
+import html
+import json
+
+import cli
+
+# Points whose images can be corrected have a path: the train / val images of a photo folder (an
+# absolute path) or of MNIST (`#i`); test and synthetic images have none (a corrections row for
+# them would add a test image to training, or name nothing).
+
+
+def write_page(path, points, maps, classes, title, note, fit_box, palette):
+    """Writes the page: `points` as report.write_dashboard makes them (labels, preds, conf, split,
+    source, names, paths, `thumbs` and `cam_thumbs`: data: URIs), `maps` {"tsne": [N, 2], "pca":
+    [N, 2]} placed by `fit_box` (report.fit_box), `palette` a colour per class."""
+    n = len(points["labels"])
+    payload = {
+        "title": title, "note": note, "classes": list(classes), "palette": palette,
+        "sources": ("real", "synthetic"), **{k: v for name in ("tsne", "pca")
+                                             for k, v in zip((name, name + "_box"), fit_box(maps[name]))},
+        "label": [int(x) for x in points["labels"]], "pred": [int(x) for x in points["preds"]],
+        "conf": [round(float(c), 3) for c in points["conf"]],
+        "split": list(points["split"]), "source": [int(s) for s in points["source"]], "name": list(points["names"]),
+        "path": [p or "" for p in (points.get("paths") or [""] * n)],
+        "img": list(points["thumbs"]), "cam": list(points.get("cam_thumbs") or []),
+    }
+    # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
+    data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
+    text = PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    with cli.atomic_write(path) as f:
+        f.write(text)
+    return path
+
+
+# Everything inline: no URL other than data: URIs (the download too), so the file
+# works from disk with no network. User data reach the DOM through textContent only.
+PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 12px 20px; color: #222; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+#note, .hint { color: #555; margin: 0 0 8px; }
+#controls label, #controls select { margin-right: 10px; }
+#tabs { margin: 8px 0; }
+button { margin: 0 3px 3px 0; padding: 3px 9px; border: 1px solid #aaa; background: #f4f4f4; cursor: pointer; }
+button.on { background: #333; color: #fff; border-color: #333; }
+#main { display: flex; gap: 16px; align-items: flex-start; }
+#map { border: 1px solid #ccc; background: #fff; cursor: crosshair; touch-action: none; }
+#legend div { margin: 3px 0; white-space: nowrap; }
+#legend .sw { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
+#tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
+       padding: 6px; box-shadow: 0 2px 6px #0004; font-size: 13px; line-height: 1.35; }
+#tip img { display: inline-block; width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; margin: 0 4px 4px 0; }
+#tip img[hidden] { display: none; }
+.bad { color: #c00; font-weight: bold; }
+#act { position: sticky; top: 0; background: #fff; padding: 6px 0; border-bottom: 1px solid #ddd; margin-top: 12px; }
+#act input[type=text] { width: 9em; }
+#status { margin-left: 8px; color: #333; }
+#grid { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; }
+.card { width: 120px; border: 2px solid #ddd; padding: 4px; font-size: 12px; line-height: 1.3; cursor: pointer; }
+.card.picked { border-color: #0072B2; background: #eef6fc; }
+.card.fixed { opacity: .45; cursor: default; }
+.card img { width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated; display: block; background: #eee; }
+.card .new { color: #0072B2; font-weight: bold; }
+.card .gone { text-decoration: line-through; color: #888; }
+.card .nm { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #555; }
+</style></head>
+<body>
+<h1 id="title"></h1>
+<p id="note"></p>
+<div id="controls">
+  projection: <label><input type="radio" name="proj" value="tsne" checked> t-SNE</label>
+  <label><input type="radio" name="proj" value="pca"> PCA</label>
+  colour by: <select id="colour">
+    <option value="class">class</option><option value="correct">correct / wrong</option>
+    <option value="source">source (real / synthetic)</option><option value="changed">changed here</option></select>
+  select: <label><input type="radio" name="tool" value="lasso" checked> lasso</label>
+  <label><input type="radio" name="tool" value="box"> box</label>
+</div>
+<div id="tabs"></div>
+<div id="main"><canvas id="map" width="800" height="800"></canvas><div id="legend"></div></div>
+<p class="hint">Drag on the map to select (shift: add to the selection); click a card to pick or unpick it. Keys: a digit
+sets the picked images' label, x excludes them, u undoes.</p>
+<div id="act">
+  <span id="setto"></span>
+  <input type="text" id="newname" placeholder="new class name"> <button id="setnew">set</button>
+  <button id="exclude">exclude (weight 0)</button> <button id="include">include</button> <button id="undo">undo</button>
+  sort: <select id="sort"><option value="conf">confidence, lowest first</option><option value="label">label</option>
+    <option value="pred">prediction</option><option value="name">file name</option></select>
+  <button id="download">Download corrections</button>
+  <label>Load corrections <input type="file" id="load" accept=".csv,text/csv"></label>
+  <span id="status"></span>
+</div>
+<div id="grid"></div>
+<div id="tip"><img id="tipimg" alt=""><img id="tipcam" alt="Grad-CAM" title="Grad-CAM" hidden><div id="tiptext"></div></div>
+<script type="application/json" id="data">__DATA__</script>
+<script>
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const N = D.label.length, cv = document.getElementById("map"), ctx = cv.getContext("2d"), tip = document.getElementById("tip");
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+const classes = D.classes.slice();                 // grows with new class names
+const label = D.label.slice(), weight = new Array(N).fill(null);  // null: unchanged
+const other = [];                                  // rows of a loaded file for images not on this map: written back
+const undoStack = [];                                // undo: lists of [i, label, weight] before a change
+let sel = [], picked = new Set();
+const changed = i => label[i] !== D.label[i] || weight[i] !== null;
+const COLOURINGS = {
+  class: {names: classes, colours: D.palette, of: i => label[i]},
+  correct: {names: ["correct", "wrong"], colours: ["#2ca02c", "#d62728"], of: i => +(D.pred[i] !== label[i])},
+  source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e"], of: i => D.source[i]},
+  changed: {names: ["unchanged", "changed here"], colours: ["#bbbbbb", "#D55E00"], of: i => +changed(i)},
+};
+const state = {proj: "tsne", colour: "class", tab: -1, tool: "lasso"};  // tab: a class index, -1 = all
+const R = N > 3000 ? 3 : N > 500 ? 4.5 : 6, M = 12;  // point radius and margin (px)
+let sx = [], sy = [], base = null;                  // points on the canvas; the drawn map without overlays
+
+document.getElementById("title").textContent = D.title;
+document.getElementById("note").textContent = D.note;
+const shown = i => state.tab < 0 || label[i] === state.tab || D.pred[i] === state.tab;
+
+function layout() {  // canvas size and point positions: one scale for both axes, the points' own box
+  const [bw, bh] = D[state.proj + "_box"], xy = D[state.proj];
+  const room = Math.max(300, Math.min(innerWidth - 260, 820)), s = (room - 2 * M) / Math.max(bw, bh);
+  const w = Math.round(bw * s + 2 * M), h = Math.round(bh * s + 2 * M), dpr = devicePixelRatio || 1;
+  cv.width = w * dpr; cv.height = h * dpr; cv.style.width = w + "px"; cv.style.height = h + "px";
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  for (let i = 0; i < N; i++) { sx[i] = M + xy[2 * i] * s; sy[i] = M + (bh - xy[2 * i + 1]) * s; }
+}
+
+function draw() {  // the whole map; `base` keeps it so that a lasso drag only repaints its outline
+  const col = COLOURINGS[state.colour], counts = col.names.map(() => 0), inSel = new Uint8Array(N);
+  sel.forEach(i => inSel[i] = 1);
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  for (const pass of [0, 1]) {  // the selected points last, on top
+    for (let i = 0; i < N; i++) {
+      if (!shown(i) || inSel[i] !== pass) continue;
+      const k = col.of(i);
+      counts[k]++;
+      ctx.globalAlpha = sel.length && !pass ? 0.25 : 1;
+      ctx.beginPath(); ctx.arc(sx[i], sy[i], pass ? R + 1.5 : R, 0, 6.2832);
+      ctx.fillStyle = col.colours[k % col.colours.length]; ctx.fill();
+      if (D.pred[i] !== label[i] || pass) { ctx.lineWidth = pass ? 2 : 1.5; ctx.strokeStyle = "#000"; ctx.stroke(); }
+    }
+  }
+  ctx.globalAlpha = 1;
+  base = base || document.createElement("canvas");  // a copy: a lasso drag repaints it, then its outline
+  base.width = cv.width; base.height = cv.height;
+  base.getContext("2d").drawImage(cv, 0, 0);
+  cv.dataset.shown = counts.reduce((a, b) => a + b, 0);
+  for (const b of tabs.children) b.classList.toggle("on", +b.dataset.tab === state.tab);
+  const legend = document.getElementById("legend");
+  legend.replaceChildren();
+  col.names.forEach((name, k) => {
+    if (!counts[k]) return;
+    const row = el("div"), sw = el("span", undefined, "sw");
+    sw.style.background = col.colours[k % col.colours.length];
+    row.append(sw, name + " (" + counts[k] + ")");
+    legend.appendChild(row);
+  });
+  if (state.colour !== "correct") legend.appendChild(el("div", "black ring: wrong prediction"));
+}
+
+const tabs = document.getElementById("tabs");
+function buildTabs() {
+  tabs.replaceChildren();
+  [-1, ...classes.keys()].forEach(k => {
+    const n = k < 0 ? N : label.filter(l => l === k).length;
+    const b = el("button", (k < 0 ? "All" : classes[k]) + " (" + n + ")");
+    b.dataset.tab = k;
+    b.title = k < 0 ? "every sampled image" : "images labelled " + classes[k] + " or predicted as it";
+    b.onclick = () => { state.tab = k; draw(); };
+    tabs.appendChild(b);
+  });
+  const setto = document.getElementById("setto");  // one button per class: set the picked images' label
+  setto.replaceChildren("label: ");
+  classes.forEach((c, k) => { const b = el("button", c); b.onclick = () => setLabel(k); setto.appendChild(b); });
+}
+document.querySelectorAll("input[name=proj]").forEach(r => r.onchange = () => { state.proj = r.value; layout(); draw(); });
+document.querySelectorAll("input[name=tool]").forEach(r => r.onchange = () => state.tool = r.value);
+document.getElementById("colour").onchange = e => { state.colour = e.target.value; draw(); };
+
+// ---- selection: lasso or box on the canvas, in CSS pixels
+function local(e) { const r = cv.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; }
+function screenXY(i) { const r = cv.getBoundingClientRect(); return [r.left + sx[i], r.top + sy[i]]; }  // for tests
+function nearest(x, y) {
+  let best = -1, bd = (R + 3) ** 2;
+  for (let i = 0; i < N; i++) {
+    if (!shown(i)) continue;
+    const d = (sx[i] - x) ** 2 + (sy[i] - y) ** 2;
+    if (d <= bd) { bd = d; best = i; }
+  }
+  return best;
+}
+function inside(poly, x, y) {  // even-odd rule
+  let hit = false;
+  for (let a = 0, b = poly.length - 1; a < poly.length; b = a++) {
+    const [xa, ya] = poly[a], [xb, yb] = poly[b];
+    if ((ya > y) !== (yb > y) && x < (xb - xa) * (y - ya) / (yb - ya) + xa) hit = !hit;
+  }
+  return hit;
+}
+let drag = null;
+cv.addEventListener("pointerdown", e => {
+  if (e.button !== 0) return;
+  try { cv.setPointerCapture(e.pointerId); } catch (err) { /* a synthetic pointer has no capture; the drag still works */ }
+  drag = {pts: [local(e)], add: e.shiftKey};
+  tip.style.display = "none";
+});
+cv.addEventListener("pointermove", e => {
+  if (!drag) return hover(e);
+  const p = local(e);
+  if (state.tool === "box") drag.pts = [drag.pts[0], p]; else drag.pts.push(p);
+  ctx.save(); ctx.setTransform(1, 0, 0, 1, 0, 0); ctx.clearRect(0, 0, cv.width, cv.height); ctx.drawImage(base, 0, 0); ctx.restore();
+  ctx.beginPath(); ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.setLineDash([4, 3]);
+  if (state.tool === "box") { const [[x0, y0], [x1, y1]] = drag.pts; ctx.rect(x0, y0, x1 - x0, y1 - y0); }
+  else { drag.pts.forEach(([x, y], k) => k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)); ctx.closePath(); }
+  ctx.stroke(); ctx.setLineDash([]);
+});
+cv.addEventListener("pointerup", e => {
+  if (!drag) return;
+  const {pts, add} = drag, [x1, y1] = local(e);
+  drag = null;
+  let hits;
+  if (pts.length < 2 || Math.hypot(x1 - pts[0][0], y1 - pts[0][1]) < 3 && state.tool === "box") {  // a click
+    const i = nearest(x1, y1);
+    hits = i < 0 ? [] : [i];
+  } else if (state.tool === "box") {
+    const [x0, y0] = pts[0], lo = [Math.min(x0, x1), Math.min(y0, y1)], hi = [Math.max(x0, x1), Math.max(y0, y1)];
+    hits = [...Array(N).keys()].filter(i => shown(i) && sx[i] >= lo[0] && sx[i] <= hi[0] && sy[i] >= lo[1] && sy[i] <= hi[1]);
+  } else {
+    hits = [...Array(N).keys()].filter(i => shown(i) && inside(pts, sx[i], sy[i]));
+  }
+  select(add ? [...new Set([...sel, ...hits])] : hits);
+});
+function select(indices) {
+  sel = indices;
+  gridMax = 200;
+  picked = new Set(sel.filter(i => D.path[i]));  // every correctable image picked at first
+  draw();
+  grid();
+  document.dispatchEvent(new CustomEvent("selection", {detail: sel.length}));
+}
+
+// ---- the hover card
+function hover(e) {
+  const [x, y] = local(e), i = nearest(x, y);
+  if (i < 0) { tip.style.display = "none"; return; }
+  const wrong = D.pred[i] !== label[i];
+  document.getElementById("tipimg").src = D.img[i];
+  const cam = document.getElementById("tipcam");
+  cam.hidden = !D.cam[i];  // the Grad-CAM heat map of the prediction, beside the image
+  if (D.cam[i]) cam.src = D.cam[i];
+  const lines = [el("div", "label: " + classes[label[i]] + (label[i] !== D.label[i] ? " (was " + classes[D.label[i]] + ")" : "")),
+                 el("div", "prediction: " + classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
+                 el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
+                 el("div", D.split[i] + " split, " + D.sources[D.source[i]] + (weight[i] === 0 ? ", excluded" : "")),
+                 el("div", D.name[i])];
+  document.getElementById("tiptext").replaceChildren(...lines);
+  tip.style.display = "block";
+  const w = tip.offsetWidth, h = tip.offsetHeight;  // beside the pointer, flipped to stay inside the window
+  tip.style.left = (e.clientX + 14 + w > innerWidth ? e.clientX - 14 - w : e.clientX + 14) + "px";
+  tip.style.top = Math.max(0, Math.min(e.clientY + 14, innerHeight - h)) + "px";
+}
+cv.addEventListener("pointerleave", () => tip.style.display = "none");
+
+// ---- the grid of the selection
+const SORTS = {conf: (a, b) => D.conf[a] - D.conf[b], label: (a, b) => label[a] - label[b] || D.conf[a] - D.conf[b],
+               pred: (a, b) => D.pred[a] - D.pred[b] || D.conf[a] - D.conf[b], name: (a, b) => D.name[a].localeCompare(D.name[b])};
+document.getElementById("sort").onchange = () => grid();
+let gridMax = 200;  // cards drawn; "show more" adds 200 (thousands of cards take seconds to lay out)
+function grid() {
+  const order = sel.slice().sort(SORTS[document.getElementById("sort").value]);
+  const cards = order.slice(0, gridMax).map(i => {
+    const c = el("div", undefined, "card" + (picked.has(i) ? " picked" : "") + (D.path[i] ? "" : " fixed"));
+    c.dataset.i = i;
+    const img = el("img"); img.src = D.img[i]; img.alt = "";
+    const lab = el("div", "label: " + classes[label[i]] + (label[i] !== D.label[i] ? " (was " + classes[D.label[i]] + ")" : ""),
+                   label[i] !== D.label[i] ? "new" : "");
+    if (weight[i] === 0) lab.classList.add("gone");
+    const wrong = D.pred[i] !== label[i];
+    c.append(img, lab, el("div", "pred: " + classes[D.pred[i]] + " " + (100 * D.conf[i]).toFixed(0) + "%", wrong ? "bad" : ""),
+             el("div", D.path[i] ? D.name[i] : D.split[i] + ", " + D.sources[D.source[i]] + ": not correctable", "nm"));
+    c.title = D.path[i] || "a test or synthetic image: a corrections row cannot change it";
+    c.onclick = () => { if (!D.path[i]) return; picked.has(i) ? picked.delete(i) : picked.add(i); c.classList.toggle("picked"); };
+    return c;
+  });
+  if (order.length > gridMax) {
+    const more = el("button", "show " + Math.min(200, order.length - gridMax) + " more of " + (order.length - gridMax));
+    more.onclick = () => { gridMax += 200; grid(); };
+    cards.push(more);
+  }
+  document.getElementById("grid").replaceChildren(...cards);
+  say(sel.length + " selected, " + picked.size + " picked; " + count() + " image(s) changed");
+}
+function say(text) { document.getElementById("status").textContent = text; }
+function count() { let n = other.length; for (let i = 0; i < N; i++) n += changed(i); return n; }
+
+// ---- acting on the picked images
+function change(f) {  // one undoable step: f(i) on each picked image
+  const ids = [...picked];
+  if (!ids.length) { say("pick images first: select on the map"); return; }
+  undoStack.push(ids.map(i => [i, label[i], weight[i]]));
+  ids.forEach(f);
+  after();
+}
+function after() { buildTabs(); draw(); grid(); }
+function setLabel(k) { change(i => label[i] = k); }
+function norm(name) {  // as corrections.py's _norm: a class name as a typo would miss it
+  name = name.trim().toLowerCase();
+  return /^\d+$/.test(name) ? name.replace(/^0+/, "") || "0" : name;
+}
+function classIndex(name) {  // an existing class, a new one, or an error (corrections.py refuses near-misses)
+  name = name.trim();
+  if (!name || /[\r\n]/.test(name)) return "a class name is one line of text";
+  if (classes.includes(name)) return classes.indexOf(name);
+  const near = classes.find(c => norm(c) === norm(name));
+  if (near !== undefined) return "'" + name + "' looks like the class '" + near + "': corrections.py would refuse it";
+  classes.push(name);
+  D.palette.push(["#000000", "#7f7f7f", "#bcbd22", "#17becf"][classes.length % 4]);
+  return classes.length - 1;
+}
+document.getElementById("setnew").onclick = () => {
+  const k = classIndex(document.getElementById("newname").value);
+  typeof k === "number" ? setLabel(k) : say(k);
+};
+document.getElementById("exclude").onclick = () => change(i => weight[i] = 0);
+document.getElementById("include").onclick = () => change(i => weight[i] = null);
+function undo() {
+  const step = undoStack.pop();
+  if (!step) { say("nothing to undo"); return; }
+  step.reverse().forEach(([i, l, w]) => { label[i] = l; weight[i] = w; });
+  after();
+}
+document.getElementById("undo").onclick = undo;
+addEventListener("keydown", e => {
+  if (["INPUT", "SELECT", "TEXTAREA"].includes(e.target.tagName) || e.ctrlKey && e.key !== "z" || e.altKey || e.metaKey) return;
+  if (/^\d$/.test(e.key)) {  // the class of that name, else the class of that index
+    const k = classes.includes(e.key) ? classes.indexOf(e.key) : +e.key < classes.length ? +e.key : -1;
+    if (k >= 0) setLabel(k);
+  } else if (e.key === "x" || e.key === "Delete") change(i => weight[i] = 0);
+  else if (e.key === "u" || e.ctrlKey && e.key === "z") undo();
+});
+
+// ---- the corrections file: path,label,weight (corrections.py reads it; paths absolute)
+function cell(v) { v = String(v); return /[",\r\n]/.test(v) || /^\s|\s$/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+function correctionsCSV() {
+  const rows = [["path", "label", "weight"]];
+  for (let i = 0; i < N; i++) {
+    if (!D.path[i] || !changed(i)) continue;
+    rows.push([D.path[i], label[i] !== D.label[i] ? classes[label[i]] : "", weight[i] === null ? "" : weight[i]]);
+  }
+  return rows.concat(other).map(r => r.map(cell).join(",")).join("\r\n") + "\r\n";
+}
+document.getElementById("download").onclick = () => {
+  const a = el("a");
+  a.href = "data:text/csv;charset=utf-8," + encodeURIComponent(correctionsCSV());  // a data: URI, as the page's images
+  a.download = "corrections.csv";
+  document.body.appendChild(a); a.click(); a.remove();
+  say("corrections.csv: " + count() + " row(s); train with: python train.py ... --corrections corrections.csv");
+};
+function parseCSV(text) {  // RFC 4180: quoted cells may hold commas, quotes and line breaks
+  const rows = [];
+  let row = [], v = "", q = false;
+  text = text.replace(/^\ufeff/, "");
+  const sep = !text.split(/\r?\n/)[0].includes(",") && text.split(/\r?\n/)[0].includes(";") ? ";" : ",";
+  for (let k = 0; k < text.length; k++) {
+    const c = text[k];
+    if (q) { if (c === '"' && text[k + 1] === '"') { v += '"'; k++; } else if (c === '"') q = false; else v += c; }
+    else if (c === '"') q = true;
+    else if (c === sep) { row.push(v); v = ""; }
+    else if (c === "\n" || c === "\r") { if (c === "\r" && text[k + 1] === "\n") k++; row.push(v); rows.push(row); row = []; v = ""; }
+    else v += c;
+  }
+  if (v || row.length) { row.push(v); rows.push(row); }
+  return rows.filter(r => r.some(x => x.trim()) && !r[0].startsWith("#!"));
+}
+function loadCSV(text) {  // a corrections file back onto the map: one undoable step
+  const rows = parseCSV(text), head = (rows.shift() || []).map(h => h.trim().toLowerCase());
+  const p = head.indexOf("path") >= 0 ? head.indexOf("path") : head.indexOf("file"), l = head.indexOf("label"), w = head.indexOf("weight");
+  if (p < 0 || l < 0 && w < 0) { say("not a corrections file: the header must name path and label and/or weight"); return; }
+  const at = new Map(D.path.map((q, i) => [q, i])), step = [];
+  let matched = 0, bad = [];
+  other.length = 0;
+  rows.forEach(r => {
+    const path = (r[p] || "").trim(), lab = l >= 0 ? (r[l] || "").trim() : "", wt = w >= 0 ? (r[w] || "").trim() : "";
+    if (!path) return;
+    const i = at.has(path) ? at.get(path) : -1;
+    if (i < 0 || !D.path[i]) { other.push([path, lab, wt]); return; }  // kept as it is, written back
+    const k = lab ? classIndex(lab) : label[i], wn = +wt.replace(",", ".");  // "0,5": a comma-decimal locale
+    if (typeof k !== "number") { bad.push(k); return; }
+    if (wt !== "" && !(wn >= 0 && isFinite(wn))) { bad.push("weight '" + wt + "' of " + path + " is not a number >= 0"); return; }
+    step.push([i, label[i], weight[i]]);
+    label[i] = k;
+    if (wt !== "") weight[i] = wn;
+    matched++;
+  });
+  if (step.length) undoStack.push(step);
+  after();
+  say("loaded " + matched + " row(s) onto the map, " + other.length + " for images not on it (kept)" +
+         (bad.length ? "; refused: " + bad[0] : ""));
+}
+document.getElementById("load").onchange = e => {
+  const f = e.target.files[0];
+  if (f) f.text().then(loadCSV);
+};
+
+addEventListener("resize", () => { layout(); draw(); });
+buildTabs(); layout(); draw(); grid();
+</script>
+</body></html>
+"""
