@@ -454,7 +454,8 @@ def classify_folder(runs, folder, device, out_csv, batch_size=256, tta=1, quiet=
     paths = [folder] if os.path.isfile(folder) else list_images(folder)
     probs, kept = [], None
     for model, ckpt in runs:
-        images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
+        images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False,
+                                     resize=D.resize_mode(ckpt["data"]))
         if not kept:
             raise cli.UsageError(f"none of the {len(paths)} images in {folder} could be read ({short_names(paths)})")
         images = to_channels(images, ckpt["in_channels"])
