@@ -24,7 +24,7 @@ import corrections as C
 from augment import build_transform
 from cli import UsageError, check_args, check_folder_arg, check_memory, warn
 from corrections import read_sample_weights  # noqa: F401 (data.read_sample_weights, as before)
-from images import cache_size, decode_folder, fingerprint, list_images, load_folder
+from images import RESIZE_MODES, cache_size, decode_folder, fingerprint, list_images, load_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -40,7 +40,7 @@ DATA_KEYS = ("dataset", "data_dir", "mnist_root", "val_fraction", "split_seed", 
 DATA_DEFAULTS = {"download": True, "cache_dir": None, "test_dir": None, "synthetic_n": 0, "synthetic_ratio": None,
                  "synthetic_seed": 0, "synthetic_source": "mnist", "backgrounds": "photo-crops", "group_split": False,
                  "group_threshold": GROUP_THRESHOLD, "group_regex": None, "sample_weights": None, "folds": 0,
-                 "fold": None, "corrections": None}
+                 "fold": None, "corrections": None, "resize": "squash"}
 
 
 def check_data_args(args):
@@ -87,6 +87,8 @@ def check_data_config(cfg):
                ("fold", c.fold is None or (c.folds >= 2 and 0 <= c.fold < c.folds),
                 f"in 0..{c.folds - 1} (with --folds K >= 2)" if c.folds >= 2 else "used with --folds K >= 2"),
                ("fold", c.folds == 0 or c.fold is not None, f"set with --folds {c.folds}: the fold that validates"))
+    if c.resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {c.resize!r}")
     if c.group_regex is not None:
         group_regex(c.group_regex)
     if c.sample_weights and c.corrections:
@@ -381,6 +383,9 @@ def add_data_args(parser):
     g.add_argument("--train-fraction", type=float, default=1.0,
                    help="stratified random subset of the training split (val and test unchanged)")
     g.add_argument("--img-size", type=int, default=None, help="default: 28 for MNIST, 128 for folders")
+    g.add_argument("--resize", default="squash", choices=RESIZE_MODES,
+                   help="how a photo becomes a square: squash (stretch it), pad (fit the long side, fill the "
+                        "rest with the photo's mean colour), crop (fit the short side, keep the centre)")
     g.add_argument("--cache-dir", default=None, help="keep the decoded photo cache on disk here")
     g.add_argument("--test-dir", default=None, metavar="DIR",
                    help="--dataset folder: a labelled test folder (either layout), scored as the test split; "
@@ -427,6 +432,7 @@ def data_config(args):
         "split_seed": args.split_seed,
         "train_fraction": args.train_fraction,
         "img_size": img_size,
+        "resize": args.resize,
         "cache_dir": args.cache_dir,
         "test_dir": os.path.abspath(args.test_dir) if getattr(args, "test_dir", None) else None,
         "synthetic_n": args.synthetic_n,
@@ -461,7 +467,7 @@ def build_datasets(cfg, augment="none", check=True):
         test_images, test_labels = load_mnist(cfg["mnist_root"], train=False, download=False)
         classes, mean, std, paths = [str(i) for i in range(10)], MNIST_MEAN, MNIST_STD, None
     else:
-        images, labels, classes, paths = load_folder(cfg["data_dir"], img_size, cfg["cache_dir"])
+        images, labels, classes, paths = load_folder(cfg["data_dir"], img_size, cfg["cache_dir"], cfg["resize"])
         test_images = None
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_idx, val_idx, groups = split_indices(cfg, labels, classes, paths)
@@ -487,7 +493,7 @@ def build_datasets(cfg, augment="none", check=True):
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
     if cfg["test_dir"]:
-        test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg["cache_dir"])
+        test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg["cache_dir"], cfg["resize"])
         shared = same_pixels(images, test.images)
         if shared:
             raise UsageError(f"--test-dir {cfg['test_dir']} holds {len(shared)} image(s) with the same pixels as "
@@ -537,7 +543,7 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
         warn(message)
     if fix.added:
         added, kept = decode_folder([p for p, _, _ in fix.added], images.shape[-1], cfg["cache_dir"],
-                                    warn_skipped=False)
+                                    warn_skipped=False, resize=cfg["resize"])
         if len(kept) < len(fix.added):
             bad = next(p for k, (p, _, _) in enumerate(fix.added) if k not in kept)
             raise UsageError(f"--corrections {path} adds {bad}, which cannot be read as an image")
@@ -603,10 +609,10 @@ def same_pixels(images, others):
     return [i for i, x in enumerate(others) if digest(x) in seen]
 
 
-def load_test_folder(root, classes, img_size, transform, cache_dir=None):
+def load_test_folder(root, classes, img_size, transform, cache_dir=None, resize="squash"):
     """A labelled test folder (either layout) as a dataset labelled by the training `classes`,
     matched by name; a class the training data do not have is refused with its name."""
-    images, labels, names, paths = load_folder(root, img_size, cache_dir)
+    images, labels, names, paths = load_folder(root, img_size, cache_dir, resize)
     unknown = [c for c in names if c not in classes]
     if unknown:
         raise UsageError(f"--test-dir {root} has class(es) the training data do not: {', '.join(unknown)} "
@@ -622,6 +628,12 @@ def decode_size(cfg):
     return 28 if cfg["dataset"] == "mnist" else cache_size(cfg["img_size"])
 
 
+def resize_mode(cfg):
+    """How the photos of a `data` config were made square (--resize); `squash` for a checkpoint from
+    before the option. Images classified for a checkpoint are decoded with it, as decode_size."""
+    return cfg.get("resize", DATA_DEFAULTS["resize"])
+
+
 def group_regex(text):
     """--group-regex compiled, or one line when it is not a regular expression."""
     try:
@@ -632,8 +644,8 @@ def group_regex(text):
 
 def _groups(cfg, paths):
     """photo_groups for a folder config. The photos are compared at
-    GROUP_SIDE px whatever --img-size (a decode of their own, cached like the training images),
-    so the split is the same at every image size."""
+    GROUP_SIDE px whatever --img-size and --resize (a squashed decode of their own, cached like the
+    training images), so the split is the same at every image size and resize mode."""
     regex = group_regex(cfg["group_regex"]) if cfg["group_regex"] else None
     images, kept = decode_folder(paths, GROUP_SIDE, cfg["cache_dir"])
     if len(kept) != len(paths):

@@ -453,7 +453,8 @@ def image_labels(folder):
 def folder_dataset(ckpt, paths, folder):
     """(dataset, kept positions of `paths`): the image files `paths` of `folder` decoded and
     transformed exactly as the checkpoint's evaluation data (labels 0); unreadable files left out."""
-    images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False)
+    images, kept = decode_folder(paths, D.decode_size(ckpt["data"]), warn_skipped=False,
+                                 resize=D.resize_mode(ckpt["data"]))
     if not kept:
         raise cli.UsageError(f"none of the {len(paths)} images in {folder} could be read ({short_names(paths)})")
     images = to_channels(images, ckpt["in_channels"])

@@ -41,10 +41,12 @@ def metadata(ckpt):
     return {"classes": list(ckpt["classes"]), "img_size": ckpt["img_size"], "in_channels": ckpt["in_channels"],
             "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "model": ckpt["model"],
             "temperature": ckpt["temperature"],
-            "decode_size": D.decode_size(ckpt["data"]),
+            "decode_size": D.decode_size(ckpt["data"]), "resize": D.resize_mode(ckpt["data"]),
             "input": "float32 [N, in_channels, img_size, img_size], made as evaluate.py makes it: the image "
-                     "(EXIF-rotated, RGB; grey for 1 channel) resized to decode_size x decode_size (PIL, bilinear), "
-                     "then to img_size (bilinear, antialiased), scaled to [0, 1], then (x - mean) / std",
+                     "(EXIF-rotated, RGB; grey for 1 channel) made a decode_size x decode_size square by `resize` "
+                     "(PIL, bilinear; squash: stretched; pad: long side fitted, centred on the image's mean "
+                     "colour; crop: short side fitted, centre cut), then resized to img_size (bilinear, "
+                     "antialiased), scaled to [0, 1], then (x - mean) / std",
             "output": "logits [N, len(classes)]; probabilities = softmax(logits / temperature)"}
 
 
@@ -113,7 +115,7 @@ def main(args):
     exported = export(model, images[:2], meta, path)
     diff, same, total = parity(model, exported, images)
     print(f"wrote {path} ({args.format}, {os.path.getsize(path) / 1e6:.2f} MB; metadata: {len(meta['classes'])} "
-          f"classes, img_size {meta['img_size']}, mean {meta['mean']}, std {meta['std']})")
+          f"classes, img_size {meta['img_size']}, resize {meta['resize']}, mean {meta['mean']}, std {meta['std']})")
     print(f"parity on {total} {'test' if data.test is not None else 'val'} images: max |logit difference| "
           f"{diff:.2e}, same top-1 on {same}/{total}")
     if same != total:

@@ -30,6 +30,7 @@ LABEL_RE = re.compile(r"_label([^_.\s()]+)(\s*(?:-\s*)?(?:copy(?:\s*\d+)?|\(\d+\
 SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}  # a split, never a class
 JUNK_DIRS = ("__MACOSX",)  # macOS zip debris, never a class
 CACHE_VERSION = 2  # 2: the key holds ctimes too (a chmod that makes a photo readable changes it)
+RESIZE_MODES = ("squash", "pad", "crop")  # how a photo becomes a square (decode_image); squash: the default
 
 
 def fingerprint(*parts):
@@ -182,12 +183,15 @@ def list_images(root):
     return paths
 
 
-def decode_image(path, size):
+def decode_image(path, size, resize="squash"):
     """One file -> uint8 RGB tensor [3, size, size], or None when it cannot be read (or is too
     large to decode in this machine's memory: `too_large`).
 
     EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and
-    16-bit images become 8-bit RGB. JPEGs are decoded at reduced scale when much larger."""
+    16-bit images become 8-bit RGB. JPEGs are decoded at reduced scale when much larger.
+    `resize` (RESIZE_MODES) makes the square: squash stretches the whole photo to it, pad fits the
+    long side and fills the rest with the photo's mean colour, crop fits the short side and cuts
+    the centre."""
     _current.path = path  # names the file in the warnings PIL raises while decoding it
     try:
         with Image.open(path) as img:
@@ -204,10 +208,27 @@ def decode_image(path, size):
                 rgba = img.convert("RGBA")
                 img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img.alpha_composite(rgba)
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            img = to_square(img.convert("RGB"), size, resize)
             return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def to_square(img, size, resize="squash"):
+    """An RGB PIL image -> size x size by `resize` (see decode_image)."""
+    w, h = img.size
+    if resize == "squash" or w == h:
+        return img.resize((size, size), Image.BILINEAR)
+    scale = size / (max if resize == "pad" else min)(w, h)
+    fit = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    if resize == "crop":
+        left, top = (fit.width - size) // 2, (fit.height - size) // 2
+        return fit.crop((left, top, left + size, top + size))
+    # the photo's own mean colour: no black border for the network to learn, no mirrored or smeared strokes
+    fill = tuple(int(round(c)) for c in np.asarray(fit).reshape(-1, 3).mean(0))
+    square = Image.new("RGB", (size, size), fill)
+    square.paste(fit, ((size - fit.width) // 2, (size - fit.height) // 2))
+    return square
 
 
 _current = threading.local()
@@ -258,14 +279,14 @@ def cache_size(img_size):
     return img_size + img_size // 8
 
 
-def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
+def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True, resize="squash"):
     """Decode `paths` once into (uint8 [N, 3, size, size], kept index list), skipping unreadable
     files with one warning. With `cache_dir`, the result is stored on disk keyed by the file
-    list, sizes and mtimes, so a second run (or evaluate.py) skips decoding entirely."""
+    list, sizes, mtimes and the resize mode, so a second run (or evaluate.py) skips decoding entirely."""
     key = None
     if cache_dir:
         stats = [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p, st in ((p, os.stat(p)) for p in paths)]
-        key = fingerprint(CACHE_VERSION, size, stats)
+        key = fingerprint(CACHE_VERSION, size, resize, stats)
         cache_file = os.path.join(cache_dir, f"images-{size}px-{key}.pt")
         if os.path.isfile(cache_file):
             try:
@@ -277,7 +298,7 @@ def decode_folder(paths, size, cache_dir=None, workers=None, warn_skipped=True):
                 warn(f"ignoring unreadable cache {cache_file} ({type(e).__name__})")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, not a grey image
     with _named_warnings() as notes, ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL releases the GIL
-        decoded = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=16))
+        decoded = list(pool.map(lambda p: decode_image(p, size, resize), paths, chunksize=16))
     _warn_notes(notes)
     kept = [i for i, t in enumerate(decoded) if t is not None]
     skipped = [i for i, t in enumerate(decoded) if t is None]
@@ -304,12 +325,12 @@ def short_names(paths):
     return ", ".join(os.path.basename(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
-def load_folder(root, img_size, cache_dir=None):
+def load_folder(root, img_size, cache_dir=None, resize="squash"):
     """A labelled photo folder -> (uint8 images, labels, class names, kept paths)."""
     all_paths, all_names = scan_folder(root)
     check_memory(len(all_paths) * 3 * cache_size(img_size) ** 2, f"{len(all_paths)} photos decoded at "
                  f"{cache_size(img_size)} px (--img-size {img_size})")
-    images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False)
+    images, kept = decode_folder(all_paths, cache_size(img_size), cache_dir, warn_skipped=False, resize=resize)
     paths, names = [all_paths[i] for i in kept], [all_names[i] for i in kept]
     classes = sorted(set(names), key=_natural_key)
     bad = [p for i, p in enumerate(all_paths) if i not in set(kept)]

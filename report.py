@@ -360,7 +360,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
            f"- split: {cfg['val_fraction']:g} of every class to val (split seed {cfg['split_seed']}), "
            f"train fraction {cfg['train_fraction']:g}; test: "
            + ("MNIST's official test set" if cfg["dataset"] == "mnist" else "none (a photo folder has train and val)"),
-           f"- image size {cfg['img_size']} px, {ckpt['in_channels']} channel(s); {cfg.get('num_samples', '?')} "
+           f"- image size {cfg['img_size']} px"
+           + (f" (made square by {D.resize_mode(cfg)})" if cfg["dataset"] == "folder" else "")
+           + f", {ckpt['in_channels']} channel(s); {cfg.get('num_samples', '?')} "
            f"labelled images" + (f"; {cfg['synthetic_n']} synthetic composites added to training"
                                  if cfg.get("synthetic_n") else ""), ""]
     if cfg.get("corrections_summary"):  # what the run's labels owe to its corrections file, and whether it is still that file

@@ -508,7 +508,8 @@ def print_header(r, order):
           f"{' | channels_last' if use_channels_last(device, args.amp, data.img_size) else ''}"
           f"{' | compile' if args.compile else ''}"
           f" | {threads}{feed}"
-          f" | augment {args.augment}{f' | {r.world} processes' if r.world > 1 else ''}")
+          f" | augment {args.augment}{f' | resize {args.resize}' if args.dataset == 'folder' else ''}"
+          f"{f' | {r.world} processes' if r.world > 1 else ''}")
     if data.config.get("corrections_summary"):
         print(C.summary_line(data.config["corrections"], data.config["corrections_sha256"],
                              data.config["corrections_summary"]))

@@ -338,7 +338,7 @@ def test_cache_key_changes_when_a_file_changes(tmp_path, monkeypatch):
 
     calls = []
     real = I.decode_image
-    monkeypatch.setattr(I, "decode_image", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(I, "decode_image", lambda p, s, *a: calls.append(p) or real(p, s, *a))
     # same content, new mtime
     st = os.stat(paths[0])
     os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
