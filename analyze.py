@@ -40,8 +40,8 @@ from torch.utils.data import ConcatDataset, Subset
 import cli
 import data as D
 import evaluate as E
-import experiments
 import report
+import sweep
 import train
 import unlabeled as U
 from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
@@ -352,12 +352,10 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     and an interrupted one resumes from its last.pt, so the same command continues."""
     if ckpt["data"].get("folds"):
         raise cli.UsageError("--folds needs the checkpoint of a whole run, not of one cross-validation fold")
-    if ckpt["data"].get("corrections"):  # its folds are cut before the corrections, these after: not the same
-        raise cli.UsageError("--folds does not yet review a run trained with --corrections (its fold runs would "
-                             "hold out other images than the ones scored here)")
     base = vars(train.get_args_parser().parse_args([]))
     base.update((k, v) for k, v in ckpt["args"].items() if k in base)  # an older train.py's run: defaults
-    base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights") if data.config.get(k)})
+    base.update({k: data.config[k] for k in ("data_dir", "mnist_root", "sample_weights", "corrections")
+                 if data.config.get(k)})
     base.update(download=False, epochs=args.fold_epochs, folds=args.folds, resume=None, device=args.device,
                 workers=None, quiet=True, dry_run=False, amp=args.amp or base["amp"],
                 warmup_epochs=base["warmup_epochs"] * args.fold_epochs / base["epochs"])  # the same schedule, shorter
@@ -365,7 +363,7 @@ def out_of_fold_probs(args, ckpt, data, train_set, out_dir, device):
     for k, held in enumerate(D.stratified_folds(train_set.targets, args.folds, data.config["split_seed"])):
         folder = os.path.join(out_dir, "folds", f"fold{k}")
         settings = dict(base, fold=k, save_dir=folder)
-        experiments.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
+        sweep.run_in_folder(folder, "settings", settings, lambda resume: {"results": train.main(
             argparse.Namespace(**dict(settings, resume=resume)))}, f"fold {k} of {args.folds}")
         last = os.path.join(folder, "last.pt")
         # last.pt, not best.pt: best.pt was picked on this very fold, which would flatter its scores

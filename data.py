@@ -471,7 +471,8 @@ def build_datasets(cfg, augment="none", check=True):
         test_images = None
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_idx, val_idx, groups = split_indices(cfg, labels, classes, paths)
-    split_hash = fingerprint([os.path.basename(p) for p in paths] if paths else len(labels), val_idx, train_idx)
+    split_hash = fingerprint([os.path.basename(p) for p in paths] if paths else len(labels), val_idx, train_idx,
+                             *((cfg["folds"], cfg["fold"]) if cfg["folds"] else ()))
     if check and cfg.get("split_hash") and cfg["split_hash"] != split_hash:
         warn(f"the data differ from those the checkpoint was trained on ({len(labels)} samples now, "
              f"{cfg.get('num_samples')} then): train/val are not the same split")
@@ -489,6 +490,8 @@ def build_datasets(cfg, augment="none", check=True):
     if cfg["sample_weights"] and (weights[val_idx] != 1).any() and check:
         warn(f"{int((weights[val_idx] != 1).sum())} weight(s) in {cfg['sample_weights']} are of val photos: they "
              f"change nothing (validation is scored unweighted)")
+    if cfg["folds"]:  # a cross-validation run, cut after the corrections: the folds analyze.py --folds scores
+        train_idx, val_idx = _fold_split(train_idx, labels, cfg["folds"], cfg["fold"], cfg["split_seed"])
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
     val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
@@ -583,7 +586,7 @@ def corrections_at_rebuild(cfg):
 
 def split_indices(cfg, labels, classes, paths):
     """(train, val, photo groups or None) of a `data` config: the stratified split (group-aware for
-    folders), the --train-fraction subset of train, and with --folds K the fold --fold as val."""
+    folders) and the --train-fraction subset of train (build_datasets cuts a --folds run's fold later)."""
     counts = torch.bincount(labels, minlength=len(classes))
     if len(classes) < 2:
         raise UsageError(f"need at least 2 classes, found {len(classes)}: {classes}")
@@ -596,8 +599,6 @@ def split_indices(cfg, labels, classes, paths):
     else:
         train_idx, val_idx = stratified_group_split(labels, groups, cfg["val_fraction"], cfg["split_seed"])
     train_idx = stratified_subset(train_idx, labels, cfg["train_fraction"], cfg["split_seed"])
-    if cfg["folds"]:  # a cross-validation run: fold k is its val
-        train_idx, val_idx = _fold_split(train_idx, labels, cfg["folds"], cfg["fold"], cfg["split_seed"])
     return train_idx, val_idx, groups
 
 

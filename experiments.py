@@ -14,7 +14,6 @@ mean softmax of the seeds' best.pt) beside its mean single model, on test (val w
 """
 import argparse
 import csv
-import json
 import math
 import os
 import shlex
@@ -27,6 +26,7 @@ import evaluate as E
 import train
 from device import get_device
 from report import md_table
+from sweep import run_in_folder, stored_result
 
 SPLITS = ("train", "val", "test")
 DEFAULT_GRID = [("lr", ["1e-4", "3e-4", "1e-3"]), ("batch_size", ["32", "64", "128"])]
@@ -103,54 +103,8 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- running the cells
 
-NO_EFFECT = ("quiet", "workers", "threads", "cache_dir", "save_dir", "resume", "overwrite", "keep_last")  # change no number
-
-
-def comparable(record):
-    """A run's settings (train.py arguments, or their parsed dict) without the options that change no
-    result, so that adding --quiet does not count as other settings."""
-    if not isinstance(record, dict):
-        try:
-            record = vars(train.get_args_parser().parse_args(record))
-        except SystemExit:  # arguments of another version of train.py
-            return record
-    return {k: v for k, v in record.items() if k not in NO_EFFECT}
-
-
-def stored_result(folder, key, record, label):
-    """The result.json of a finished run in `folder` (None when there is none). A run made with other
-    settings is refused, never reported under this command's: its numbers answer another question."""
-    done = os.path.join(folder, "result.json")
-    if not os.path.isfile(done):
-        return None
-    try:
-        with open(done) as f:
-            stored = json.load(f)
-    except (OSError, ValueError) as e:
-        raise cli.UsageError(f"{done} is unreadable ({type(e).__name__}); delete it to run {label} again") from None
-    if comparable(stored.get(key)) != comparable(record):
-        raise cli.UsageError(f"{folder} holds {label} run with other settings ({stored.get(key)}): delete it, "
-                             f"or choose another --out, to run it with these")
-    return stored
-
-
-def run_in_folder(folder, key, record, run, label):
-    """The bookkeeping of one run folder of a sweep (experiments.py's cells, analyze.py --folds):
-    a finished run (FOLDER/result.json) of the same settings is not run again and its stored result
-    is returned; an interrupted one (FOLDER/last.pt) resumes. `run(resume)` (resume: the last.pt or
-    None) trains and returns a dict, stored with {key: record} in result.json, so running the same
-    command again continues a sweep."""
-    stored = stored_result(folder, key, record, label)
-    if stored is not None:
-        print(f"== {label}: finished before, skipped")
-        return stored
-    last = os.path.join(folder, "last.pt")
-    resume = last if os.path.isfile(last) else None
-    print(f"== {label}{': resuming' if resume else ''}", flush=True)
-    result = {key: record, **run(resume)}
-    os.makedirs(folder, exist_ok=True)
-    cli.write_json(os.path.join(folder, "result.json"), result)
-    return result
+def parse_train_args(argv):
+    return vars(train.get_args_parser().parse_args(argv))
 
 
 def run_cell(args, name, overrides):
@@ -165,7 +119,7 @@ def run_cell(args, name, overrides):
         argv = args.train_args + overrides + ["--seed", str(seed)]
         if args.planning:
             train.resolve_defaults(train.get_args_parser().parse_args(argv + ["--save-dir", folder]))  # checks it
-            stored_result(folder, "argv", argv, f"{name} seed {seed}")
+            stored_result(folder, "argv", argv, f"{name} seed {seed}", parse_train_args)
             continue
 
         def run_one(resume):
@@ -176,7 +130,7 @@ def run_cell(args, name, overrides):
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
                 print(f"error: {e}", file=sys.stderr)
                 return {"error": str(e)}
-        runs.append(run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}"))
+        runs.append(run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}", parse_train_args))
     return runs
 
 

@@ -194,6 +194,26 @@ def test_fold_run_validates_on_its_fold(flipped_run, tmp_path):
             D.build_datasets(dict(cfg, folds=folds_, fold=fold), check=False)
 
 
+@pytest.mark.slow  # builds the MNIST subset's data 5 times, ~8 s
+def test_fold_runs_of_a_corrected_run_hold_out_the_folds_analyze_scores(tmp_path):
+    """analyze.py --folds scores stratified_folds of the corrected training split: each fold run must
+    train on the other folds of that same split, with the corrected labels (a relabel moves a sample's
+    stratum; an excluded sample is in no fold)."""
+    cfg = data_config("--dataset", "mnist")
+    base = D.build_datasets(cfg, check=False)
+    picked = base.train.indices[:40].tolist()
+    rows = [f"#{i},{(int(base.train.labels[i]) + 1) % 10}," for i in picked[:30]] + [f"#{i},,0" for i in picked[30:]]
+    (tmp_path / "fix.csv").write_text("path,label,weight\n" + "\n".join(rows) + "\n")
+    fixed = D.build_datasets(dict(cfg, corrections=str(tmp_path / "fix.csv")), check=False)
+    assert set(picked[30:]).isdisjoint(fixed.train.indices.tolist()) and len(fixed.train) == len(base.train) - 10
+    folds = D.stratified_folds(fixed.train.targets, 3, cfg["split_seed"])
+    for k in range(3):
+        run = D.build_datasets(dict(cfg, corrections=str(tmp_path / "fix.csv"), folds=3, fold=k), check=False)
+        assert torch.equal(run.val.indices, fixed.train.indices[folds[k]])
+        assert torch.equal(run.val.targets, fixed.train.targets[folds[k]])  # the corrected labels
+        assert sorted(run.train.indices.tolist() + run.val.indices.tolist()) == sorted(fixed.train.indices.tolist())
+
+
 # ----------------------------------------------------------------------------- build_datasets on a photo folder
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "evaluate", "analyze", "report", "experiments", "bench", "export", "synth", "test_smoke",
            "measure_page"}
 LIBRARIES = {"cli", "device", "images", "augment", "composite", "corrections", "data", "model", "checkpoint",
-             "meters", "stats", "unlabeled", "page"}
+             "meters", "stats", "unlabeled", "page", "sweep"}
 
 
 def project_imports():
