@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from cli import UsageError, warn
+from cli import UsageError, atomic_write, warn
 from images import IMG_EXTENSIONS
 
 
@@ -151,6 +151,46 @@ def read_corrections(csv_path, paths, classes, n=None):
             raise UsageError(f"{where}: the row adds {row.path} with weight 0, which trains nothing: leave it out")
         fix.added.append((full, row.label, 1.0 if row.weight is None else row.weight))
     return fix
+
+
+def propose(paths, labels, probs, suspect, suggested, classes, relabel_above=0.5):
+    """The corrections a label review proposes, {path: (label or None, weight or None)}: a suspect
+    (confident learning's flag, with its `suggested` class) is relabelled when the reviewer gives
+    that class at least `relabel_above`, and excluded (weight 0) when it is less sure, so an
+    ambiguous image is left out of training rather than given a guessed label."""
+    out = {}
+    for i in suspect.nonzero().flatten().tolist():
+        c = int(suggested[i])
+        out[paths[i]] = (classes[c], None) if float(probs[i, c]) >= relabel_above else (None, 0.0)
+    return out
+
+
+def read_table(csv_path):
+    """A corrections file as {path: (label or None, weight or None)}, the form propose() returns."""
+    return {r.path: (r.label, r.weight) for r in read_rows(csv_path)}
+
+
+def merged(old, new):
+    """Corrections `new` applied on top of `old` (both {path: (label, weight)}): a later round's row
+    for an image replaces the earlier one's parts it sets, and keeps the rest."""
+    out = dict(old)
+    for path, (label, weight) in new.items():
+        was_label, was_weight = out.get(path, (None, None))
+        out[path] = (label if label is not None else was_label, weight if weight is not None else was_weight)
+    return out
+
+
+def write_table(csv_path, table, comment=None):
+    """{path: (label, weight)} as a corrections file (atomically), rows in path order; `comment`: a
+    first line `#! ...` that readers skip, saying what made the file."""
+    with atomic_write(csv_path) as f:
+        if comment:
+            f.write(f"#! {comment}\n")
+        w = csv.writer(f)
+        w.writerow(["path", "label", "weight"])
+        for path in sorted(table):
+            label, weight = table[path]
+            w.writerow([path, "" if label is None else label, "" if weight is None else f"{weight:g}"])
 
 
 def _norm(name):

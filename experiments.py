@@ -21,7 +21,12 @@ import statistics
 import sys
 from fractions import Fraction
 
+import torch
+
+import analyze as A
 import cli
+import corrections as C
+import data as D
 import evaluate as E
 import train
 from device import get_device
@@ -87,6 +92,19 @@ def get_args_parser():
     q.add_argument("--synthetic-on", type=int, default=2000, metavar="N", help="the pool size --synthetic-n")
     q.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also train on the real photos only, the same budget")
+    q = add("clean", "The data loop: train, review the training labels out of fold, correct them (relabel where "
+            "the reviewer is sure, exclude where not), retrain; every round's corrections in a CSV.")
+    q.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds after the first run")
+    q.add_argument("--folds", type=int, default=4, help="cross-validation runs of each review (analyze.py --folds)")
+    q.add_argument("--fold-epochs", type=int, default=None, help="epochs of each fold run (default: the run's --epochs)")
+    q.add_argument("--relabel-above", type=float, default=0.5, metavar="P",
+                   help="relabel a suspect when the reviewer gives its suggested class at least P, else exclude it")
+    q.add_argument("--flip", type=float, default=0.0, metavar="FRACTION",
+                   help="measure the loop: flip this fraction of the training labels (seeded, recorded in "
+                        "<out>/seed<k>/flips.csv; val untouched), and also train on the clean labels")
+    q.add_argument("--propose-only", action="store_true",
+                   help="write the last round's corrections.csv and stop before training on it: review it on "
+                        "the dashboard, then run the same command without this option")
     add("grid", "Two train.py hyper-parameters over lists, for a fixed budget of epochs.").add_argument(
         "--grid", action="append", type=grid_axis, metavar="NAME=V1,V2,...",
         help="twice; default: lr=1e-4,3e-4,1e-3 and batch_size=32,64,128")
@@ -355,7 +373,212 @@ def synth_to_real(args, base):
     return "Synthetic to real", table, rows, plot
 
 
-EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": grid, "synth-to-real": synth_to_real}
+def clean(args, base):
+    """Per seed, in <out>/seed<k>/: round0/ trains on the labels as given; round r reviews the run of
+    round r-1 out of fold (analyze.py --folds' fold runs, in its folds/), writes the corrections it
+    proposes on top of the earlier ones to round<r>.csv (a file you already edited there is kept and
+    used) and trains round<r>/ with them. With --flip, flips.csv/.json plant and record the noise and
+    clean/ trains on the true labels, so the table can say how much of the gap each round closed."""
+    if args.planning:
+        return None
+    rows = [clean_seed(args, base, seed) for seed in range(args.seeds)]
+    rounds = range(1, args.rounds + 1)
+    acc = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    stages = (["clean"] if args.flip else []) + ["r0"] + [f"r{r}" for r in rounds]
+    names = {"clean": "clean labels", "r0": "noisy (round 0)" if args.flip else "as given (round 0)"}
+    header = ["seed"] + [names.get(s, f"round {s[1:]}") for s in stages]
+    body = [[r["seed"]] + [acc(r[f"{s}_val_acc"]) for s in stages] for r in rows]
+    if args.flip:
+        header += [f"gap closed, round {k}" for k in rounds]
+        for line, r in zip(body, rows):
+            line += [gap_closed(r, k) for k in rounds]
+    table = ["val accuracy (%) of each run's best.pt (val labels never changed)", "", *md_table(header, body), ""]
+    review_head = ["seed", "round", "reviewer accuracy (skill)", "flagged", "relabelled", "excluded"]
+    if args.flip:
+        review_head += ["precision", "recall", "wrong labels left in train", "clean labels lost"]
+    review_rows = []
+    for r in rows:
+        for k in rounds:
+            if r[f"r{k}_flagged"] is None:
+                continue
+            line = [r["seed"], k, f"{100 * r[f'r{k}_reviewer_acc']:.1f}% ({r[f'r{k}_skill']:.2f})"
+                    + ("" if r[f"r{k}_shown"] else ", below the floor: withheld"),
+                    r[f"r{k}_flagged"], r[f"r{k}_relabelled"], r[f"r{k}_excluded"]]
+            if args.flip:
+                line += [acc(r[f"r{k}_precision"]), acc(r[f"r{k}_recall"]),
+                         f"{r[f'r{k}_wrong_left']} of {r['flipped']} planted", r[f"r{k}_clean_lost"]]
+            review_rows.append(line)
+    table += ["Each round's review of the run before it (precision and recall in %, of the labels still wrong "
+              "when it ran):", "", *md_table(review_head, review_rows)]
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(1.2 * len(stages) + 2.5, 4))
+        for k, r in enumerate(rows):
+            ys = [100 * r[f"{s}_val_acc"] if r[f"{s}_val_acc"] is not None else math.nan for s in stages]
+            ax.plot(range(len(stages)), ys, "o-", color=f"C{k}", label=f"seed {r['seed']}")
+        ax.set_xticks(range(len(stages)), [names.get(s, f"round {s[1:]}") for s in stages])
+        ax.set_ylabel("val accuracy (%)")
+        ax.set_title("the data loop: val accuracy after each round" + (f" ({args.flip:.0%} of labels flipped)"
+                                                                        if args.flip else ""))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        cli.save_figure(fig, path, dpi=90)
+
+    return "The data loop", table, rows, plot
+
+
+def gap_closed(row, k):
+    """Round k's share of the val-accuracy gap between the noisy and the clean labels, in %."""
+    noisy, clean_, now = row["r0_val_acc"], row["clean_val_acc"], row[f"r{k}_val_acc"]
+    if None in (noisy, clean_, now) or clean_ == noisy:
+        return "-"
+    return f"{100 * (now - noisy) / (clean_ - noisy):.0f}%"
+
+
+def without_option(argv, option):
+    """`argv` without `option VALUE` (or `option=VALUE`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def train_stage(args, seed, folder, corrections, label):
+    """One run of the loop, trained with `corrections` (a file or None) in `folder`; its results.
+    The file's hash is part of the settings, so an edited file is never taken for the one a
+    finished run used."""
+    argv = (without_option(args.train_args, "--corrections") + (["--corrections", corrections] if corrections else [])
+            + ["--seed", str(seed)])
+    record = dict(parse_train_args(argv), corrections_sha256=C.file_hash(corrections) if corrections else None)
+
+    def run(resume):
+        targs = train.get_args_parser().parse_args(argv + ["--save-dir", folder])
+        targs.resume = resume
+        return {"results": train.main(targs)}
+    return run_in_folder(folder, "settings", record, run, label)["results"]
+
+
+def plant_flips(args, base, folder, seed):
+    """flips.csv: --flip of the training labels changed to another class, uniformly, by a generator
+    seeded with the run's seed (val untouched); flips.json: every training image's true label and
+    which were flipped. Returns that record."""
+    data = D.build_datasets(D.data_config(train.resolve_defaults(train.get_args_parser().parse_args(
+        without_option(args.train_args, "--corrections")))), augment="none")
+    ds, classes = D.real_part(data.train), data.classes
+    g = torch.Generator().manual_seed(1000 + seed)
+    n = round(args.flip * len(ds))
+    picked = torch.randperm(len(ds), generator=g)[:n]
+    shift = torch.randint(1, len(classes), (n,), generator=g)
+    labels = ds.targets
+    paths = [corrections_path(ds.path(i)) for i in range(len(ds))]
+    given = {paths[i]: classes[(int(labels[i]) + int(d)) % len(classes)] for i, d in zip(picked.tolist(), shift.tolist())}
+    C.write_table(os.path.join(folder, "flips.csv"), {p: (c, None) for p, c in given.items()},
+                  f"{n} of {len(ds)} training labels flipped (experiments.py clean --flip {args.flip:g}, seed {seed})")
+    record = {"true": {p: classes[int(c)] for p, c in zip(paths, labels)}, "flipped": sorted(given)}
+    cli.write_json(os.path.join(folder, "flips.json"), record)
+    return record
+
+
+def corrections_path(path):
+    """A sample's name in a corrections file: its absolute path (MNIST's `#i` as it is)."""
+    return path if path.startswith("#") else os.path.abspath(path)
+
+
+def review_run(args, base, folder):
+    """The out-of-fold review of the run in `folder` (analyze.py --folds' fold runs, in folder/folds/):
+    (training paths, their labels as trained, probabilities, suspects, suggested classes, quality, classes)."""
+    device = get_device(base.device)
+    _, ckpt, data = E.load_run(os.path.join(folder, "best.pt"), device)
+    ds = E.eval_splits(data)["train"]
+    fargs = argparse.Namespace(folds=args.folds, fold_epochs=args.fold_epochs or ckpt["args"]["epochs"],
+                               device=base.device, amp=None, batch_size=256)
+    probs, fold = A.out_of_fold_probs(fargs, ckpt, data, ds, folder, device)
+    labels = ds.targets
+    suspect, suggested = A.confident_learning(probs, labels)
+    q = A.review_quality(probs, labels, fold)
+    q.update(reviewer=f"{args.folds} fold models (out of fold)", flagged=int(suspect.sum()))
+    return [corrections_path(ds.path(i)) for i in range(len(ds))], labels, probs, suspect, suggested, q, data.classes
+
+
+def clean_seed(args, base, seed):
+    """The loop for one seed (see clean); returns its row of the tables."""
+    folder = os.path.join(args.out, f"seed{seed}")
+    os.makedirs(folder, exist_ok=True)
+    row = {"seed": seed, "clean_val_acc": None, "flipped": None}
+    for k in range(args.rounds + 1):
+        row.update({f"r{k}_{m}": None for m in ("val_acc", "flagged", "relabelled", "excluded", "reviewer_acc", "skill",
+                                                 "shown", "precision", "recall", "wrong_left", "clean_lost")} if k else
+                   {"r0_val_acc": None})
+    truth, current = None, base.corrections
+    if args.flip:
+        truth = plant_flips(args, base, folder, seed)
+        row["flipped"] = len(truth["flipped"])
+        row["clean_val_acc"] = train_stage(args, seed, os.path.join(folder, "clean"), None,
+                                           f"seed {seed}: clean labels")["val"]["acc"]
+        current = os.path.join(folder, "flips.csv")
+    table = C.read_table(current) if current else {}
+    run = os.path.join(folder, "round0")
+    row["r0_val_acc"] = train_stage(args, seed, run, current, f"seed {seed} round 0")["val"]["acc"]
+    for k in range(1, args.rounds + 1):
+        paths, labels, probs, suspect, suggested, q, classes = review_run(args, base, run)
+        print(A.review_summary(f"seed {seed} round {k}: train", q))
+        row.update({f"r{k}_flagged": q["flagged"], f"r{k}_reviewer_acc": q["accuracy"], f"r{k}_skill": q["skill"],
+                    f"r{k}_shown": q["shown"]})
+        if truth:
+            wrong = {p for p, c in zip(paths, labels.tolist()) if classes[c] != truth["true"][p]}
+            hit = sum(paths[i] in wrong for i in suspect.nonzero().flatten().tolist())
+            row[f"r{k}_precision"] = hit / q["flagged"] if q["flagged"] else None
+            row[f"r{k}_recall"] = hit / len(wrong) if wrong else None
+        if not q["shown"]:
+            cli.warn(f"seed {seed}: the review of round {k - 1} is below the floor: no corrections proposed, the loop "
+                     f"stops here (more --fold-epochs or a stronger --model)")
+            break
+        proposal = C.propose(paths, labels, probs, suspect, suggested, classes, args.relabel_above)
+        row[f"r{k}_relabelled"] = sum(w is None for _, w in proposal.values())
+        row[f"r{k}_excluded"] = len(proposal) - row[f"r{k}_relabelled"]
+        proposed = C.merged(table, proposal)
+        what = (f"round {k} of experiments.py clean (seed {seed}): {row[f'r{k}_relabelled']} relabelled, "
+                f"{row[f'r{k}_excluded']} excluded on top of {os.path.basename(current) if current else 'no corrections'}")
+        C.write_table(os.path.join(folder, f"round{k}-proposed.csv"), proposed, what)
+        current = os.path.join(folder, f"round{k}.csv")
+        if os.path.isfile(current) and C.read_table(current) != proposed:
+            print(f"{current} differs from round{k}-proposed.csv (edited): trained as it is")
+        elif not os.path.isfile(current):
+            C.write_table(current, proposed, what)
+        table = C.read_table(current)
+        if truth:
+            row[f"r{k}_wrong_left"], row[f"r{k}_clean_lost"] = label_damage(table, truth)
+        if args.propose_only and k == args.rounds:
+            print(f"wrote {current}: review it (python analyze.py {os.path.join(run, 'best.pt')}, then load it on "
+                  f"dashboard.html), then run the same command without --propose-only")
+            break
+        run = os.path.join(folder, f"round{k}")
+        row[f"r{k}_val_acc"] = train_stage(args, seed, run, current, f"seed {seed} round {k}")["val"]["acc"]
+    return row
+
+
+def label_damage(table, truth):
+    """(planted flips still wrong in training, correct training labels now wrong or excluded) after `table`."""
+    flipped, wrong_left, lost = set(truth["flipped"]), 0, 0
+    for p, true in truth["true"].items():
+        label, weight = table.get(p, (None, None))
+        kept, right = weight != 0, (label or true) == true
+        if p in flipped:
+            wrong_left += kept and not right
+        else:
+            lost += not (kept and right)
+    return wrong_left, lost
+
+
+EXPERIMENTS = {"learning-curve": learning_curve, "ablation": ablation, "grid": grid, "synth-to-real": synth_to_real,
+               "clean": clean}
 
 
 def main(args):
@@ -370,6 +593,15 @@ def main(args):
     cli.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
     train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges
+    if args.experiment == "clean":
+        for name, ok, need in (("rounds", args.rounds >= 1, ">= 1"), ("folds", args.folds >= 2, ">= 2"),
+                               ("fold-epochs", args.fold_epochs is None or args.fold_epochs >= 1, ">= 1"),
+                               ("relabel-above", 0 < args.relabel_above <= 1, "in (0, 1]"),
+                               ("flip", 0 <= args.flip < 1, "in [0, 1)")):
+            if not ok:
+                raise cli.UsageError(f"--{name} must be {need}, got {getattr(args, name.replace('-', '_'))}")
+        if args.flip and base.corrections:
+            raise cli.UsageError("--flip plants noise in the data's own labels, to measure the loop: give no --corrections")
     if base.dry_run:
         raise cli.UsageError("--dry-run makes no results to compare; run train.py --dry-run instead")
     if args.experiment == "grid":
@@ -399,7 +631,7 @@ def main(args):
         w.writerows(rows)
     plot(stem + ".png")
     print("\n" + md + f"\nwritten: {stem}.md, .csv, .png")
-    if args.seeds > 1:
+    if args.seeds > 1 and args.experiment != "clean":  # (clean's runs answer another question than an ensemble)
         write_ensemble_report(args, stem, get_device(base.device))
     return rows
 
