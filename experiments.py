@@ -407,7 +407,7 @@ def clean(args, base):
             if args.flip:
                 line += [acc(r[f"r{k}_precision"]), acc(r[f"r{k}_recall"]),
                          f"{r[f'r{k}_wrong_left']} of {r['flipped']} planted", r[f"r{k}_clean_lost"]]
-            review_rows.append(line)
+            review_rows.append(["-" if v is None else v for v in line])  # (withheld: nothing proposed)
     table += ["Each round's review of the run before it (precision and recall in %, of the labels still wrong "
               "when it ran):", "", *md_table(review_head, review_rows)]
 

@@ -1,6 +1,7 @@
 """experiments.py: learning curve, ablation and grid on tiny budgets (the tests' MNIST subset
 and a fabricated 10-class photo folder); skipping of finished runs, resuming of interrupted ones."""
 import json
+import re
 import types
 
 import matplotlib.colors
@@ -244,3 +245,93 @@ def test_synth_to_real_cells_train_on_synthetic_only(digit_folder, tmp_path, mon
     assert "40 real training photos: 50.00" in md and len(rows) == 5
     with pytest.raises(SystemExit):
         run("synth-to-real", "--sources", "fonts,handwriting", "--out", tmp_path, *folder_args(digit_folder))
+
+
+# ----------------------------------------------------------------------------- clean: the data loop
+
+def test_proposals_relabel_the_sure_exclude_the_unsure_and_merge_over_earlier_rounds(tmp_path):
+    import corrections as C
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.3, 0.3, 0.4], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    suspect, suggested = torch.tensor([True, True, False, True]), torch.tensor([0, 2, -1, 0])
+    got = C.propose(["/a", "/b", "/c", "/d"], None, probs, suspect, suggested, ["x", "y", "z"], relabel_above=0.5)
+    assert got == {"/a": ("x", None), "/b": (None, 0.0), "/d": (None, 0.0)}  # /d: p(x) = 0.2 < 0.5
+    earlier = {"/a": ("z", None), "/b": ("y", 2.0), "/e": ("y", None)}
+    both = C.merged(earlier, got)
+    assert both == {"/a": ("x", None), "/b": ("y", 0.0), "/d": (None, 0.0), "/e": ("y", None)}
+    C.write_table(tmp_path / "r.csv", both, "round 1")
+    assert (tmp_path / "r.csv").read_text().splitlines()[:2] == ["#! round 1", "path,label,weight"]
+    assert C.read_table(tmp_path / "r.csv") == both
+
+
+def test_label_damage_counts_planted_flips_left_and_correct_labels_lost():
+    truth = {"true": {"/a": "1", "/b": "2", "/c": "3", "/d": "4"}, "flipped": ["/a", "/b"]}
+    table = {"/a": ("7", None),   # a flip left wrong
+             "/b": ("2", None),   # a flip fixed
+             "/c": (None, 0.0),   # a correct label excluded: lost
+             "/d": ("5", None)}   # a correct label relabelled wrong: lost
+    assert experiments.label_damage(table, truth) == (1, 2)
+    assert experiments.label_damage({"/a": (None, 0.0)}, truth) == (0, 0)  # an excluded flip is not left wrong
+
+
+@pytest.mark.parametrize("argv,text", [(["--rounds", 0], "--rounds must be >= 1"), (["--folds", 1], "--folds must be >= 2"),
+                                       (["--flip", 1], "--flip must be in [0, 1)"),
+                                       (["--relabel-above", 0], "--relabel-above must be in (0, 1]"),
+                                       (["--flip", 0.1, "--corrections", "x.csv"], "give no --corrections")])
+def test_clean_refuses_bad_options_before_training(argv, text, monkeypatch, tmp_path):
+    forbid_training(monkeypatch)
+    (tmp_path / "x.csv").write_text("path,label,weight\n")
+    with pytest.raises(cli.UsageError, match=re.escape(text)):
+        run("clean", *MNIST_ARGS, "--out", tmp_path / "c", *[tmp_path / a if a == "x.csv" else a for a in argv])
+
+
+@needs_mnist
+@pytest.mark.slow  # 5 tiny MNIST runs (clean, round 0, 2 folds, round 1) and a rerun, ~60 s
+def test_clean_plants_flips_reviews_corrects_and_retrains(tmp_path, capsys):
+    import corrections as C
+    out = tmp_path / "loop"
+    argv = ["clean", *MNIST_ARGS, "--model", "net", "--epochs", 5, "--val-fraction", 0.1, "--flip", 0.1,
+            "--rounds", 1, "--folds", 2, "--out", out]
+    rows = run(*argv)
+    seed = out / "seed0"
+    flips = json.loads((seed / "flips.json").read_text())
+    planted = C.read_table(seed / "flips.csv")
+    assert sorted(planted) == flips["flipped"] and len(planted) == round(0.1 * len(flips["true"]))
+    assert all(flips["true"][p] != label for p, (label, _) in planted.items())
+    noisy = torch.load(seed / "round0" / "best.pt", weights_only=True)
+    val = set(D.build_datasets(noisy["data"], augment="none", check=False).val.indices.tolist())
+    assert not val & {int(p[1:]) for p in planted}  # "#i": no val image flipped
+    assert noisy["data"]["corrections_summary"]["relabelled"] == len(planted)
+    # round 1 trained with round1.csv: the flips, overwritten where the review proposed a change
+    fixed = C.read_table(seed / "round1.csv")
+    assert fixed == C.read_table(seed / "round1-proposed.csv") and set(planted) <= set(fixed)
+    ckpt = torch.load(seed / "round1" / "best.pt", weights_only=True)
+    assert ckpt["data"]["corrections_sha256"] == C.file_hash(seed / "round1.csv")
+    # the table's damage count, recomputed from the data round 1 trained on
+    data = E.run_data(ckpt)
+    ds = E.eval_splits(data)["train"]
+    wrong = [ds.path(i) for i, c in enumerate(ds.targets.tolist()) if data.classes[c] != flips["true"][ds.path(i)]]
+    row = rows[0]
+    assert row["r1_wrong_left"] == len(set(wrong) & set(planted))
+    assert row["r1_relabelled"] + row["r1_excluded"] == row["r1_flagged"]
+    for stage, folder in (("clean", "clean"), ("r0", "round0"), ("r1", "round1")):
+        stored = json.loads((seed / folder / "result.json").read_text())
+        assert row[f"{stage}_val_acc"] == stored["results"]["val"]["acc"]
+    md = (out / "clean.md").read_text()
+    assert f"| 0 | {100 * row['clean_val_acc']:.2f} | {100 * row['r0_val_acc']:.2f} | {100 * row['r1_val_acc']:.2f} |" in md
+    # the same command again trains nothing; an edited round1.csv is kept, and its run refused
+    capsys.readouterr()
+    assert run(*argv) == rows and "finished before, skipped" in capsys.readouterr().out
+    (seed / "round1.csv").write_text("path,label,weight\n")
+    with pytest.raises(cli.UsageError, match="round1 holds seed 0 round 1 run with other settings"):
+        run(*argv)
+    assert (seed / "round1.csv").read_text() == "path,label,weight\n"  # the user's edit is never overwritten
+
+
+@needs_mnist
+@pytest.mark.slow  # 4 one-epoch MNIST runs, ~20 s
+def test_clean_stops_at_a_review_below_the_floor(tmp_path, capsys):
+    rows = run("clean", *MNIST_ARGS, "--model", "net", "--flip", 0.2, "--rounds", 2, "--folds", 2, "--out", tmp_path)
+    assert "below the floor: no corrections proposed, the loop stops here" in capsys.readouterr().err
+    assert not rows[0]["r1_shown"] and rows[0]["r1_val_acc"] is None and rows[0]["r2_flagged"] is None
+    assert not list((tmp_path / "seed0").glob("round1*"))  # nothing proposed, nothing trained
+    assert "below the floor: withheld" in (tmp_path / "clean.md").read_text()
