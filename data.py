@@ -253,12 +253,15 @@ def stratified_group_split(labels, groups, val_fraction, seed):
 class TensorImageDataset(Dataset):
     """Images held as one uint8 tensor, viewed through `indices` (no copies per split).
     Items are (image, label, source, weight): source 0 = real, 1 = synthetic; weight scales
-    the sample's loss (--sample-weights; 0 drops it)."""
+    the sample's loss (--sample-weights; 0 drops it). `original_labels` (like `labels`): the
+    folder's own labels where --corrections changed some of this view's (val), else None."""
 
-    def __init__(self, images, labels, indices=None, transform=None, source=0, paths=None, weights=None):
+    def __init__(self, images, labels, indices=None, transform=None, source=0, paths=None, weights=None,
+                 original_labels=None):
         self.images, self.labels = images, torch.as_tensor(labels)
         self.indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
         self.transform, self.source, self.paths, self.weights = transform, source, paths, weights
+        self.original_labels = original_labels
 
     def __len__(self):
         return len(self.indices)
@@ -275,12 +278,16 @@ class TensorImageDataset(Dataset):
     def targets(self):
         return self.labels[self.indices]
 
+    @property
+    def original_targets(self):
+        return None if self.original_labels is None else self.original_labels[self.indices]
+
     def path(self, i):
         return self.paths[int(self.indices[i])] if self.paths is not None else f"#{int(self.indices[i])}"
 
     def with_transform(self, transform):
         return TensorImageDataset(self.images, self.labels, self.indices, transform, self.source,
-                                  self.paths, self.weights)
+                                  self.paths, self.weights, self.original_labels)
 
 
 def raw_image(dataset, i):
@@ -480,6 +487,7 @@ def build_datasets(cfg, augment="none", check=True):
     train_tf = build_transform(augment, img_size, mean, std, train=True)
     eval_tf = build_transform(augment, img_size, mean, std, train=False)
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg["sample_weights"] else None
+    folder_labels = labels  # (apply_corrections relabels a copy)
     if cfg["corrections"]:  # after the split, so val keeps the same images
         images, labels, classes, paths, train_idx, weights, fixed = apply_corrections(
             cfg, images, labels, classes, paths, train_idx, val_idx)
@@ -490,7 +498,10 @@ def build_datasets(cfg, augment="none", check=True):
         warn(f"{int((weights[val_idx] != 1).sum())} weight(s) in {cfg['sample_weights']} are of val photos: they "
              f"change nothing (validation is scored unweighted)")
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
-    val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
+    # a corrected val label changes val accuracy: the folder's labels stay beside them, so both can be scored
+    relabelled_val = not torch.equal(labels[val_idx], folder_labels[val_idx])
+    val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths,
+                             original_labels=folder_labels if relabelled_val else None)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
     if cfg["test_dir"]:
         test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg["cache_dir"], cfg["resize"])

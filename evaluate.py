@@ -103,6 +103,24 @@ def summary_line(split, loss, correct, total):
     return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
 
 
+def original_labels_line(split, r):
+    """The line under a split's summary_line where --corrections changed some of its labels (val): the
+    same predictions scored on the folder's original labels (metrics' `original_labels`, with_original_labels)."""
+    o = r["original_labels"]
+    return (summary_line(split, o["loss"], o["correct"], o["total"]).replace(" set:", " set, original labels:", 1)
+            + f"; the line above scores the corrected labels ({o['relabelled']} of the {o['total']} changed "
+              f"by --corrections)")
+
+
+def with_original_labels(r, logits, labels, original, classes):
+    """metrics() `r` of (corrected) `labels` with the same `logits` scored on the `original` labels beside
+    them, each named by its "labels" entry; `r` as it is where no label differs."""
+    if original is None or torch.equal(original, labels):
+        return r
+    return {**r, "labels": "corrected", "original_labels": {**metrics(logits, original, classes), "labels": "original",
+                                                            "relabelled": int((original != labels).sum())}}
+
+
 def calibration_bins(probs, labels, bins=15):
     """Reliability-diagram bins of the top-1 confidence: (count, mean confidence, accuracy) per
     equal-width bin of [0, 1], and the expected calibration error (ECE: the count-weighted mean
@@ -233,6 +251,8 @@ def match_classes(data, trained, where):
     index = torch.tensor([list(trained).index(c) for c in data.classes])
     for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
         ds.labels = index[ds.labels]
+        if getattr(ds, "original_labels", None) is not None:
+            ds.original_labels = index[ds.original_labels]
     data.classes = list(trained)
     return not removed
 
@@ -376,7 +396,9 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
-        results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
+        results[name] = with_original_labels(metrics(outs[name]["logits"], outs[name]["labels"], data.classes),
+                                             outs[name]["logits"], outs[name]["labels"],
+                                             getattr(ds, "original_targets", None), data.classes)
     cli.write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, **results})
     shown = shown_split(results)
     title = figure_title(f"{shown} split", settings)
@@ -743,6 +765,8 @@ def main(args):
     label = f"{len(paths)}-model ensemble " if len(paths) > 1 else ""
     for name, r in results.items():
         print(label + summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
+        if "original_labels" in r:
+            print(label + original_labels_line(name.capitalize(), r))
     print(f"calibration error (ECE, {ECE_BINS} bins): "
           + ", ".join(f"{n} {100 * r['ece']:.2f}%" for n, r in results.items()))
     print(f"wrote metrics.json, confusion.png, mistakes.png, calibration.png ({shown_split(results)} split) to {out_dir}")
