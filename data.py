@@ -525,9 +525,10 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
     the config entries a checkpoint records: corrections_sha256, corrections_summary).
     From a checkpoint whose file is gone or changed, see corrections_at_rebuild."""
     path, recorded = cfg["corrections"], cfg.get("corrections_summary")
-    if not corrections_at_rebuild(cfg):
+    source = corrections_at_rebuild(cfg)
+    if not source:
         return images, labels, classes + recorded["new_classes"], paths, train_idx, None, {}
-    fix = C.read_corrections(path, paths, classes, len(labels))
+    fix = C.read_corrections(source, paths, classes, len(labels), base=os.path.dirname(path))
     names = [*fix.labels.values(), *(label for _, label, _ in fix.added)]
     new = [c for c in dict.fromkeys(names) if c not in classes]
     classes, n = list(classes) + new, len(labels)
@@ -574,22 +575,29 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
 
 
 def corrections_at_rebuild(cfg):
-    """Whether a checkpoint's corrections file can be applied again: yes when it is the file
-    training read (same sha256; or not from a checkpoint). Gone or changed since: when it
-    relabelled no val image, val is still right, so the data are rebuilt without it and one warning
-    says so; when it did, val would be scored with other labels, so it is refused in one line."""
+    """The file to apply a checkpoint's corrections from, or None: the file training read when it
+    still is (same sha256; or not from a checkpoint), else the first of `corrections_copies` (the
+    run's own copies, train.py's <save-dir>/trained_corrections.csv; evaluate.run_data lists them) with the
+    recorded sha256, said in one line. Neither: when the file relabelled no val image, val is still
+    right, so the data are rebuilt without it and one warning says so; when it did, val would be
+    scored with other labels, so it is refused in one line."""
     path, then = cfg["corrections"], cfg.get("corrections_sha256")
     now = C.file_hash(path) if os.path.isfile(path) else None
     if then is None or now == then:
-        return True
+        return path
     what = "is gone" if now is None else f"has changed since training (sha256 {then[:12]} then, {now[:12]} now)"
+    copy = next((p for p in cfg.get("corrections_copies") or () if os.path.isfile(p) and C.file_hash(p) == then), None)
+    if copy:
+        print(f"--corrections {path} {what}: rebuilt from the run's copy of it as training read it, {copy}")
+        return copy
     summary = cfg["corrections_summary"]
     if summary["relabelled_val"]:
         raise UsageError(f"--corrections {path} {what}: it relabelled {summary['relabelled_val']} val image(s), so "
-                         f"val would be scored with other labels; put the file back as training read it")
+                         f"val would be scored with other labels; put the file back as training read it (a run "
+                         f"folder's {C.RUN_COPY} is that copy)")
     warn(f"--corrections {path} {what}: rebuilt without it (val is right, the file relabelled no val image; the "
          f"train split has the folder's labels, without its {summary['added']} added image(s))")
-    return False
+    return None
 
 
 def split_indices(cfg, labels, classes, paths):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import corrections as C
 import data as D
 import stats
 from augment import build_transform
@@ -187,13 +188,24 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=N
     predicts under `amp` (an --amp choice), by default the checkpoint's (see model_from_checkpoint)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, device, amp=amp)
-    return model, ckpt, run_data(ckpt, data_dir, mnist_root, synthetic) if with_data else None
+    return model, ckpt, run_data(ckpt, data_dir, mnist_root, synthetic, checkpoint=path) if with_data else None
 
 
-def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False):
+def corrections_copies(ckpt, checkpoint=None):
+    """Where the run's own copy of its --corrections file (train.py's <save-dir>/trained_corrections.csv) may be:
+    beside the checkpoint at `checkpoint`, beside the one it was calibrated from, in its --save-dir."""
+    folders = [os.path.dirname(os.path.abspath(p)) for p in (checkpoint, ckpt.get("calibrated_from")) if p]
+    folders += [os.path.abspath(ckpt["args"]["save_dir"])] if ckpt["args"].get("save_dir") else []
+    return [os.path.join(f, C.RUN_COPY) for f in dict.fromkeys(folders)]
+
+
+def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False, checkpoint=None):
     """The checkpoint's Data (the same split, eval transforms), from where the data are now. The
-    synthetic training images are made only when `synthetic` (analyze.py shows them; a score never uses them)."""
+    synthetic training images are made only when `synthetic` (analyze.py shows them; a score never uses them).
+    `checkpoint`: its path, where the run's copy of a --corrections file edited since is looked for."""
     cfg = dict(ckpt["data"])
+    if cfg.get("corrections"):  # (data.corrections_at_rebuild takes a copy only where its sha256 is training's)
+        cfg["corrections_copies"] = corrections_copies(ckpt, checkpoint)
     if not synthetic:
         cfg["synthetic_n"] = 0
     if data_dir:
@@ -616,7 +628,7 @@ def compare(args):
     runs = load_members(paths, device, args.amp)  # the same class list
     preds, scored, data, ds = [], None, None, None
     for path, (model, ckpt) in zip(paths, runs):
-        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=path)
         splits = eval_splits(data_k, split)
         if not splits:
             raise cli.UsageError(f"--split {split}: the data of {path} have no {split} split")
@@ -738,7 +750,7 @@ def main(args):
     members, data, scored = [], None, None
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
-        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=path)
         if not members:
             print(found_line(data_k))
         if args.temperature == "auto":

@@ -376,9 +376,14 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     if cfg.get("corrections_summary"):  # what the run's labels owe to its corrections file, and whether it is still that file
         path, sha = cfg["corrections"], cfg["corrections_sha256"]
         now = C.file_hash(path) if os.path.isfile(path) else None
+        copy = find(C.RUN_COPY)  # train.py's copy in the run folder: the file as training read it
+        kept = ""
+        if copy and os.path.isfile(copy):
+            kept = (f"; the run's copy as training read it: [{C.RUN_COPY}]({link(copy)})" if C.file_hash(copy) == sha
+                    else f"; the run's {C.RUN_COPY} differs from it (sha256 {C.file_hash(copy)[:12]})")
         md[-1:] = [f"- {C.summary_line(path, sha, cfg['corrections_summary'])} (`{path}`"
                    + ("" if now == sha else ", gone since training" if now is None else ", changed since training")
-                   + ")", ""]
+                   + ")" + kept, ""]
     if results:
         splits = [s for s in E.SPLITS if s in results]
         support = {s: [results[s]["per_class"][c]["support"] for c in classes] for s in splits}

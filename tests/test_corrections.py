@@ -257,6 +257,56 @@ def test_a_changed_or_lost_file_is_refused_where_val_would_be_wrong(photos, tmp_
         E.load_run(str(ck), torch.device("cpu"))
 
 
+def test_the_run_folder_keeps_the_file_it_trained_with(corrected_run, tmp_path):
+    root, _, csv_path, out = corrected_run
+    assert (root / "run" / C.RUN_COPY).read_bytes() == csv_path.read_bytes()  # the exact bytes, whatever the file becomes
+    sha = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert f"corrections c.csv (sha256 {sha[:12]}): the run's copy is {root / 'run' / C.RUN_COPY}" in out  # at the end
+    assert not [p for p in os.listdir(root / "run") if p.startswith(".tmp")]  # written atomically
+    report.write_report(str(tmp_path), str(root / "run" / "best.pt"))  # the report names the file, its hash, the copy
+    line = next(ln for ln in (tmp_path / "report.md").read_text().splitlines() if "corrections c.csv" in ln)
+    assert f"(sha256 {sha[:12]})" in line and "changed since" not in line
+    assert f"the run's copy as training read it: [{C.RUN_COPY}](" in line
+
+
+def test_an_edited_file_is_rebuilt_from_the_runs_copy(photos, tmp_path, capsys):
+    # the file's rows are relative to its own folder, fixes/: the copy in the run folder reads with them
+    base = D.build_datasets(cfg(photos), check=False)
+    fix = write(tmp_path / "fixes" / "c.csv", f"path,label\n{os.path.relpath(base.val.path(0), tmp_path / 'fixes')},1\n"
+                                               f"{os.path.relpath(base.train.path(0), tmp_path / 'fixes')},1\n")
+    (tmp_path / "runs" / "r1").mkdir(parents=True)  # not beside fixes/: its relative paths would miss
+    ck = fabricated(tmp_path / "runs" / "r1" / "best.pt", cfg(photos, "--corrections", fix))
+    shutil.copyfile(fix, tmp_path / "runs" / "r1" / C.RUN_COPY)  # what train.py keeps
+    fix.write_text("path,label\n")  # the next round's file, edited in place
+    capsys.readouterr()
+    _, _, data = E.load_run(str(ck), torch.device("cpu"))
+    said = capsys.readouterr()
+    assert warning_lines(said.err) == [] and f"rebuilt from the run's copy of it as training read it, " \
+        f"{tmp_path / 'runs' / 'r1' / C.RUN_COPY}" in said.out
+    assert labels_by_path(data, data.val)[base.val.path(0)] == "1" and labels_by_path(data, data.train)[
+        base.train.path(0)] == "1"
+    assert data.val.original_targets.tolist() == base.val.targets.tolist()
+    assert data.config["corrections_summary"] == torch.load(ck, weights_only=True)["data"]["corrections_summary"]
+    (tmp_path / "runs" / "r1" / C.RUN_COPY).write_text("path,label\n")  # a copy that is not the file training read: not used
+    with pytest.raises(cli.UsageError, match="changed since training.*relabelled 1 val image"):
+        E.load_run(str(ck), torch.device("cpu"))
+
+
+def test_resume_takes_the_runs_copy_and_overwrite_clears_it(corrected_run, photos, tmp_path):
+    root, _, csv_path, _ = corrected_run
+    shutil.copytree(root / "run", tmp_path / "run")
+    copy = tmp_path / "run" / C.RUN_COPY
+    stat = copy.stat()
+    common = ["--data-dir", photos / "d", "--model", "convnet", "--img-size", IMG, "--batch-size", 4, "--workers", 0,
+              "--quiet", "--augment", "none", "--no-download", "--save-dir", tmp_path / "run"]
+    run_train(common + ["--epochs", 2, "--corrections", copy, "--resume", tmp_path / "run" / "last.pt"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["data"]["corrections_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert copy.read_bytes() == csv_path.read_bytes() and copy.stat().st_mtime_ns == stat.st_mtime_ns  # an input: not written
+    run_train(common + ["--epochs", 1, "--overwrite"])  # a new run without corrections: no copy of the old run's
+    assert not copy.exists()
+
+
 def test_a_lost_file_that_left_val_alone_is_one_warning(photos, tmp_path, capsys):
     base = D.build_datasets(cfg(photos), check=False)
     fix = write(tmp_path / "train.csv", f"path,label\n{base.train.path(0)},cat\n")
