@@ -729,7 +729,7 @@ def rank_unlabeled(args, device):
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     model = model_from_checkpoint(ckpt, device, amp=args.amp)
-    data = E.run_data(ckpt, args.data_dir, args.mnist_root)
+    data = E.run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=args.checkpoint)
     ds, kept = E.folder_dataset(ckpt, found, args.unlabeled)
     warn_unreadable([p for i, p in enumerate(found) if i not in set(kept)])
     paths, t = [found[i] for i in kept], ckpt["temperature"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from cli import UsageError, atomic_write, warn
 from images import IMG_EXTENSIONS
 
+RUN_COPY = "trained_corrections.csv"  # train.py's copy of the file a run trained with (not the page's download)
+
 
 @dataclass
 class Row:
@@ -106,14 +108,15 @@ def _weight(text, sep, csv_path, line, path):
     return w
 
 
-def read_corrections(csv_path, paths, classes, n=None):
+def read_corrections(csv_path, paths, classes, n=None, base=None):
     """The corrections of `csv_path` against a data set's sample `paths` (absolute; None for MNIST,
-    whose samples are named `#i`) and `classes`. A row's path is absolute or relative to the CSV
-    file's folder and matches a sample by resolved path; a path that is not a sample but an image
+    whose samples are named `#i`) and `classes`. A row's path is absolute or relative to `base`
+    (default: the CSV file's folder; a run's copy of the file reads with its original's) and
+    matches a sample by resolved path; a path that is not a sample but an image
     file adds that image (with its label). A class name that is new is allowed (a label the folder
     lacks), unless it looks like an existing one (`07` for `7`, `Cat` for `cat`): then it is a typo."""
     rows = read_rows(csv_path)
-    base = os.path.dirname(os.path.abspath(csv_path))
+    base = os.path.abspath(base or os.path.dirname(os.path.abspath(csv_path)))
     index = {os.path.abspath(p): i for i, p in enumerate(paths or [])}
     for i, p in enumerate(paths or []):  # a file reached through a symlink is the same file
         index.setdefault(os.path.realpath(p), i)

@@ -253,12 +253,15 @@ def stratified_group_split(labels, groups, val_fraction, seed):
 class TensorImageDataset(Dataset):
     """Images held as one uint8 tensor, viewed through `indices` (no copies per split).
     Items are (image, label, source, weight): source 0 = real, 1 = synthetic; weight scales
-    the sample's loss (--sample-weights; 0 drops it)."""
+    the sample's loss (--sample-weights; 0 drops it). `original_labels` (like `labels`): the
+    folder's own labels where --corrections changed some of this view's (val), else None."""
 
-    def __init__(self, images, labels, indices=None, transform=None, source=0, paths=None, weights=None):
+    def __init__(self, images, labels, indices=None, transform=None, source=0, paths=None, weights=None,
+                 original_labels=None):
         self.images, self.labels = images, torch.as_tensor(labels)
         self.indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
         self.transform, self.source, self.paths, self.weights = transform, source, paths, weights
+        self.original_labels = original_labels
 
     def __len__(self):
         return len(self.indices)
@@ -275,12 +278,16 @@ class TensorImageDataset(Dataset):
     def targets(self):
         return self.labels[self.indices]
 
+    @property
+    def original_targets(self):
+        return None if self.original_labels is None else self.original_labels[self.indices]
+
     def path(self, i):
         return self.paths[int(self.indices[i])] if self.paths is not None else f"#{int(self.indices[i])}"
 
     def with_transform(self, transform):
         return TensorImageDataset(self.images, self.labels, self.indices, transform, self.source,
-                                  self.paths, self.weights)
+                                  self.paths, self.weights, self.original_labels)
 
 
 def raw_image(dataset, i):
@@ -481,6 +488,7 @@ def build_datasets(cfg, augment="none", check=True):
     train_tf = build_transform(augment, img_size, mean, std, train=True)
     eval_tf = build_transform(augment, img_size, mean, std, train=False)
     weights = read_sample_weights(cfg["sample_weights"], paths, len(labels)) if cfg["sample_weights"] else None
+    folder_labels = labels  # (apply_corrections relabels a copy)
     if cfg["corrections"]:  # after the split, so val keeps the same images
         images, labels, classes, paths, train_idx, weights, fixed = apply_corrections(
             cfg, images, labels, classes, paths, train_idx, val_idx)
@@ -493,7 +501,10 @@ def build_datasets(cfg, augment="none", check=True):
     if cfg["folds"]:  # a cross-validation run, cut after the corrections: the folds analyze.py --folds scores
         train_idx, val_idx = _fold_split(train_idx, labels, cfg["folds"], cfg["fold"], cfg["split_seed"])
     train = TensorImageDataset(images, labels, train_idx, train_tf, paths=paths, weights=weights)
-    val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths)
+    # a corrected val label changes val accuracy: the folder's labels stay beside them, so both can be scored
+    relabelled_val = not torch.equal(labels[val_idx], folder_labels[val_idx])
+    val = TensorImageDataset(images, labels, val_idx, eval_tf, paths=paths,
+                             original_labels=folder_labels if relabelled_val else None)
     test = TensorImageDataset(test_images, test_labels, None, eval_tf) if test_images is not None else None
     if cfg["test_dir"]:
         test = load_test_folder(cfg["test_dir"], classes, img_size, eval_tf, cfg["cache_dir"], cfg["resize"])
@@ -517,9 +528,10 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
     the config entries a checkpoint records: corrections_sha256, corrections_summary).
     From a checkpoint whose file is gone or changed, see corrections_at_rebuild."""
     path, recorded = cfg["corrections"], cfg.get("corrections_summary")
-    if not corrections_at_rebuild(cfg):
+    source = corrections_at_rebuild(cfg)
+    if not source:
         return images, labels, classes + recorded["new_classes"], paths, train_idx, None, {}
-    fix = C.read_corrections(path, paths, classes, len(labels))
+    fix = C.read_corrections(source, paths, classes, len(labels), base=os.path.dirname(path))
     names = [*fix.labels.values(), *(label for _, label, _ in fix.added)]
     new = [c for c in dict.fromkeys(names) if c not in classes]
     classes, n = list(classes) + new, len(labels)
@@ -566,22 +578,29 @@ def apply_corrections(cfg, images, labels, classes, paths, train_idx, val_idx):
 
 
 def corrections_at_rebuild(cfg):
-    """Whether a checkpoint's corrections file can be applied again: yes when it is the file
-    training read (same sha256; or not from a checkpoint). Gone or changed since: when it
-    relabelled no val image, val is still right, so the data are rebuilt without it and one warning
-    says so; when it did, val would be scored with other labels, so it is refused in one line."""
+    """The file to apply a checkpoint's corrections from, or None: the file training read when it
+    still is (same sha256; or not from a checkpoint), else the first of `corrections_copies` (the
+    run's own copies, train.py's <save-dir>/trained_corrections.csv; evaluate.run_data lists them) with the
+    recorded sha256, said in one line. Neither: when the file relabelled no val image, val is still
+    right, so the data are rebuilt without it and one warning says so; when it did, val would be
+    scored with other labels, so it is refused in one line."""
     path, then = cfg["corrections"], cfg.get("corrections_sha256")
     now = C.file_hash(path) if os.path.isfile(path) else None
     if then is None or now == then:
-        return True
+        return path
     what = "is gone" if now is None else f"has changed since training (sha256 {then[:12]} then, {now[:12]} now)"
+    copy = next((p for p in cfg.get("corrections_copies") or () if os.path.isfile(p) and C.file_hash(p) == then), None)
+    if copy:
+        print(f"--corrections {path} {what}: rebuilt from the run's copy of it as training read it, {copy}")
+        return copy
     summary = cfg["corrections_summary"]
     if summary["relabelled_val"]:
         raise UsageError(f"--corrections {path} {what}: it relabelled {summary['relabelled_val']} val image(s), so "
-                         f"val would be scored with other labels; put the file back as training read it")
+                         f"val would be scored with other labels; put the file back as training read it (a run "
+                         f"folder's {C.RUN_COPY} is that copy)")
     warn(f"--corrections {path} {what}: rebuilt without it (val is right, the file relabelled no val image; the "
          f"train split has the folder's labels, without its {summary['added']} added image(s))")
-    return False
+    return None
 
 
 def split_indices(cfg, labels, classes, paths):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import corrections as C
 import data as D
 import stats
 from augment import build_transform
@@ -103,6 +104,24 @@ def summary_line(split, loss, correct, total):
     return f"{split} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({100.0 * correct / total:.2f}%)"
 
 
+def original_labels_line(split, r):
+    """The line under a split's summary_line where --corrections changed some of its labels (val): the
+    same predictions scored on the folder's original labels (metrics' `original_labels`, with_original_labels)."""
+    o = r["original_labels"]
+    return (summary_line(split, o["loss"], o["correct"], o["total"]).replace(" set:", " set, original labels:", 1)
+            + f"; the line above scores the corrected labels ({o['relabelled']} of the {o['total']} changed "
+              f"by --corrections)")
+
+
+def with_original_labels(r, logits, labels, original, classes):
+    """metrics() `r` of (corrected) `labels` with the same `logits` scored on the `original` labels beside
+    them, each named by its "labels" entry; `r` as it is where no label differs."""
+    if original is None or torch.equal(original, labels):
+        return r
+    return {**r, "labels": "corrected", "original_labels": {**metrics(logits, original, classes), "labels": "original",
+                                                            "relabelled": int((original != labels).sum())}}
+
+
 def calibration_bins(probs, labels, bins=15):
     """Reliability-diagram bins of the top-1 confidence: (count, mean confidence, accuracy) per
     equal-width bin of [0, 1], and the expected calibration error (ECE: the count-weighted mean
@@ -169,13 +188,24 @@ def load_run(path, device, data_dir=None, mnist_root=None, with_data=True, amp=N
     predicts under `amp` (an --amp choice), by default the checkpoint's (see model_from_checkpoint)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, device, amp=amp)
-    return model, ckpt, run_data(ckpt, data_dir, mnist_root, synthetic) if with_data else None
+    return model, ckpt, run_data(ckpt, data_dir, mnist_root, synthetic, checkpoint=path) if with_data else None
 
 
-def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False):
+def corrections_copies(ckpt, checkpoint=None):
+    """Where the run's own copy of its --corrections file (train.py's <save-dir>/trained_corrections.csv) may be:
+    beside the checkpoint at `checkpoint`, beside the one it was calibrated from, in its --save-dir."""
+    folders = [os.path.dirname(os.path.abspath(p)) for p in (checkpoint, ckpt.get("calibrated_from")) if p]
+    folders += [os.path.abspath(ckpt["args"]["save_dir"])] if ckpt["args"].get("save_dir") else []
+    return [os.path.join(f, C.RUN_COPY) for f in dict.fromkeys(folders)]
+
+
+def run_data(ckpt, data_dir=None, mnist_root=None, synthetic=False, checkpoint=None):
     """The checkpoint's Data (the same split, eval transforms), from where the data are now. The
-    synthetic training images are made only when `synthetic` (analyze.py shows them; a score never uses them)."""
+    synthetic training images are made only when `synthetic` (analyze.py shows them; a score never uses them).
+    `checkpoint`: its path, where the run's copy of a --corrections file edited since is looked for."""
     cfg = dict(ckpt["data"])
+    if cfg.get("corrections"):  # (data.corrections_at_rebuild takes a copy only where its sha256 is training's)
+        cfg["corrections_copies"] = corrections_copies(ckpt, checkpoint)
     if not synthetic:
         cfg["synthetic_n"] = 0
     if data_dir:
@@ -233,6 +263,8 @@ def match_classes(data, trained, where):
     index = torch.tensor([list(trained).index(c) for c in data.classes])
     for ds in {id(d): d for d in (D.real_part(data.train), data.val, data.test) if d is not None}.values():
         ds.labels = index[ds.labels]
+        if getattr(ds, "original_labels", None) is not None:
+            ds.original_labels = index[ds.original_labels]
     data.classes = list(trained)
     return not removed
 
@@ -376,7 +408,9 @@ def evaluate_run(model, data, device, out_dir, which="all", batch_size=256, outs
     for name, ds in eval_splits(data, which).items():
         if name not in outs:
             outs[name] = collect(model, ds, device, batch_size)
-        results[name] = metrics(outs[name]["logits"], outs[name]["labels"], data.classes)
+        results[name] = with_original_labels(metrics(outs[name]["logits"], outs[name]["labels"], data.classes),
+                                             outs[name]["logits"], outs[name]["labels"],
+                                             getattr(ds, "original_targets", None), data.classes)
     cli.write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, **results})
     shown = shown_split(results)
     title = figure_title(f"{shown} split", settings)
@@ -594,7 +628,7 @@ def compare(args):
     runs = load_members(paths, device, args.amp)  # the same class list
     preds, scored, data, ds = [], None, None, None
     for path, (model, ckpt) in zip(paths, runs):
-        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=path)
         splits = eval_splits(data_k, split)
         if not splits:
             raise cli.UsageError(f"--split {split}: the data of {path} have no {split} split")
@@ -716,7 +750,7 @@ def main(args):
     members, data, scored = [], None, None
     runs = load_members(paths, device, args.amp)  # class lists checked first
     for path, (model, ckpt) in zip(paths, runs):
-        data_k = run_data(ckpt, args.data_dir, args.mnist_root)
+        data_k = run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=path)
         if not members:
             print(found_line(data_k))
         if args.temperature == "auto":
@@ -743,6 +777,8 @@ def main(args):
     label = f"{len(paths)}-model ensemble " if len(paths) > 1 else ""
     for name, r in results.items():
         print(label + summary_line(name.capitalize(), r["loss"], r["correct"], r["total"]))
+        if "original_labels" in r:
+            print(label + original_labels_line(name.capitalize(), r))
     print(f"calibration error (ECE, {ECE_BINS} bins): "
           + ", ".join(f"{n} {100 * r['ece']:.2f}%" for n, r in results.items()))
     print(f"wrote metrics.json, confusion.png, mistakes.png, calibration.png ({shown_split(results)} split) to {out_dir}")

@@ -294,7 +294,7 @@ def read_metrics(path, classes, checkpoint):
         settings = results.pop("settings", None) if isinstance(results, dict) else None
         if isinstance(results, dict) and all(
                 isinstance(r, dict) and {"loss", "correct", "total", "per_class", "confusion"} <= r.keys()
-                and set(r["per_class"]) == set(classes) for r in results.values()):
+                and set(r["per_class"]) == set(classes) and original_scores_ok(r) for r in results.values()):
             if settings is None or settings.get("checkpoints") == [os.path.abspath(checkpoint)]:
                 return results, settings
             cli.warn(f"{path} holds the scores of {', '.join(settings.get('checkpoints') or ['other checkpoints'])}, "
@@ -304,6 +304,13 @@ def read_metrics(path, classes, checkpoint):
     except (OSError, ValueError) as e:
         cli.warn(f"{path} is damaged ({type(e).__name__}); left out")
     return {}, None
+
+
+def original_scores_ok(r):
+    """Whether a split's metrics hold no scores on its original labels, or well-formed ones (evaluate.py writes
+    them where --corrections changed the split's labels)."""
+    o = r.get("original_labels")
+    return o is None or isinstance(o, dict) and {"loss", "correct", "total", "relabelled"} <= o.keys()
 
 
 def produced_by(settings):
@@ -345,8 +352,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     name = os.path.basename(os.path.dirname(checkpoint))
     source = f"MNIST from `{cfg['mnist_root']}`" if cfg["dataset"] == "mnist" else f"photo folder `{cfg['data_dir']}`"
     md = [f"# Run report: {name}", ""]
+    corrected = " on the corrected labels" if (cfg.get("corrections_summary") or {}).get("relabelled_val") else ""
     headline = [f"`{ckpt['model']}` on the {source}, {len(classes)} classes; checkpoint `{os.path.basename(checkpoint)}` "
-                f"(epoch {ckpt['epoch']}, val accuracy {100 * ckpt['best_val_acc']:.2f}%)."]
+                f"(epoch {ckpt['epoch']}, val accuracy {100 * ckpt['best_val_acc']:.2f}%{corrected})."]
     if find("dashboard.html"):
         headline.append(f"Interactive feature map: [dashboard.html]({link(find('dashboard.html'))}).")
     md += [" ".join(headline), ""]
@@ -368,9 +376,14 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     if cfg.get("corrections_summary"):  # what the run's labels owe to its corrections file, and whether it is still that file
         path, sha = cfg["corrections"], cfg["corrections_sha256"]
         now = C.file_hash(path) if os.path.isfile(path) else None
+        copy = find(C.RUN_COPY)  # train.py's copy in the run folder: the file as training read it
+        kept = ""
+        if copy and os.path.isfile(copy):
+            kept = (f"; the run's copy as training read it: [{C.RUN_COPY}]({link(copy)})" if C.file_hash(copy) == sha
+                    else f"; the run's {C.RUN_COPY} differs from it (sha256 {C.file_hash(copy)[:12]})")
         md[-1:] = [f"- {C.summary_line(path, sha, cfg['corrections_summary'])} (`{path}`"
                    + ("" if now == sha else ", gone since training" if now is None else ", changed since training")
-                   + ")", ""]
+                   + ")" + kept, ""]
     if results:
         splits = [s for s in E.SPLITS if s in results]
         support = {s: [results[s]["per_class"][c]["support"] for c in classes] for s in splits}
@@ -406,7 +419,9 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
     if results:
         shown = E.shown_split(results)
         md += [produced_by(scored_by), "", "```"]
-        md += [summary_line(s.capitalize(), r["loss"], r["correct"], r["total"]) for s, r in results.items()]
+        for s, r in results.items():  # a split whose labels --corrections changed: on the original ones too
+            md += [summary_line(s.capitalize(), r["loss"], r["correct"], r["total"])]
+            md += [E.original_labels_line(s.capitalize(), r)] if r.get("original_labels") else []
         md += ["```", "", f"Per class on the {shown} split:", ""]
         md += md_table(["class", "precision", "recall", "F1", "support"],
                                    [[cell(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]

@@ -14,6 +14,7 @@ GPU (or N CPU processes over gloo), each on its share of every epoch; rank 0 wri
 """
 import argparse
 import contextlib
+import hashlib
 import math
 import os
 import shlex
@@ -360,7 +361,7 @@ def evaluate(model, loader, device, num_classes):
 # ----------------------------------------------------------------------------- the run
 
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "curves_detail.png", "augmentations.png",
-             "mixup.png", "synthetic.png")  # what a run writes to --save-dir
+             "mixup.png", "synthetic.png", C.RUN_COPY)  # what a run writes to --save-dir
 
 
 def check_save_dir(args):
@@ -389,14 +390,38 @@ def main(args):
             r = setup(args, device)
             if replace:  # only now: a new run that cannot start leaves the earlier one whole
                 for f in RUN_FILES:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(args.save_dir, f))
+                    if not same_file(os.path.join(args.save_dir, f), args.corrections):  # never its own input
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(args.save_dir, f))
+            if writes and args.corrections:
+                keep_corrections(args, r.data)
             dry = train_epochs(r, stop)
             if dry is not None or not r.main_process:
                 return dry
             results = final_report(r)
             finish(r)
             return results
+
+
+def same_file(a, b):
+    """Whether paths a and b (b may be None) name the same file (symlinks resolved)."""
+    return b is not None and os.path.realpath(a) == os.path.realpath(b)
+
+
+def keep_corrections(args, data):
+    """<save-dir>/trained_corrections.csv: the exact bytes of the --corrections file this run trains with (the
+    checkpoint's corrections_sha256), written atomically, so the run folder tells its corrections after the
+    file is edited, renamed or gone, and evaluate.py / analyze.py rebuild the data from it then."""
+    copy = os.path.join(args.save_dir, C.RUN_COPY)
+    if same_file(copy, args.corrections):
+        return  # trained with this folder's own copy (a --resume, an --overwrite): it is that file already
+    with open(args.corrections, "rb") as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != data.config["corrections_sha256"]:
+        raise TrainingError(f"--corrections {args.corrections} changed while the run started (sha256 "
+                            f"{data.config['corrections_sha256'][:12]} when read): start it again")
+    with cli.atomic_write(copy, "wb") as f:
+        f.write(raw)
 
 
 @dataclass
@@ -719,6 +744,9 @@ def finish(r):
             if args.keep_last else "last.pt removed (--no-keep-last)")
     best = os.path.join(folder, "best.pt")
     print(f"saved {best} (epoch {r.best['epoch']}, val {100 * r.best['acc']:.2f}%, {mb('best.pt'):.1f} MB); {last}")
+    if args.corrections:  # which corrections this run used, and where its folder keeps them
+        print(f"corrections {os.path.basename(args.corrections)} (sha256 {r.data.config['corrections_sha256'][:12]}): "
+              f"the run's copy is {os.path.join(folder, C.RUN_COPY)}")
     test = " --split test" if r.data.test is not None else ""
     print(f"next: python evaluate.py {shlex.quote(best)}{test}   |   python analyze.py {shlex.quote(best)}   |   "
           f"python report.py {shlex.quote(folder)}")

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,7 @@ import data as D
 import evaluate as E
 import report
 from checkpoint import save_checkpoint
-from helpers import data_config, photo_folder, run_train, save_image, warning_lines
+from helpers import data_config, photo_folder, run_train, save_image, summary_by_split, warning_lines
 from model import build_model, model_kwargs
 
 IMG = 16
@@ -77,6 +78,9 @@ def test_each_kind_of_row_lands_where_it_says(photos, tmp_path):
     assert data.config["corrections_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert data.config["corrections_summary"] == {"relabelled": 2, "relabelled_val": 1, "excluded": 1,
                                                   "reweighted": 1, "added": 1, "new_classes": ["cat"], "ignored": 0}
+    # the folder's own val labels stay beside the corrected ones (evaluate.py scores both); none where none changed
+    assert data.val.original_targets.tolist() == base.val.targets.tolist() != data.val.targets.tolist()
+    assert base.val.original_targets is None and data.train.original_targets is None
 
 
 def test_excel_files_read_as_written(tmp_path):
@@ -159,12 +163,75 @@ def test_the_checkpoint_records_the_file_and_evaluate_rebuilds_the_same_data(cor
     assert "2 relabelled (1 of them val)" in line and "changed since" not in line
 
 
+def no_eval_figures(mp):
+    """evaluate_run's figures left out through the MonkeyPatch `mp` (most of its time; the numbers are the test)."""
+    for name in ("plot_confusion", "plot_mistakes", "plot_calibration"):
+        mp.setattr(E, name, lambda *a, **k: None)
+
+
+def test_evaluate_scores_val_on_the_original_and_the_corrected_labels(corrected_run, tmp_path, monkeypatch):
+    # val: one photo of class 0 (relabelled 1 by the file) and one of class 1; every val image predicted
+    # `guess`, counted by hand: corrected labels (1, 1), original labels (0, 1)
+    root, base, _, _ = corrected_run
+    no_eval_figures(monkeypatch)
+    _, _, data = E.load_run(str(root / "run" / "best.pt"), torch.device("cpu"))
+    assert [data.classes[int(t)] for t in data.val.targets] == ["1", "1"]
+    for guess, corrected, original in (("0", 0, 1), ("1", 2, 1)):
+        logits = torch.full((2, len(data.classes)), -5.0)
+        logits[:, data.classes.index(guess)] = 5.0
+        outs = {"val": {"logits": logits, "probs": logits.softmax(1), "preds": logits.argmax(1),
+                        "labels": data.val.targets}}
+        results, _ = E.evaluate_run(None, data, torch.device("cpu"), str(tmp_path), "val", outs=outs)
+        r = json.loads((tmp_path / "metrics.json").read_text())["val"]
+        assert r == json.loads(json.dumps(results["val"]))  # what is returned is what is written
+        assert (r["labels"], r["correct"], r["total"]) == ("corrected", corrected, 2)
+        o = r["original_labels"]
+        assert (o["labels"], o["correct"], o["total"], o["relabelled"]) == ("original", original, 2, 1)
+        assert o["per_class"]["0"]["support"] == 1 and r["per_class"]["0"]["support"] == 0
+    # no val label changed: metrics.json as ever, one score per split
+    plain = {"val": {"logits": logits, "probs": logits.softmax(1), "preds": logits.argmax(1), "labels": base.val.targets}}
+    E.evaluate_run(None, base, torch.device("cpu"), str(tmp_path), "val", outs=plain)
+    r = json.loads((tmp_path / "metrics.json").read_text())["val"]
+    assert "original_labels" not in r and "labels" not in r and r["correct"] == 1
+
+
 @pytest.mark.slow  # evaluate.py's figures, ~3 s
 def test_evaluate_scores_the_corrected_split(corrected_run):
     root, base, _, _ = corrected_run
     E.main(E.get_args_parser().parse_args([str(root / "run" / "best.pt"), "--out", str(root / "ev")]))
     metrics = json.loads((root / "ev" / "metrics.json").read_text())
     assert metrics["train"]["total"] == len(base.train) and metrics["val"]["total"] == len(base.val)
+
+
+def test_evaluate_prints_and_the_report_shows_both_val_scores(corrected_run, monkeypatch, capsys):
+    root, base, _, _ = corrected_run
+    no_eval_figures(monkeypatch)
+    best = str(root / "run" / "best.pt")
+    real = E.predict
+
+    def class_0(*args, **kwargs):  # the 1-epoch model says `cat` to all; every image predicted 0 tells the labels apart
+        out = real(*args, **kwargs)
+        out["logits"] = 10.0 * F.one_hot(torch.zeros(len(out["labels"]), dtype=torch.long), out["logits"].shape[1])
+        return out
+    monkeypatch.setattr(E, "predict", class_0)
+    preds = ["0"] * len(base.val)
+    folder = [os.path.basename(os.path.dirname(p)) for p in paths_of(base.val)]  # the labels the folder gives
+    fixed = ["1"] + folder[1:]  # the file relabels the first val photo as 1
+    right = lambda labels: sum(p == t for p, t in zip(preds, labels))  # noqa: E731
+    assert (folder, right(fixed), right(folder)) == (["0", "1"], 0, 1)  # counted by hand
+    capsys.readouterr()
+    E.main(E.get_args_parser().parse_args([best, "--out", str(root / "ev2"), "--quiet"]))
+    out = capsys.readouterr().out
+    assert summary_by_split(out)["Val"].endswith(f"Accuracy: {right(fixed)}/2 ({50.0 * right(fixed):.2f}%)")
+    line = next(ln for ln in out.splitlines() if ln.startswith("Val set, original labels:"))
+    assert f"Accuracy: {right(folder)}/2 ({50.0 * right(folder):.2f}%)" in line and "1 of the 2 changed" in line
+    r = json.loads((root / "ev2" / "metrics.json").read_text())["val"]
+    assert (r["correct"], r["original_labels"]["correct"]) == (right(fixed), right(folder))
+    report.write_report(str(root / "ev2"), best)  # the page: both, in its results block
+    md = (root / "ev2" / "report.md").read_text()
+    assert summary_by_split(md)["Val"] in out and line in md
+    assert "val accuracy" in md and "on the corrected labels)" in md.split("\n")[2]
+    assert "Val set, original labels:" in (root / "ev2" / "report.html").read_text()
 
 
 def fabricated(path, config):
@@ -188,6 +255,56 @@ def test_a_changed_or_lost_file_is_refused_where_val_would_be_wrong(photos, tmp_
     val_fix.unlink()
     with pytest.raises(cli.UsageError, match="is gone: it relabelled 1 val image"):
         E.load_run(str(ck), torch.device("cpu"))
+
+
+def test_the_run_folder_keeps_the_file_it_trained_with(corrected_run, tmp_path):
+    root, _, csv_path, out = corrected_run
+    assert (root / "run" / C.RUN_COPY).read_bytes() == csv_path.read_bytes()  # the exact bytes, whatever the file becomes
+    sha = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert f"corrections c.csv (sha256 {sha[:12]}): the run's copy is {root / 'run' / C.RUN_COPY}" in out  # at the end
+    assert not [p for p in os.listdir(root / "run") if p.startswith(".tmp")]  # written atomically
+    report.write_report(str(tmp_path), str(root / "run" / "best.pt"))  # the report names the file, its hash, the copy
+    line = next(ln for ln in (tmp_path / "report.md").read_text().splitlines() if "corrections c.csv" in ln)
+    assert f"(sha256 {sha[:12]})" in line and "changed since" not in line
+    assert f"the run's copy as training read it: [{C.RUN_COPY}](" in line
+
+
+def test_an_edited_file_is_rebuilt_from_the_runs_copy(photos, tmp_path, capsys):
+    # the file's rows are relative to its own folder, fixes/: the copy in the run folder reads with them
+    base = D.build_datasets(cfg(photos), check=False)
+    fix = write(tmp_path / "fixes" / "c.csv", f"path,label\n{os.path.relpath(base.val.path(0), tmp_path / 'fixes')},1\n"
+                                               f"{os.path.relpath(base.train.path(0), tmp_path / 'fixes')},1\n")
+    (tmp_path / "runs" / "r1").mkdir(parents=True)  # not beside fixes/: its relative paths would miss
+    ck = fabricated(tmp_path / "runs" / "r1" / "best.pt", cfg(photos, "--corrections", fix))
+    shutil.copyfile(fix, tmp_path / "runs" / "r1" / C.RUN_COPY)  # what train.py keeps
+    fix.write_text("path,label\n")  # the next round's file, edited in place
+    capsys.readouterr()
+    _, _, data = E.load_run(str(ck), torch.device("cpu"))
+    said = capsys.readouterr()
+    assert warning_lines(said.err) == [] and f"rebuilt from the run's copy of it as training read it, " \
+        f"{tmp_path / 'runs' / 'r1' / C.RUN_COPY}" in said.out
+    assert labels_by_path(data, data.val)[base.val.path(0)] == "1" and labels_by_path(data, data.train)[
+        base.train.path(0)] == "1"
+    assert data.val.original_targets.tolist() == base.val.targets.tolist()
+    assert data.config["corrections_summary"] == torch.load(ck, weights_only=True)["data"]["corrections_summary"]
+    (tmp_path / "runs" / "r1" / C.RUN_COPY).write_text("path,label\n")  # a copy that is not the file training read: not used
+    with pytest.raises(cli.UsageError, match="changed since training.*relabelled 1 val image"):
+        E.load_run(str(ck), torch.device("cpu"))
+
+
+def test_resume_takes_the_runs_copy_and_overwrite_clears_it(corrected_run, photos, tmp_path):
+    root, _, csv_path, _ = corrected_run
+    shutil.copytree(root / "run", tmp_path / "run")
+    copy = tmp_path / "run" / C.RUN_COPY
+    stat = copy.stat()
+    common = ["--data-dir", photos / "d", "--model", "convnet", "--img-size", IMG, "--batch-size", 4, "--workers", 0,
+              "--quiet", "--augment", "none", "--no-download", "--save-dir", tmp_path / "run"]
+    run_train(common + ["--epochs", 2, "--corrections", copy, "--resume", tmp_path / "run" / "last.pt"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["data"]["corrections_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert copy.read_bytes() == csv_path.read_bytes() and copy.stat().st_mtime_ns == stat.st_mtime_ns  # an input: not written
+    run_train(common + ["--epochs", 1, "--overwrite"])  # a new run without corrections: no copy of the old run's
+    assert not copy.exists()
 
 
 def test_a_lost_file_that_left_val_alone_is_one_warning(photos, tmp_path, capsys):
