@@ -479,8 +479,9 @@ def setup(args, device):
     rank, world = rank_and_world()
     t_start = time.perf_counter()
     args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
+    chosen = args.threads is not None
     args.threads, others = set_threads(args.threads, device)  # recorded resolved
-    if others and rank == 0:
+    if others and not chosen and rank == 0:  # (a chosen --threads needs no advice)
         print(f"other runs of this toolkit hold {others} thread(s) on this machine's {cpu_cores()} cores: this one "
               f"takes {args.threads} (--threads N to choose)")
     torch.manual_seed(args.seed)

@@ -232,12 +232,22 @@ def test_the_first_lines_say_what_was_found_and_that_composites_are_being_made(t
     """Before the seconds spent on composites, a line says so; then the classes found, with their counts."""
     photos = photo_folder(tmp_path / "photos", DIGITS, 3, layout="flat", **DRAWN)
     _, out = run_train(["--data-dir", photos, "--mnist-root", mnist_root, "--no-download", "--img-size", 16, "--model",
-                        "convnet", "--synthetic-n", 20, "--augment", "none", "--workers", 0, "--dry-run", "--quiet",
+                        "convnet", "--synthetic-n", 20, "--augment", "none", "--workers", 0, "--threads", 1, "--dry-run", "--quiet",
                         "--save-dir", tmp_path / "run"])
     lines = out.splitlines()
     assert lines[0] == "making 20 synthetic digits (fonts on field backgrounds) for training ..."
     assert lines[1] == "Found 30 files belonging to 10 classes: " + ", ".join(f"{d} (3)" for d in DIGITS)
     assert lines[2].startswith("convnet: ")
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_other_runs_threads_are_said_only_when_the_count_was_not_chosen(threads, tmp_path, mnist_root, monkeypatch):
+    import device
+    monkeypatch.setattr(device, "threads_of_other_runs", lambda: 1)
+    argv = tiny_train_args(mnist_root, tmp_path / "run", "--dry-run") + (["--threads", threads] if threads else [])
+    _, out = run_train(argv)
+    said = [line for line in out.splitlines() if line.startswith("other runs of this toolkit hold 1 thread(s)")]
+    assert len(said) == (threads is None)
 
 
 def test_a_run_prints_accuracy_in_percent_and_the_estimate_on_its_own_line(tmp_path, mnist_root):
