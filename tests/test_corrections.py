@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import analyze
 import cli
 import corrections as C
 import data as D
@@ -329,9 +328,8 @@ def test_a_moved_data_folder_does_not_pass_for_the_same_corrections(photos, tmp_
         E.load_run(str(ck), torch.device("cpu"), data_dir=str(tmp_path / "copy"))
 
 
-def test_analyze_folds_refuses_a_corrected_run():
-    with pytest.raises(cli.UsageError, match="--corrections"):
-        analyze.out_of_fold_probs(None, {"data": {"corrections": "c.csv"}}, None, None, None, None)
+# analyze.py --folds on a corrected run: tests/test_data.py (its fold runs hold out the folds it scores) and
+# tests/test_experiments.py (experiments.py clean reviews runs trained with --corrections)
 
 
 def test_resume_refuses_other_corrections(corrected_run, photos, tmp_path):
