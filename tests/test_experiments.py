@@ -291,8 +291,10 @@ def test_clean_plants_flips_reviews_corrects_and_retrains(tmp_path, capsys):
     out = tmp_path / "loop"
     argv = ["clean", *MNIST_ARGS, "--model", "net", "--epochs", 5, "--val-fraction", 0.1, "--flip", 0.1,
             "--rounds", 1, "--folds", 2, "--out", out]
-    rows = run(*argv)
+    run(*argv, "--propose-only")  # stops with round1.csv written, for the user to review
     seed = out / "seed0"
+    assert (seed / "round1.csv").is_file() and not (seed / "round1").exists()
+    rows = run(*argv)  # goes on: the finished runs are reused, round 1 trains
     flips = json.loads((seed / "flips.json").read_text())
     planted = C.read_table(seed / "flips.csv")
     assert sorted(planted) == flips["flipped"] and len(planted) == round(0.1 * len(flips["true"]))
