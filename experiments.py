@@ -388,9 +388,19 @@ def clean(args, base):
     names = {"clean": "clean labels", "r0": "noisy (round 0)" if args.flip else "as given (round 0)"}
     header = ["seed"] + [names.get(s, f"round {s[1:]}") for s in stages]
     body = [[r["seed"]] + [acc(r[f"{s}_val_acc"]) for s in stages] for r in rows]
+    means = []
+    if len(rows) > 1:  # mean ± std over the seeds that reached each stage
+        mean, cells = {}, ["mean"]
+        for s in stages:
+            v = [r[f"{s}_val_acc"] for r in rows if r[f"{s}_val_acc"] is not None]
+            mean[f"{s}_val_acc"] = statistics.fmean(v) if v else None
+            cells.append(f"{100 * mean[f'{s}_val_acc']:.2f} ± {100 * statistics.stdev(v):.2f}"
+                         + (f" ({len(v)} seeds)" if len(v) < len(rows) else "") if len(v) > 1 else acc(mean[f"{s}_val_acc"]))
+        body.append(cells)
+        means.append(mean)
     if args.flip:
         header += [f"gap closed, round {k}" for k in rounds]
-        for line, r in zip(body, rows):
+        for line, r in zip(body, rows + means):
             line += [gap_closed(r, k) for k in rounds]
     table = ["val accuracy (%) of each run's best.pt (val labels never changed)", "", *md_table(header, body), ""]
     review_head = ["seed", "round", "reviewer accuracy (skill)", "flagged", "relabelled", "excluded"]
@@ -406,7 +416,8 @@ def clean(args, base):
                     r[f"r{k}_flagged"], r[f"r{k}_relabelled"], r[f"r{k}_excluded"]]
             if args.flip:
                 line += [acc(r[f"r{k}_precision"]), acc(r[f"r{k}_recall"]),
-                         f"{r[f'r{k}_wrong_left']} of {r['flipped']} planted", r[f"r{k}_clean_lost"]]
+                         None if r[f"r{k}_wrong_left"] is None else f"{r[f'r{k}_wrong_left']} of {r['flipped']} planted",
+                         r[f"r{k}_clean_lost"]]
             review_rows.append(["-" if v is None else v for v in line])  # (withheld: nothing proposed)
     table += ["Each round's review of the run before it (precision and recall in %, of the labels still wrong "
               "when it ran):", "", *md_table(review_head, review_rows)]
