@@ -29,7 +29,7 @@ def get_args_parser():
     p = cli.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
     p.add_argument("checkpoint", help="a checkpoint, or a run folder (its best.pt)")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
-    p.add_argument("--out", default=None, help="output file, or a folder (default: beside the checkpoint)")
+    p.add_argument("--out", default=None, help="output file, or a folder (an existing one, a trailing /, or a name without a suffix; default: beside the checkpoint)")
     p.add_argument("--parity-images", type=int, default=512, help="held-out images of the parity check")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
@@ -104,8 +104,9 @@ def main(args):
     images = torch.stack([held[i][0] for i in range(n)])  # the evaluation path's tensors
     stem = os.path.splitext(os.path.abspath(args.checkpoint))[0]
     path = stem + (".torchscript.pt" if args.format == "torchscript" else ".onnx")
-    if args.out:  # a folder gets the default name inside it
-        path = os.path.join(args.out, os.path.basename(path)) if os.path.isdir(args.out) else args.out
+    if args.out:  # a folder (an existing one, a trailing /, or a name without a suffix) gets the default name inside it
+        folder = os.path.isdir(args.out) or args.out.endswith(("/", os.sep)) or not os.path.splitext(args.out)[1]
+        path = os.path.join(args.out, os.path.basename(path)) if folder else args.out
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # (a bare file name: the current folder)
     except OSError as e:

@@ -2,6 +2,7 @@
 its inputs or destroys before it has succeeded, data that must be the same are compared by content,
 and resources are checked before the work starts."""
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -329,3 +330,6 @@ def test_outputs_are_checked_before_the_work(tmp_path, mnist_root):
     r = export.main(export.get_args_parser().parse_args([str(ck), "--out", str(tmp_path / "deploy"),
                                                          "--parity-images", "8"]))
     assert r["path"] == str(tmp_path / "deploy" / "best.torchscript.pt")  # a folder takes the default name
+    for new in (str(tmp_path / "new1") + "/", str(tmp_path / "new2")):  # a folder not made yet: a trailing /, no suffix
+        r = export.main(export.get_args_parser().parse_args([str(ck), "--out", new, "--parity-images", "8"]))
+        assert r["path"] == os.path.join(new.rstrip("/"), "best.torchscript.pt") and os.path.isfile(r["path"])
