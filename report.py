@@ -353,7 +353,8 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
 
     command = ckpt.get("command") or "python train.py " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in args.items())
     md += ["## Command", "", "```", command, "```", "",
-           "The arguments as train.py resolved them, defaults left out." if "command" in ckpt else
+           "The options the run was given, every one at its default left out (--amp, --threads and "
+           "--workers, when left out, are chosen again by the machine that runs it)." if "command" in ckpt else
            "Every stored argument (this checkpoint predates the stored command line).", ""]
 
     md += ["## Data", "", f"- source: {source}", f"- classes ({len(classes)}): {', '.join(map(str, classes))}",

@@ -24,7 +24,7 @@ from PIL import Image
 import data as D
 import report
 import train
-from helpers import DRAWN, data_config, page_data, photo_folder, run_script, saved_figures, title_text
+from helpers import DRAWN, data_config, page_data, photo_folder, run_script, run_train, saved_figures, title_text
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -268,9 +268,34 @@ def test_report_command_repeats_the_run(analysed_run):
     ckpt = torch.load(analysed_run / "best.pt", map_location="cpu", weights_only=True)
     md = (analysed_run / "report.md").read_text()
     command = re.search(r"```\n(python train\.py .*)\n```", md).group(1)
-    assert command == ckpt["command"] == train.command_line(ckpt["args"])
+    assert command == ckpt["command"]
     argv = shlex.split(command)[2:]
-    assert vars(train.resolve_defaults(train.get_args_parser().parse_args(argv))) == ckpt["args"]
+    again = train.get_args_parser().parse_args(argv)
+    assert again.amp == "auto" and again.threads is None  # chosen again by the machine that runs it
+    resolved = vars(train.resolve_defaults(again))
+    assert {k: v for k, v in resolved.items() if k not in ("amp", "threads")} == \
+        {k: v for k, v in ckpt["args"].items() if k not in ("amp", "threads")}
+
+
+def test_report_command_leaves_out_every_default_and_never_pins_bf16(tmp_path, mnist_root, monkeypatch):
+    """On a CPU with native bf16 (patched in), a run given no --amp trains in bf16; its report.md
+    command must not pin `--amp bf16` (emulated, slower than fp32, on a CPU without it), nor any
+    option at its default or at what leaving it out implies (--augment light on MNIST, --lr 1e-3
+    with adamw, --batch-size 64), nor the --threads this machine chose."""
+    import device
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    d = tmp_path / "run"
+    run_train(["--dataset", "mnist", "--mnist-root", mnist_root, "--no-download", "--model", "convnet",
+               "--train-fraction", 0.01, "--epochs", 1, "--warmup-epochs", 0, "--batch-size", 64, "--augment", "light",
+               "--lr", 1e-3, "--workers", 0, "--quiet", "--save-dir", d])
+    ckpt = torch.load(d / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["args"]["amp"] == "bf16"  # the run did train in bf16: only the command leaves it out
+    report.write_report(d)
+    command = re.search(r"```\n(python train\.py .*)\n```", (d / "report.md").read_text()).group(1)
+    assert command == ckpt["command"]
+    options = {a for a in shlex.split(command) if a.startswith("--")}
+    assert options == {"--dataset", "--mnist-root", "--no-download", "--model", "--train-fraction", "--epochs",
+                       "--warmup-epochs", "--workers", "--quiet", "--save-dir"}, command
 
 
 @pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
