@@ -691,6 +691,22 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
     return pts
 
 
+def dashboard_note(points, max_points):
+    """The page's first line: what it holds, counted per split and source (a small split is not
+    topped up, so "balanced" alone would overstate it)."""
+    counts = {}
+    for split, source in zip(points["split"], points["source"]):
+        counts.setdefault(split, [0, 0])[source] += 1
+    held = ", ".join(f"{real + syn:,} {split}" + (f" ({real:,} real, {syn:,} synthetic)" if syn else "")
+                     for split, (real, syn) in counts.items())
+    synthetic = sum(syn for _, syn in counts.values())
+    return (f"Penultimate features of {len(points['split']):,} images: {held}; drawn in turn from each split x "
+            f"source x class, so a small one gives all it has (at most {max_points:,}; analyze.py "
+            f"--dashboard-points). " + ("The synthetic ones are hidden until \"show synthetic\" is ticked. " if synthetic else "")
+            + "Hover a point for its image and its Grad-CAM heat map; select points to relabel or exclude them "
+              "and download a --corrections file.")
+
+
 def _row_path(p):
     return p if p.startswith("#") else os.path.abspath(p)
 
@@ -710,9 +726,7 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
     points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"], quiet)
     maps = {"tsne": tsne_2d(points["features"], seed, quiet), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
-    note = (f"Penultimate features of {len(points['labels'])} images, balanced over split x class "
-            f"(at most {max_points}; analyze.py --dashboard-points). Hover a point for its image and its "
-            f"Grad-CAM heat map; select points to relabel or exclude them and download a --corrections file.")
+    note = dashboard_note(points, max_points)
     report.write_dashboard(os.path.join(out_dir, "dashboard.html"), points, maps, data.classes, title, note)
     report.write_report(out_dir, checkpoint)
     print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")

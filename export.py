@@ -2,6 +2,7 @@
 
     python export.py checkpoints/best.pt                      # -> checkpoints/best.torchscript.pt
     python export.py checkpoints/best.pt --format onnx        # -> checkpoints/best.onnx (pip install onnx onnxruntime)
+    python export.py checkpoints/best.pt --out deploy/        # -> deploy/best.torchscript.pt (deploy/ made if missing)
 
 The exported model takes float32 images [N, C, S, S], already resized to S = img_size (in two steps,
 as evaluate.py does: see the metadata's "input") and normalised ((pixel / 255 - mean) / std), and
@@ -23,13 +24,15 @@ import evaluate as E
 from checkpoint import CheckpointError, checkpoint_path
 
 FORMATS = ("torchscript", "onnx")
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx")  # an --out that ends in one names a file
 
 
 def get_args_parser():
     p = cli.ArgumentParser(description="Export a checkpoint (TorchScript or ONNX) and check its parity.")
     p.add_argument("checkpoint", help="a checkpoint, or a run folder (its best.pt)")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
-    p.add_argument("--out", default=None, help="output file, or a folder (an existing one, a trailing /, or a name without a suffix; default: beside the checkpoint)")
+    p.add_argument("--out", default=None, help="output file (.pt, .pth, .onnx), or a folder, made if missing "
+                   "(default: beside the checkpoint)")
     p.add_argument("--parity-images", type=int, default=512, help="held-out images of the parity check")
     p.add_argument("--data-dir", default=None, help="the photo folder, if it moved since training")
     p.add_argument("--mnist-root", default=None, help="the MNIST root, if it moved since training")
@@ -84,6 +87,18 @@ def export_onnx(model, example, meta, path):
     return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
 
 
+def output_path(checkpoint, fmt, out):
+    """The exported file: beside the checkpoint, or `out`, which names a folder (the default name goes
+    inside it) when it is one, ends in a slash, or is new and lacks a model suffix."""
+    default = os.path.splitext(os.path.abspath(checkpoint))[0] + (".torchscript.pt" if fmt == "torchscript" else ".onnx")
+    if not out:
+        return default
+    # `--out DIR/` for a DIR not made yet must not be opened as a file (errno 20, ENOTDIR)
+    folder = (out.endswith(("/", os.sep)) or os.path.isdir(out)
+              or not os.path.exists(out) and not out.lower().endswith(MODEL_SUFFIXES))
+    return os.path.join(out, os.path.basename(default)) if folder else out
+
+
 def parity(model, exported, images):
     """(max |logit difference|, images with the same top-1, images) of `exported` against `model`."""
     with torch.no_grad():
@@ -93,8 +108,9 @@ def parity(model, exported, images):
 
 def main(args):
     cli.check_args(args, ("parity_images", args.parity_images >= 1, ">= 1"))
-    cli.check_folder_arg(os.path.dirname(os.path.abspath(args.out)) if args.out else None, "--out's folder")
     args.checkpoint = checkpoint_path(args.checkpoint)
+    path = output_path(args.checkpoint, args.format, args.out)
+    cli.check_folder_arg(os.path.dirname(os.path.abspath(path)), "--out's folder")
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     device = torch.device("cpu")  # a deployable file: traced and checked on the CPU
@@ -102,11 +118,6 @@ def main(args):
     held = data.test if data.test is not None else data.val
     n = min(args.parity_images, len(held))
     images = torch.stack([held[i][0] for i in range(n)])  # the evaluation path's tensors
-    stem = os.path.splitext(os.path.abspath(args.checkpoint))[0]
-    path = stem + (".torchscript.pt" if args.format == "torchscript" else ".onnx")
-    if args.out:  # a folder (an existing one, a trailing /, or a name without a suffix) gets the default name inside it
-        folder = os.path.isdir(args.out) or args.out.endswith(("/", os.sep)) or not os.path.splitext(args.out)[1]
-        path = os.path.join(args.out, os.path.basename(path)) if folder else args.out
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # (a bare file name: the current folder)
     except OSError as e:

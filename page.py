@@ -70,6 +70,7 @@ button.on { background: #333; color: #fff; border-color: #333; }
 .card.picked { border-color: #0072B2; background: #eef6fc; }
 .card.fixed { opacity: .45; cursor: default; }
 .card img { width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated; display: block; background: #eee; }
+#tip img:not([src^="data:image/png"]), .card img:not([src^="data:image/png"]) { image-rendering: auto; }  /* photos: smooth */
 .card .new { color: #0072B2; font-weight: bold; }
 .card .gone { text-decoration: line-through; color: #888; }
 .card .nm { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #555; }
@@ -82,7 +83,9 @@ button.on { background: #333; color: #fff; border-color: #333; }
   <label><input type="radio" name="proj" value="pca"> PCA</label>
   colour by: <select id="colour">
     <option value="class">class</option><option value="correct">correct / wrong</option>
-    <option value="source">source (real / synthetic)</option><option value="changed">changed here</option></select>
+    <option value="source">source (real / synthetic)</option><option value="split">split (train / val / test)</option>
+    <option value="changed">changed here</option></select>
+  <label id="synthbox" hidden><input type="checkbox" id="synth"> show synthetic</label>
   select: <label><input type="radio" name="tool" value="lasso" checked> lasso</label>
   <label><input type="radio" name="tool" value="box"> box</label>
 </div>
@@ -114,27 +117,36 @@ const other = [];                                  // rows of a loaded file for 
 const undoStack = [];                                // undo: lists of [i, label, weight] before a change
 let sel = [], picked = new Set();
 const changed = i => label[i] !== D.label[i] || weight[i] !== null;
+const SPLITS = ["train", "val", "test", ...D.split].filter((s, k, a) => D.split.includes(s) && a.indexOf(s) === k);
 const COLOURINGS = {
   class: {names: classes, colours: D.palette, of: i => label[i]},
   correct: {names: ["correct", "wrong"], colours: ["#2ca02c", "#d62728"], of: i => +(D.pred[i] !== label[i])},
   source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e"], of: i => D.source[i]},
+  split: {names: SPLITS, colours: ["#0072B2", "#E69F00", "#009E73", "#CC79A7"], of: i => SPLITS.indexOf(D.split[i])},
   changed: {names: ["unchanged", "changed here"], colours: ["#bbbbbb", "#D55E00"], of: i => +changed(i)},
 };
-const state = {proj: "tsne", colour: "class", tab: -1, tool: "lasso"};  // tab: a class index, -1 = all
+const state = {proj: "tsne", colour: "class", tab: -1, tool: "lasso", synth: false};  // tab: a class index, -1 = all
 const R = N > 3000 ? 3 : N > 500 ? 4.5 : 6, M = 12;  // point radius and margin (px)
 let sx = [], sy = [], base = null;                  // points on the canvas; the drawn map without overlays
 
 document.getElementById("title").textContent = D.title;
 document.getElementById("note").textContent = D.note;
-const shown = i => state.tab < 0 || label[i] === state.tab || D.pred[i] === state.tab;
+const real = i => state.synth || !D.source[i];  // synthetic composites only when asked for: they are not the user's photos
+const shown = i => real(i) && (state.tab < 0 || label[i] === state.tab || D.pred[i] === state.tab);
 
-function layout() {  // canvas size and point positions: one scale for both axes, the points' own box
-  const [bw, bh] = D[state.proj + "_box"], xy = D[state.proj];
+function layout() {  // canvas size and point positions: one scale for both axes, the shown points' own box
+  const xy = D[state.proj];
+  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (let i = 0; i < N; i++) if (shown(i)) {
+    x0 = Math.min(x0, xy[2 * i]); x1 = Math.max(x1, xy[2 * i]); y0 = Math.min(y0, xy[2 * i + 1]); y1 = Math.max(y1, xy[2 * i + 1]);
+  }
+  if (x0 > x1) [x0, y0, x1, y1] = [0, 0, ...D[state.proj + "_box"]];  // nothing shown: the whole map
+  const bw = Math.max(x1 - x0, 1), bh = Math.max(y1 - y0, 1);
   const room = Math.max(300, Math.min(innerWidth - 260, 820)), s = (room - 2 * M) / Math.max(bw, bh);
   const w = Math.round(bw * s + 2 * M), h = Math.round(bh * s + 2 * M), dpr = devicePixelRatio || 1;
   cv.width = w * dpr; cv.height = h * dpr; cv.style.width = w + "px"; cv.style.height = h + "px";
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  for (let i = 0; i < N; i++) { sx[i] = M + xy[2 * i] * s; sy[i] = M + (bh - xy[2 * i + 1]) * s; }
+  for (let i = 0; i < N; i++) { sx[i] = M + (xy[2 * i] - x0) * s; sy[i] = M + (y1 - xy[2 * i + 1]) * s; }
 }
 
 function draw() {  // the whole map; `base` keeps it so that a lasso drag only repaints its outline
@@ -174,11 +186,11 @@ const tabs = document.getElementById("tabs");
 function buildTabs() {
   tabs.replaceChildren();
   [-1, ...classes.keys()].forEach(k => {
-    const n = k < 0 ? N : label.filter(l => l === k).length;
+    const n = label.filter((l, i) => real(i) && (k < 0 || l === k)).length;
     const b = el("button", (k < 0 ? "All" : classes[k]) + " (" + n + ")");
     b.dataset.tab = k;
     b.title = k < 0 ? "every sampled image" : "images labelled " + classes[k] + " or predicted as it";
-    b.onclick = () => { state.tab = k; draw(); };
+    b.onclick = () => { state.tab = k; layout(); draw(); };
     tabs.appendChild(b);
   });
   const setto = document.getElementById("setto");  // one button per class: set the picked images' label
@@ -188,6 +200,8 @@ function buildTabs() {
 document.querySelectorAll("input[name=proj]").forEach(r => r.onchange = () => { state.proj = r.value; layout(); draw(); });
 document.querySelectorAll("input[name=tool]").forEach(r => r.onchange = () => state.tool = r.value);
 document.getElementById("colour").onchange = e => { state.colour = e.target.value; draw(); };
+document.getElementById("synthbox").hidden = !D.source.some(s => s);
+document.getElementById("synth").onchange = e => { state.synth = e.target.checked; buildTabs(); layout(); draw(); };
 
 // ---- selection: lasso or box on the canvas, in CSS pixels
 function local(e) { const r = cv.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; }

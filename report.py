@@ -5,8 +5,8 @@ feature map and the run report.
     python report.py checkpoints/ [--sweeps runs/ablation]    # rewrites report.md/.html from the folder
 
 dashboard.html  the labelling page (page.py; one self-contained file, no network, no server): PCA
-                and t-SNE of the penultimate features of a balanced sample of train / val / test (and
-                synthetic) images. Hover a point for its image; select (lasso, box), relabel or exclude
+                and t-SNE of the penultimate features of a sample of train / val / test (and, behind a
+                toggle, synthetic) images. Hover a point for its image; select (lasso, box), relabel or exclude
                 in a grid, and download the corrections CSV that train.py --corrections reads.
 report.md       the run written up: command, data, model, curves, final lines, confusion matrix,
 report.html     mistakes, kernels, t-SNE, neighbours, suspects, sweep tables; the same content
@@ -33,7 +33,9 @@ from checkpoint import CheckpointError, checkpoint_path, load_checkpoint, model_
 from evaluate import summary_line
 from model import count_parameters
 
-THUMB = 40                       # thumbnail side (px) in dashboard.html; tooltips show them at 96 px
+THUMB = 40                       # thumbnail side (px) of grey images (digits) in dashboard.html
+THUMB_PHOTO = 96                 # of colour photos: the hover card shows them at 96 px, the grid at 112
+THUMB_CAM = 64                   # of Grad-CAM overlays: their heat map is a coarse grid, smooth when enlarged
 SOURCES = ("real", "synthetic")  # TensorImageDataset.source 0 / 1
 # right / wrong in every figure: Okabe-Ito blue and vermillion, told apart with any colour vision (red/green is not)
 CORRECT, WRONG = "#0072B2", "#D55E00"
@@ -164,16 +166,21 @@ def plot_inputs(data, augment_fn, folder, n=8, copies=4, seed=0, augment=""):
 
 # ----------------------------------------------------------------------------- dashboard: the page
 
-def thumbnail_uri(img, side=THUMB):
-    """uint8 [H, W, C] -> a data: URI of at most side x side px."""
-    from PIL import Image
+def thumbnail_uri(img, side=None):
+    """uint8 [H, W, C] -> a data: URI of at most side x side px (default: THUMB for grey images,
+    THUMB_PHOTO for colour ones)."""
+    from PIL import Image, features
     im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    side = side or (THUMB if im.mode == "L" else THUMB_PHOTO)
     im.thumbnail((side, side), Image.LANCZOS)
     buf = io.BytesIO()
     if im.mode == "L":  # grey digits: lossless PNG is also the smallest
         im.save(buf, "PNG")
         mime = "png"
-    else:  # colour photos: JPEG is 2-3x smaller than PNG at this size
+    elif features.check("webp"):  # colour photos: WebP is half the size of JPEG here (RESULTS.md, "Dashboard size")
+        im.save(buf, "WEBP", quality=80)
+        mime = "webp"
+    else:  # a Pillow built without libwebp
         im.save(buf, "JPEG", quality=85)
         mime = "jpeg"
     return f"data:image/{mime};base64," + b64encode(buf.getvalue()).decode("ascii")
@@ -206,7 +213,7 @@ def write_dashboard(path, points, maps, classes, title="", note=""):
         raise ValueError(f"a dashboard needs at least 3 images, got {len(points['labels'])}")
     points = {**points, "labels": points["labels"].tolist(), "preds": points["preds"].tolist(),
               "conf": points["conf"].tolist(), "thumbs": [thumbnail_uri(im) for im in points["images"]],
-              "cam_thumbs": [thumbnail_uri(im) for im in points.get("cams") or []]}  # Grad-CAM overlays
+              "cam_thumbs": [thumbnail_uri(im, THUMB_CAM) for im in points.get("cams") or []]}  # Grad-CAM overlays
     return page.write_page(path, points, maps, classes, title, note, fit_box, class_colours(len(classes)))
 
 
@@ -361,7 +368,8 @@ def write_report(out_dir, checkpoint=None, sweeps=()):
 
     command = ckpt.get("command") or "python train.py " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in args.items())
     md += ["## Command", "", "```", command, "```", "",
-           "The arguments as train.py resolved them, defaults left out." if "command" in ckpt else
+           "The options the run was given, every one at its default left out (--amp, --threads and "
+           "--workers, when left out, are chosen again by the machine that runs it)." if "command" in ckpt else
            "Every stored argument (this checkpoint predates the stored command line).", ""]
 
     md += ["## Data", "", f"- source: {source}", f"- classes ({len(classes)}): {', '.join(map(str, classes))}",

@@ -120,6 +120,11 @@ def get_args_parser(add_help=True):
 
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1, "adadelta": 1.0}
+# What an option left out becomes, from the other options (a dict of them): resolve_defaults fills
+# these in, and command_line leaves them out again, so the stored command holds only real choices.
+IMPLIED = {"augment": lambda a: "light" if a["dataset"] == "mnist" else "strong",
+           "lr": lambda a: DEFAULT_LR[a["optimizer"]],
+           "drop_rate": lambda a: 0.2 if a["model"] == "resnet18" else None}
 
 
 def resolve_defaults(args):
@@ -127,14 +132,11 @@ def resolve_defaults(args):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.augment is None:
-        args.augment = "light" if args.dataset == "mnist" else "strong"
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.optimizer]
+    for name, implied in IMPLIED.items():
+        if getattr(args, name) is None:
+            setattr(args, name, implied(vars(args)))
     if not (args.lr > 0 and math.isfinite(args.lr)) or not args.min_lr >= 0:
         raise TrainingError(f"--lr must be > 0 and --min-lr >= 0 (got {args.lr}, {args.min_lr})")
-    if args.drop_rate is None and args.model == "resnet18":
-        args.drop_rate = 0.2
     check_args(args)
     if args.workers is None:
         # CPU: the model needs the cores (set_threads), so loader processes only take the
@@ -380,6 +382,7 @@ def check_save_dir(args):
 
 def main(args):
     """Train and report; returns the final report's results (None on processes other than rank 0)."""
+    given = dict(vars(args))  # before any default is resolved: what the stored command repeats
     args = resolve_defaults(args)
     if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
         raise TrainingError(f"cannot create --save-dir {args.save_dir}: File exists")
@@ -387,7 +390,7 @@ def main(args):
     with cli.folder_lock(args.save_dir, "--save-dir", "train.py run") if writes else contextlib.nullcontext():
         replace = writes and check_save_dir(args)
         with distributed(args.device) as device, cli.SigintStop(enabled=not is_distributed()) as stop:
-            r = setup(args, device)
+            r = setup(args, device, command_line(given))
             if replace:  # only now: a new run that cannot start leaves the earlier one whole
                 for f in RUN_FILES:
                     if not same_file(os.path.join(args.save_dir, f), args.corrections):  # never its own input
@@ -474,8 +477,9 @@ class Run:
         return ck
 
 
-def setup(args, device):
-    """Data, model, optimizer and schedule; the run header; the state of --resume."""
+def setup(args, device, command):
+    """Data, model, optimizer and schedule; the run header; the state of --resume. `command`: the
+    `python train.py ...` the checkpoints store (command_line of the arguments as given)."""
     rank, world = rank_and_world()
     t_start = time.perf_counter()
     args.amp = resolve_amp(args.amp, device)  # recorded resolved: "bf16", "fp16" or "off"
@@ -502,7 +506,7 @@ def setup(args, device):
             steps_per_epoch=steps_per_epoch, eval_bs=eval_bs,
             val_loader=D.make_loader(data.val, eval_bs, workers=args.workers),
             test_loader=D.make_loader(data.test, eval_bs, workers=args.workers) if args.eval_test and data.test else None,
-            t_start=t_start, command=command_line(vars(args)), rank=rank, world=world)
+            t_start=t_start, command=command, rank=rank, world=world)
     try:
         os.makedirs(args.save_dir, exist_ok=True)
     except OSError as e:
@@ -754,11 +758,16 @@ def finish(r):
 
 
 def command_line(args):
-    """`python train.py ...` that repeats a run: the resolved arguments (a dict) that differ from
-    the defaults. Stored in every checkpoint (report.py shows it)."""
+    """`python train.py ...` that repeats a run: the arguments (a dict, as given: before resolve_defaults
+    and the device's --amp / --threads) that differ from their defaults, or from what leaving them out
+    implies (IMPLIED). Stored in every checkpoint (report.py shows it). Given the resolved arguments
+    instead, it would pin this machine's choices (an --amp bf16 resolved here is emulated, slower
+    than fp32, on a CPU without native bf16; --threads, --workers fit this machine's cores)."""
     parts = ["python", "train.py"]
     for a in get_args_parser()._actions:
         if not a.option_strings or a.dest not in args or args[a.dest] == a.default:
+            continue
+        if a.dest in IMPLIED and args[a.dest] == IMPLIED[a.dest](args):
             continue
         value = args[a.dest]
         if isinstance(a, argparse.BooleanOptionalAction):

@@ -1,10 +1,12 @@
 """export.py: TorchScript with its metadata and the parity check (which can fail), ONNX or the
 line that says how to install it. On conftest's mnist_run."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import cli
 import data as D
 import evaluate as E
 from helpers import run_script
@@ -50,3 +52,21 @@ def test_export_onnx_exports_or_says_how_to_install(mnist_run, tmp_path):
     except ImportError:  # nothing exported: exit 2 with one line, not 0
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install onnx onnxruntime" in r.stderr
         assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is marked deprecated (torch >= 2.9)
+def test_out_names_a_new_folder_by_a_slash_or_no_model_suffix(tmp_path, mnist_root):
+    """`--out DIR/` for a DIR not made yet once failed with errno 20 (it was opened as a file): a
+    trailing slash, or a new name without .pt / .pth / .onnx, is a folder, made, with the default name in it."""
+    import export
+    from helpers import fabricate_checkpoint
+    ck = fabricate_checkpoint(tmp_path / "best.pt", mnist_root)
+    for out, want in ((f"{tmp_path / 'new'}/", tmp_path / "new" / "best.torchscript.pt"),
+                      (tmp_path / "deploy" / "v1", tmp_path / "deploy" / "v1" / "best.torchscript.pt"),
+                      (tmp_path / "other" / "m.pt", tmp_path / "other" / "m.pt")):  # a model suffix: a file
+        r = export.main(export.get_args_parser().parse_args([str(ck), "--out", str(out), "--parity-images", "8"]))
+        assert Path(r["path"]) == want and want.is_file() and r["same_top1"] == 8
+    (tmp_path / "file").write_text("")  # an existing file is no folder: one line, nothing written
+    with pytest.raises(cli.UsageError, match="is a file, not a folder"):
+        export.main(export.get_args_parser().parse_args([str(ck), "--out", f"{tmp_path / 'file'}/", "--parity-images", "8"]))
+    assert (tmp_path / "file").read_text() == ""

@@ -24,7 +24,7 @@ from PIL import Image
 import data as D
 import report
 import train
-from helpers import DRAWN, data_config, page_data, photo_folder, run_script, saved_figures, title_text
+from helpers import DRAWN, data_config, page_data, photo_folder, run_script, run_train, saved_figures, title_text
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -120,7 +120,8 @@ def test_dashboard_is_self_contained_static(analysed_run):
     page = (analysed_run / "dashboard.html").read_text()
     assert external_refs(page) == []
     d = page_data(page)
-    assert all(u.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for u in d["img"])
+    assert all(u.startswith(("data:image/png;base64,", "data:image/webp;base64,", "data:image/jpeg;base64,"))
+               for u in d["img"])
     assert len(d["cam"]) == len(d["img"]) and all(u.startswith("data:image/") for u in d["cam"])  # Grad-CAM
     for p, split, source in zip(d["path"], d["split"], d["source"]):  # what a corrections row may name
         assert (p != "") == (split != "test" and source == 0) and (not p or Path(p).is_absolute() and Path(p).is_file())
@@ -153,11 +154,35 @@ def test_dashboard_script_builds_points_tabs_and_legend(analysed_run):
     page = (analysed_run / "dashboard.html").read_text()
     d = page_data(page)
     dom = chromium(analysed_run / "dashboard.html", "--dump-dom").stdout
-    assert f'data-shown="{len(d["label"])}"' in dom and len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
+    real = [i for i, s in enumerate(d["source"]) if s == 0]  # the synthetic composites: hidden at first
+    assert f'data-shown="{len(real)}"' in dom and len(d["label"]) == len(d["img"]) == len(d["tsne"]) // 2
     assert re.findall(r'<button data-tab="(-?\d+)"', dom) == [str(k) for k in range(-1, 10)]
-    assert "All (" + str(len(d["label"])) + ")" in dom
-    assert dom.count('class="sw"') == len(set(d["label"]))  # legend: one swatch per class shown
+    assert "All (" + str(len(real)) + ")" in dom
+    assert dom.count('class="sw"') == len({d["label"][i] for i in real})  # legend: one swatch per class shown
     assert {"train", "val"} <= set(d["split"]) and set(d["source"]) == {0, 1}
+
+
+@pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
+def test_dashboard_note_counts_what_the_page_holds(analysed_run):
+    """The note once said "balanced over split x class" of a page that held 1,850 train and 150 val
+    points: it counts the points per split (and source) that the page holds."""
+    d = page_data((analysed_run / "dashboard.html").read_text())
+    counts = {s: [sum(1 for sp, so in zip(d["split"], d["source"]) if sp == s and so == k) for k in (0, 1)]
+              for s in dict.fromkeys(d["split"])}
+    held = ", ".join(f"{r + y} {s}" + (f" ({r} real, {y} synthetic)" if y else "") for s, (r, y) in counts.items())
+    assert d["note"].startswith(f"Penultimate features of {len(d['split'])} images: {held}; "), d["note"]
+    assert counts["train"][1] > 0 and 'hidden until "show synthetic" is ticked' in d["note"]
+    assert "balanced" not in d["note"]
+
+
+def test_dashboard_note_counts_per_split_and_source():
+    import analyze
+    note = analyze.dashboard_note({"split": ["train"] * 1850 + ["val"] * 150, "source": [0] * 852 + [1] * 998 + [0] * 150},
+                                  2000)
+    assert note.startswith("Penultimate features of 2,000 images: 1,850 train (852 real, 998 synthetic), 150 val; ")
+    assert "show synthetic" in note
+    note = analyze.dashboard_note({"split": ["train"] * 5 + ["test"] * 3, "source": [0] * 8}, 2000)
+    assert note.startswith("Penultimate features of 8 images: 5 train, 3 test; ") and "synthetic" not in note
 
 
 @pytest.mark.slow  # headless chromium; fixture analysed_run: a trained and analysed run, ~17 s
@@ -177,6 +202,7 @@ document.body.dataset.wrong = wrong;
 document.querySelector("input[value=pca]").click();
 document.body.dataset.sx = JSON.stringify(sx.slice(0, 3));
 document.querySelectorAll("#tabs button")[2].click();   // the tab of class 1
+document.getElementById("synth").click();                // the synthetic composites too
 document.getElementById("colour").value = "source";
 document.getElementById("colour").dispatchEvent(new Event("change"));
 Promise.all(D.img.map(u => { const im = new Image(); im.src = u; return im.decode().then(() => im.naturalWidth); }))
@@ -198,7 +224,7 @@ Promise.all(D.img.map(u => { const im = new Image(); im.src = u; return im.decod
     assert re.search(r'id="tipimg"[^>]*src="data:image/', dom) or re.search(r'src="data:image/[^"]*"[^>]*id="tipimg"', dom)
     cam = re.search(r'<img[^>]*id="tipcam"[^>]*>', dom).group(0)  # the hover card's Grad-CAM, shown
     assert 'src="data:image/' in cam and "hidden" not in cam
-    shown = sum(1 for lab, p in zip(d["label"], d["pred"]) if 1 in (lab, p))
+    shown = sum(1 for lab, p in zip(d["label"], d["pred"]) if 1 in (lab, p))  # synthetic ones included: ticked
     assert f'data-shown="{shown}"' in dom
     sx = json.loads(html.unescape(re.search(r'data-sx="([^"]*)"', dom).group(1)))
     pca = d["pca"]  # the PCA projection is drawn: the points' x positions on the canvas are its, scaled
@@ -237,6 +263,83 @@ def test_dashboard_escapes_user_text(tmp_path):
     assert d["classes"] == classes and d["title"] == "<script>t</script>" and len(d["tsne"]) == len(d["pca"]) == 2 * n
 
 
+def mixed_points(n_real=12, n_syn=6, side=144):
+    """Colour images for a dashboard: 12 real ones, 4 per class, in train / val / test, class 2 in a
+    small corner of the map (x, y in 90..100), and 6 synthetic ones far off (x 200..300)."""
+    g = np.random.default_rng(0)
+    labels = [0] * 4 + [1] * 4 + [2] * 4 + [0, 1] * (n_syn // 2)
+    x = np.r_[np.linspace(0, 30, 4), np.linspace(50, 80, 4), np.linspace(90, 100, 4), np.linspace(200, 300, n_syn)]
+    y = np.r_[np.linspace(0, 30, 4), np.linspace(0, 30, 4), np.linspace(90, 100, 4), np.linspace(0, 50, n_syn)]
+    n = n_real + n_syn
+    points = {"labels": torch.tensor(labels), "preds": torch.tensor(labels), "conf": torch.full((n,), 0.9),
+              "split": ["train", "train", "val", "test"] * 3 + ["train"] * n_syn, "source": [0] * n_real + [1] * n_syn,
+              "names": [f"im{i}.jpg" for i in range(n)],
+              "images": [g.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)],
+              "cams": [g.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]}
+    return points, np.stack([x, y], 1)
+
+
+def test_dashboard_thumbnails_of_photos_are_large_enough(tmp_path):
+    """40 px thumbnails of photos, shown at 96 px (hover) and 112 px (grid), were too small: photos
+    are stored at THUMB_PHOTO (96), their Grad-CAM overlays at THUMB_CAM (64), grey digits at 40."""
+    import base64
+    import io
+    points, xy = mixed_points()
+    points["images"][0] = np.full((144, 144, 1), 128, np.uint8)  # a grey image
+    points["images"][1] = np.full((28, 28, 1), 128, np.uint8)  # a digit smaller than its thumbnail: not enlarged
+    d = page_data(Path(report.write_dashboard(tmp_path / "d.html", points, {"tsne": xy, "pca": xy}, ["a", "b", "c"],
+                                              "t")).read_text())
+    size = lambda uri: Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size  # noqa: E731
+    assert size(d["img"][0]) == (40, 40) and size(d["img"][1]) == (28, 28) and d["img"][0].startswith("data:image/png")
+    assert {size(u) for u in d["img"][2:]} == {(96, 96)} and {size(u) for u in d["cam"]} == {(64, 64)}
+
+
+MIXED_PROBE = """<script>
+addEventListener("error", e => document.body.dataset.out = JSON.stringify({error: e.message}));
+const out = {}, tabButton = k => document.querySelectorAll("#tabs button")[k + 1];
+const frame = () => {  // the shown points' extent on the canvas, and the canvas
+  const v = [...Array(N).keys()].filter(shown), xs = v.map(i => sx[i]), ys = v.map(i => sy[i]);
+  return [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys), parseFloat(cv.style.width), parseFloat(cv.style.height)];
+};
+const legend = () => [...document.querySelectorAll("#legend div")].map(e => e.textContent);
+out.shown = +cv.dataset.shown; out.all = tabButton(-1).textContent; out.box = !document.getElementById("synthbox").hidden;
+out.frame = frame();
+document.getElementById("colour").value = "split";
+document.getElementById("colour").dispatchEvent(new Event("change"));
+out.legend = legend();
+tabButton(2).click(); out.frame2 = frame(); out.shown2 = +cv.dataset.shown;
+tabButton(-1).click();
+document.getElementById("synth").click(); out.shownS = +cv.dataset.shown; out.allS = tabButton(-1).textContent;
+out.legendS = legend(); out.frameS = frame();
+document.body.dataset.out = JSON.stringify(out);
+</script></body>"""
+
+
+@pytest.mark.slow  # headless chromium
+@needs_chromium
+def test_dashboard_real_photos_first_split_colours_and_class_zoom(tmp_path):
+    """The page shows the real images at first (synthetic composites behind "show synthetic"), can
+    colour by split, and frames the points shown: a class tab zooms to its class's points."""
+    points, xy = mixed_points()
+    page = Path(report.write_dashboard(tmp_path / "d.html", points, {"tsne": xy, "pca": xy}, ["a", "b", "c"], "t"))
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", MIXED_PROBE))
+    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
+    m = re.search(r'data-out="([^"]*)"', proc.stdout)
+    assert m, proc.stderr[-2000:]
+    out = json.loads(html.unescape(m.group(1)))
+    assert "error" not in out, out
+    assert out["shown"] == 12 and out["all"] == "All (12)" and out["box"]  # real images only, the toggle offered
+    assert out["legend"][:3] == ["train (6)", "val (3)", "test (3)"]
+    assert out["shownS"] == 18 and out["allS"] == "All (18)" and out["legendS"][0] == "train (12)"
+    margin = 12  # page.py's M
+    for key in ("frame", "frame2", "frameS"):  # the points shown fill the canvas, margins aside, on the longer side
+        x0, x1, y0, y1, w, h = out[key]
+        assert x0 == pytest.approx(margin, abs=0.5) and y0 == pytest.approx(margin, abs=0.5), key
+        assert max(x1 - x0 - (w - 2 * margin), y1 - y0 - (h - 2 * margin)) == pytest.approx(0, abs=1), (key, out[key])
+    assert out["shown2"] == 4 and out["frame2"][1] - out["frame2"][0] > 700  # class c: 10 map units across the canvas
+
+
 # ----------------------------------------------------------------------------- report
 
 SECTIONS = ["# Run report: seed0", "## Command", "## Data", "## Model", "## Training", "## Results",
@@ -268,9 +371,34 @@ def test_report_command_repeats_the_run(analysed_run):
     ckpt = torch.load(analysed_run / "best.pt", map_location="cpu", weights_only=True)
     md = (analysed_run / "report.md").read_text()
     command = re.search(r"```\n(python train\.py .*)\n```", md).group(1)
-    assert command == ckpt["command"] == train.command_line(ckpt["args"])
+    assert command == ckpt["command"]
     argv = shlex.split(command)[2:]
-    assert vars(train.resolve_defaults(train.get_args_parser().parse_args(argv))) == ckpt["args"]
+    again = train.get_args_parser().parse_args(argv)
+    assert again.amp == "auto" and again.threads is None  # chosen again by the machine that runs it
+    resolved = vars(train.resolve_defaults(again))
+    assert {k: v for k, v in resolved.items() if k not in ("amp", "threads")} == \
+        {k: v for k, v in ckpt["args"].items() if k not in ("amp", "threads")}
+
+
+def test_report_command_leaves_out_every_default_and_never_pins_bf16(tmp_path, mnist_root, monkeypatch):
+    """On a CPU with native bf16 (patched in), a run given no --amp trains in bf16; its report.md
+    command must not pin `--amp bf16` (emulated, slower than fp32, on a CPU without it), nor any
+    option at its default or at what leaving it out implies (--augment light on MNIST, --lr 1e-3
+    with adamw, --batch-size 64), nor the --threads this machine chose."""
+    import device
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    d = tmp_path / "run"
+    run_train(["--dataset", "mnist", "--mnist-root", mnist_root, "--no-download", "--model", "convnet",
+               "--train-fraction", 0.01, "--epochs", 1, "--warmup-epochs", 0, "--batch-size", 64, "--augment", "light",
+               "--lr", 1e-3, "--workers", 0, "--quiet", "--save-dir", d])
+    ckpt = torch.load(d / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["args"]["amp"] == "bf16"  # the run did train in bf16: only the command leaves it out
+    report.write_report(d)
+    command = re.search(r"```\n(python train\.py .*)\n```", (d / "report.md").read_text()).group(1)
+    assert command == ckpt["command"]
+    options = {a for a in shlex.split(command) if a.startswith("--")}
+    assert options == {"--dataset", "--mnist-root", "--no-download", "--model", "--train-fraction", "--epochs",
+                       "--warmup-epochs", "--workers", "--quiet", "--save-dir"}, command
 
 
 @pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
