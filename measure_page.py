@@ -183,7 +183,8 @@ async def measure(chromium, path, lasso=True):
     """(first draw ms, lasso ms, points selected) of one fresh load of `path`."""
     import websockets
     port = 9400 + os.getpid() % 500
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helpers may still write to the profile as it is removed: a leftover folder in /tmp, not a crash
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--no-first-run", "--mute-audio",
                                  "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
                                  f"--user-data-dir={profile}", "--window-size=1300,1000",
