@@ -2,8 +2,10 @@
 
     python analyze.py checkpoints/best.pt
     python analyze.py checkpoints/best.pt --folds 5   # review the training labels too (5 short runs)
-    python analyze.py checkpoints/best.pt --unlabeled new/   # only this: new/'s photos ranked for labelling
-                                                             # -> unlabeled.csv, unlabeled.json (unlabeled.py)
+    python analyze.py checkpoints/best.pt --unlabeled new/   # also new/'s photos: ranked for labelling
+                                                             # -> unlabeled.csv, unlabeled.json (unlabeled.py),
+                                                             # and on dashboard.html's map to label there
+    python analyze.py checkpoints/best.pt --unlabeled new/ --unlabeled-only   # only the two unlabeled files
 
 Writes next to the checkpoint (or into --out):
   kernels.png    every first-layer kernel (and the second layer's, when the first has < 9), one scale
@@ -20,7 +22,8 @@ Writes next to the checkpoint (or into --out):
   duplicates.csv near-duplicate image pairs; those across splits (leakage) marked
   mistakes/      every misclassified val / test image: <true class>/<split>_<index>_pred-<p>_<conf>.png
 and then, via report.py: evaluate.py's metrics.json, confusion.png and mistakes.png,
-  dashboard.html an interactive PCA / t-SNE map of the features (one file, works offline)
+  dashboard.html an interactive PCA / t-SNE map of the features (one file, works offline), a labelling
+                 page: samples.csv's signals colour, filter and sort it; --unlabeled photos are on it too
   report.md, report.html  the run written up, with every figure of the folder
 Predictions and features come from evaluate.py, so both scripts see the same data and model.
 """
@@ -81,8 +84,11 @@ def get_args_parser():
                    help="save at most N mistakes per split to mistakes/, most confident first (default: all)")
     g = p.add_argument_group("unlabelled photos")
     g.add_argument("--unlabeled", default=None, metavar="DIR",
-                   help="only rank the photos of DIR for labelling -> unlabeled.csv (a --corrections file once its "
-                        "label column is filled) and unlabeled.json; the other outputs are not written")
+                   help="also rank the photos of DIR for labelling -> unlabeled.csv (a --corrections file once its "
+                        "label column is filled) and unlabeled.json, and put them on dashboard.html's map")
+    g.add_argument("--unlabeled-only", action="store_true",
+                   help="with --unlabeled: write only unlabeled.csv and unlabeled.json (no figures, no data "
+                        "quality, no dashboard)")
     g.add_argument("--reject-below", type=float, default=None, metavar="P",
                    help="with --unlabeled: flag 'below threshold' where the top probability is under P "
                         "(evaluate.py --images --reject-below writes prediction none there)")
@@ -117,6 +123,8 @@ def check_args(args):
             raise cli.UsageError(f"{option} folder not found: {path}")
     if args.reject_below is not None and not args.unlabeled:
         raise cli.UsageError("--reject-below flags --unlabeled photos: give --unlabeled DIR too")
+    if args.unlabeled_only and not args.unlabeled:
+        raise cli.UsageError("--unlabeled-only ranks --unlabeled photos: give --unlabeled DIR too")
     if args.unlabeled:
         U.check_folder(args.unlabeled, None)  # the training folder is known once the checkpoint is read
 
@@ -439,6 +447,34 @@ def knn_agreement(features, labels, pool, k, device, chunk=512, quiet=False):
     return out
 
 
+def label_scores(probs, labels):
+    """(loss, confidence, margin) per row of `probs` [N, C] against `labels` [N]: -log p(label),
+    p(label), and p(label) minus the highest other probability (negative when another class leads)."""
+    p_label = probs.gather(1, labels[:, None]).squeeze(1)
+    return -p_label.clamp_min(1e-12).log(), p_label, p_label - probs.scatter(1, labels[:, None], -1.0).max(1).values
+
+
+def duplicate_groups(pairs, n):
+    """A group id per row [n] (LongTensor): rows joined by `pairs` [P, 2], directly or through a
+    chain, share one, numbered 0.. in order of their first row; -1 for a row in no pair."""
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:  # path halving: bounded by the tree's depth
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    for a, b in pairs.tolist():
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    out = torch.full((n,), -1, dtype=torch.long)
+    members = sorted(set(pairs.flatten().tolist()))
+    ids = {}
+    for i in members:  # ascending rows: a group's id is set at its first (lowest) row
+        out[i] = ids.setdefault(root(i), len(ids))
+    return out
+
+
 def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=None, knn=10, pairs=None, quiet=False,
                  oof_fold=None):
     """Everything analyze.py knows per sample, one row per sample of `splits` (E.eval_splits),
@@ -455,6 +491,7 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
                            `flagged`} for the reviewed splits (`oof_fold`: out_of_fold_probs' folds)
       knn_agreement        share of the `knn` nearest training samples (feature space) with the same label
       duplicate            in one of `pairs` (data.near_duplicates over data.pixel_vectors)
+      dup_group            its near-duplicate group (duplicate_groups of `pairs`), -1 when in none
       flag                 "ok", or suspect / mistake / duplicate joined by "+"
     """
     outs = {name: (outs or {}).get(name) or E.collect(model, ds, device, batch_size, features=True)
@@ -468,9 +505,7 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
          "label": torch.cat([o["labels"] for o in outs.values()]), "probs": probs, "pred": probs.argmax(1),
          "features": torch.cat([o["features"] for o in outs.values()]),
          "out_of_sample": torch.from_numpy(split != "train") | (oof_probs is not None)}
-    p_label = probs.gather(1, t["label"][:, None]).squeeze(1)
-    t["loss"], t["confidence"] = -p_label.clamp_min(1e-12).log(), p_label
-    t["margin"] = p_label - probs.scatter(1, t["label"][:, None], -1.0).max(1).values
+    t["loss"], t["confidence"], t["margin"] = label_scores(probs, t["label"])
     t["suspect"], t["suggested"] = torch.zeros(len(split), dtype=torch.bool), torch.full((len(split),), -1)
     # thresholds per split, as each split's probabilities come from one kind of model (fold runs or
     # the checkpoint). Test is not reviewed: it stays the untouched yardstick, and its MNIST ids (#i)
@@ -493,6 +528,7 @@ def sample_table(model, splits, device, batch_size=256, outs=None, oof_probs=Non
     t["duplicate"] = torch.zeros(len(split), dtype=torch.bool)
     if pairs is not None:
         t["duplicate"][pairs.flatten()] = True
+    t["dup_group"] = duplicate_groups(pairs if pairs is not None else torch.empty(0, 2, dtype=torch.long), len(split))
     marks = [("suspect", t["suspect"].tolist()), ("mistake", (t["pred"] != t["label"]).tolist()),
              ("duplicate", t["duplicate"].tolist())]
     t["flag"] = np.array(["+".join(name for name, m in marks if m[r]) or "ok" for r in range(len(split))])
@@ -651,30 +687,39 @@ def balanced_sample(keys, n, seed=0):
     return grouped[torch.sort(rank, stable=True).indices[:n]].sort().values  # round robin over keys
 
 
-def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256, tta=1, temperature=1.0, quiet=False):
+def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=256, tta=1, temperature=1.0, quiet=False,
+                     outs=None, unlabeled=None):
     """What write_dashboard draws: at most `max_points` images, balanced over (split, source) x
-    class, with the model's penultimate features, predictions and confidences (eval transforms;
-    the predictions as evaluate.py makes them, with `tta` views and the checkpoint's temperature)."""
+    class, with the model's penultimate features, predictions, probabilities and confidences (eval
+    transforms; the predictions as evaluate.py makes them, with `tta` views and the checkpoint's
+    temperature) and `index`, each image's position in its split. `outs` ({split: E.collect output},
+    made that way): the real images' predictions taken from it, not made again. `unlabeled`
+    (score_unlabeled): at most `max_points` of its photos as well, source 2, label -1."""
     groups = [(split, 0, ds) for split, ds in E.eval_splits(data).items()]
     if isinstance(data.train, ConcatDataset):  # the synthetic part of training
         groups.insert(1, ("train", 1, data.train.datasets[1].with_transform(data.val.transform)))
     k = len(data.classes)
     pick = balanced_sample(torch.cat([g * k + ds.targets for g, (_, _, ds) in enumerate(groups)]), max_points, seed)
-    pts = {"features": [], "labels": [], "preds": [], "conf": [], "split": [], "source": [], "images": [], "names": [],
-           "paths": [], "cams": []}
+    pts = {"features": [], "labels": [], "preds": [], "probs": [], "conf": [], "split": [], "source": [], "index": [],
+           "images": [], "names": [], "paths": [], "cams": []}
     start, bar = 0, cli.progress(None, "dashboard images", quiet, total=len(pick), unit="img")
     for split, source, ds in groups:
         idx = (pick[(pick >= start) & (pick < start + len(ds))] - start).tolist()
         start += len(ds)
         if not idx:
             continue
-        out = E.collect(model, Subset(ds, idx), device, batch_size, features=True, tta=tta, temperature=temperature)
+        if outs and source == 0:  # predicted already, with the same views and temperature
+            out = {k: outs[split][k][idx] for k in ("features", "labels", "preds", "probs")}
+        else:
+            out = E.collect(model, Subset(ds, idx), device, batch_size, features=True, tta=tta, temperature=temperature)
         pts["features"].append(out["features"])
         pts["labels"].append(out["labels"])
         pts["preds"].append(out["preds"])
+        pts["probs"].append(out["probs"])
         pts["conf"].append(out["probs"].max(1).values)
         pts["split"] += [split] * len(idx)
         pts["source"] += [source] * len(idx)
+        pts["index"] += idx
         images = [D.raw_image(ds, i) for i in idx]
         pts["images"] += images
         cams = dataset_cams(model, ds, idx, out["preds"], device)  # of the predictions shown
@@ -686,25 +731,95 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         pts["paths"] += [_row_path(ds.path(i)) if correctable else "" for i in idx]
         bar.update(len(idx))
     bar.close()
-    for key in ("features", "labels", "preds", "conf"):
+    if unlabeled:  # a random share where there are more than max_points: the map shows their spread
+        u, n = unlabeled, len(unlabeled["paths"])
+        idx = sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].tolist())
+        pts["features"].append(u["out"]["features"][idx])
+        pts["labels"].append(torch.full((len(idx),), -1))
+        pts["preds"].append(u["out"]["preds"][idx])
+        pts["probs"].append(u["out"]["probs"][idx])
+        pts["conf"].append(u["out"]["probs"][idx].max(1).values)
+        pts["split"] += ["unlabelled"] * len(idx)
+        pts["source"] += [2] * len(idx)
+        pts["index"] += idx
+        images = [D.raw_image(u["dataset"], i) for i in idx]
+        pts["images"] += images
+        cams = dataset_cams(model, u["dataset"], idx, u["out"]["preds"][idx], device)
+        pts["cams"] += [cam_overlay(im, cam) for im, cam in zip(images, cams)]
+        pts["names"] += [os.path.basename(u["paths"][i]) for i in idx]
+        # a corrections row with a label adds the photo to a photo folder's training; MNIST takes none
+        addable = data.config.get("dataset") != "mnist"
+        pts["paths"] += [os.path.abspath(u["paths"][i]) if addable else "" for i in idx]
+    for key in ("features", "labels", "preds", "probs", "conf"):
         pts[key] = torch.cat(pts[key])
     return pts
 
 
-def dashboard_note(points, max_points):
+def dashboard_note(points, max_points, unlabeled=None):
     """The page's first line: what it holds, counted per split and source (a small split is not
-    topped up, so "balanced" alone would overstate it)."""
+    topped up, so "balanced" alone would overstate it), and the unlabelled photos shown."""
     counts = {}
     for split, source in zip(points["split"], points["source"]):
-        counts.setdefault(split, [0, 0])[source] += 1
+        if source < 2:  # (2: an unlabelled photo, counted below)
+            counts.setdefault(split, [0, 0])[source] += 1
     held = ", ".join(f"{real + syn:,} {split}" + (f" ({real:,} real, {syn:,} synthetic)" if syn else "")
                      for split, (real, syn) in counts.items())
     synthetic = sum(syn for _, syn in counts.values())
-    return (f"Penultimate features of {len(points['split']):,} images: {held}; drawn in turn from each split x "
+    n_unl = list(points["source"]).count(2)
+    return (f"Penultimate features of {len(points['split']) - n_unl:,} images: {held}; drawn in turn from each split x "
             f"source x class, so a small one gives all it has (at most {max_points:,}; analyze.py "
             f"--dashboard-points). " + ("The synthetic ones are hidden until \"show synthetic\" is ticked. " if synthetic else "")
+            + (f"Also {n_unl:,} of the {len(unlabeled['paths']):,} unlabelled photos of {unlabeled['folder']} "
+               f"(squares; at most {max_points:,}). " if unlabeled else "")
             + "Hover a point for its image and its Grad-CAM heat map; select points to relabel or exclude them "
               "and download a --corrections file.")
+
+
+def page_signals(points, table, unlabeled=None):
+    """The per-image signals dashboard.html colours, filters and sorts by, one list per key, aligned
+    with `points` (dashboard_points), None where an image has none. Real images: `table`'s
+    (sample_table, samples.csv's numbers: with --folds the train rows' loss, p(label) and margin
+    are out of fold), suspect 1 / 0 where its split's review is shown, -2 where withheld, -1 where
+    not reviewed; synthetic ones: loss, p(label) and margin of the page's own probabilities (they
+    are not in the table); unlabelled ones (`unlabeled`, score_unlabeled): the prediction's margin
+    and their flag (unlabeled.csv's). Also `review`: a line per split on its label review."""
+    n, sig = len(points["labels"]), {}
+    for key in ("loss", "p_label", "margin", "knn", "suspect", "suggested", "dup_group", "dup_size", "flag"):
+        sig[key] = [None] * n
+    start = {s: int(np.flatnonzero(table["split"] == s)[0]) for s in dict.fromkeys(table["split"].tolist())}
+    sizes = torch.bincount(table["dup_group"][table["dup_group"] >= 0], minlength=1)
+    own = label_scores(points["probs"], points["labels"].clamp_min(0))  # used for the synthetic rows only
+    r3 = lambda x: round(float(x), 3)  # noqa: E731
+    for i, (split, source, k) in enumerate(zip(points["split"], points["source"], points["index"])):
+        if source == 0:
+            r = start[split] + int(k)
+            q = table["review"].get(split)
+            sig["loss"][i], sig["p_label"][i], sig["margin"][i], sig["knn"][i] = (
+                r3(table[c][r]) for c in ("loss", "confidence", "margin", "knn_agreement"))
+            sig["suspect"][i] = -1 if q is None else -2 if not q["shown"] else int(table["suspect"][r])
+            sig["suggested"][i] = int(table["suggested"][r])
+            g = int(table["dup_group"][r])
+            sig["dup_group"][i], sig["dup_size"][i] = g, int(sizes[g]) if g >= 0 else 0
+        elif source == 1:
+            sig["loss"][i], sig["p_label"][i], sig["margin"][i] = (r3(x[i]) for x in own)
+            sig["suspect"][i] = -1
+        else:
+            sig["margin"][i] = r3(unlabeled["scores"]["margin"][k])
+            sig["suspect"][i], sig["flag"][i] = -1, unlabeled["flags"][k]
+    review = []
+    for split in dict.fromkeys(points["split"]):
+        q = table["review"].get(split)
+        text = (review_summary(split, q) if q else
+                "train labels not reviewed: analyze.py --folds K reviews them out of fold" if split == "train" else
+                "test labels are not reviewed: the test split stays the untouched yardstick" if split == "test" else
+                "unlabelled photos: nothing to review" if split == "unlabelled" else f"{split}: not reviewed")
+        review.append({"split": split, "shown": bool(q and q["shown"]), "withheld": bool(q and not q["shown"]),
+                       "text": text})
+    if 1 in points["source"]:
+        review.append({"split": "synthetic", "shown": False, "withheld": False,
+                       "text": "synthetic composites: labels made with the image, not reviewed"})
+    sig["review"] = review
+    return sig
 
 
 def _row_path(p):
@@ -717,16 +832,20 @@ def pca_2d(features, seed=0):
 
 
 def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000, seed=0, batch_size=256, outs=None,
-                tta=1, quiet=False):
+                tta=1, quiet=False, table=None, unlabeled=None):
     """The last step: evaluate.py's metrics.json / confusion.png / mistakes.png (reusing `outs`,
     {split: collect() output}), dashboard.html, report.md and report.html; the dashboard's
-    predictions made as `outs` were (`tta` views, the checkpoint's temperature)."""
+    predictions made as `outs` were (`tta` views, the checkpoint's temperature), its signals
+    `table`'s (sample_table; page_signals), `unlabeled` (score_unlabeled) on its map too."""
     E.evaluate_run(model, data, device, out_dir, batch_size=batch_size, outs=outs,
                    settings=E.eval_settings([checkpoint], [ckpt], data, tta))
-    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"], quiet)
+    points = dashboard_points(model, data, device, max_points, seed, batch_size, tta, ckpt["temperature"], quiet,
+                              outs=outs, unlabeled=unlabeled)
+    if table is not None:
+        points.update(page_signals(points, table, unlabeled))
     maps = {"tsne": tsne_2d(points["features"], seed, quiet), "pca": pca_2d(points["features"], seed)}
     title = f"{os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}: {ckpt['model']}, {os.path.basename(checkpoint)}"
-    note = dashboard_note(points, max_points)
+    note = dashboard_note(points, max_points, unlabeled)
     report.write_dashboard(os.path.join(out_dir, "dashboard.html"), points, maps, data.classes, title, note)
     report.write_report(out_dir, checkpoint)
     print(f"wrote metrics.json, confusion.png, mistakes.png, dashboard.html, report.md, report.html to {out_dir}")
@@ -734,25 +853,40 @@ def write_pages(model, ckpt, data, checkpoint, out_dir, device, max_points=2000,
 
 # ----------------------------------------------------------------------------- --unlabeled: what to label next
 
+def unlabeled_files(args, ckpt):
+    """The image files of --unlabeled DIR, after its checks (one line each; before any long work)."""
+    U.check_folder(args.unlabeled, args.data_dir or ckpt["data"].get("data_dir"))
+    return list_images(args.unlabeled)  # one line when it holds no image files
+
+
 @torch.no_grad()
 def rank_unlabeled(args, device):
-    """--unlabeled DIR: every photo of DIR scored (unlabeled.py says how) -> unlabeled.csv, unlabeled.json."""
+    """--unlabeled DIR --unlabeled-only: every photo of DIR scored (unlabeled.py says how) ->
+    unlabeled.csv, unlabeled.json."""
     ckpt = load_checkpoint(args.checkpoint)
-    U.check_folder(args.unlabeled, args.data_dir or ckpt["data"].get("data_dir"))
-    found = list_images(args.unlabeled)  # one line when it holds no image files
+    found = unlabeled_files(args, ckpt)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     model = model_from_checkpoint(ckpt, device, amp=args.amp)
     data = E.run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=args.checkpoint)
+    train_set = E.eval_splits(data, "train")["train"]
+    pool = E.collect(model, train_set, device, args.batch_size, features=True, desc="features of train",
+                     quiet=args.quiet)
+    return score_unlabeled(args, ckpt, model, data, found, pool["features"], out_dir, device)["rank"]
+
+
+@torch.no_grad()
+def score_unlabeled(args, ckpt, model, data, found, train_features, out_dir, device):
+    """The photos `found` (unlabeled_files) scored against the training photos' `train_features`
+    -> unlabeled.csv, unlabeled.json. Returns what the dashboard draws of them: {dataset, paths,
+    out (E.collect, features too), scores (U.scores), flags, rank, folder}."""
     ds, kept = E.folder_dataset(ckpt, found, args.unlabeled)
     warn_unreadable([p for i, p in enumerate(found) if i not in set(kept)])
     paths, t = [found[i] for i in kept], ckpt["temperature"]
     train_set = E.eval_splits(data, "train")["train"]
-    pool = E.collect(model, train_set, device, args.batch_size, features=True, desc="features of train",
-                     quiet=args.quiet)
     out = E.collect(model, ds, device, args.batch_size, features=True, tta=args.tta, temperature=t,
                     desc="scoring --unlabeled", quiet=args.quiet)
-    s = U.scores(out["probs"], out["features"], pool["features"])
+    s = U.scores(out["probs"], out["features"], train_features)
     labelled = torch.cat([d.images[d.indices] for d in (train_set, data.val)])
     copies = D.same_pixels(labelled, ds.images)  # the same photo under another name: labelled already
     if copies:
@@ -763,23 +897,26 @@ def rank_unlabeled(args, device):
                 "n_unreadable": len(found) - len(paths), "tta": args.tta, "temperature": t,
                 "reject_below": args.reject_below, "n_below_threshold": int(below.sum()), "n_copies": len(copies)}
     classes = ckpt["classes"]
-    rank = U.write(out_dir, paths, [classes[c] for c in out["preds"]], s, U.flags(below.tolist(), copies), settings)
+    row_flags = U.flags(below.tolist(), copies)
+    rank = U.write(out_dir, paths, [classes[c] for c in out["preds"]], s, row_flags, settings)
     print(f"scored {cli.plural(len(paths), 'photo')} of {args.unlabeled}; label first: "
           + ", ".join(os.path.basename(paths[i]) for i in rank[:5]))
     if args.reject_below is not None:
         print(f"{int(below.sum())} of {len(paths)} below --reject-below {args.reject_below} (flagged)")
     print(f"wrote unlabeled.csv, unlabeled.json to {out_dir} (fill in its label column, then: "
           f"train.py ... --corrections {os.path.join(out_dir, 'unlabeled.csv')})")
-    return rank
+    return {"dataset": ds, "paths": paths, "out": out, "scores": s, "flags": row_flags, "rank": rank,
+            "folder": args.unlabeled}
 
 
 def main(args):
     check_args(args)
     device = get_device(args.device)
-    if args.unlabeled:
+    if args.unlabeled_only:
         return rank_unlabeled(args, device)
     model, ckpt, data = E.load_run(args.checkpoint, device, args.data_dir, args.mnist_root, amp=args.amp,
                                    synthetic=True)
+    found = unlabeled_files(args, ckpt) if args.unlabeled else None
     print(E.found_line(data))
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
@@ -818,8 +955,11 @@ def main(args):
     print(f"wrote samples.csv, suspects.csv, suspects.png, duplicates.csv, review.json, mistakes/ ({n_wrong} images) "
           f"to {out_dir}")
 
+    # the training photos' features predicted above are the pool unlabeled.csv's distances are to
+    unl = (score_unlabeled(args, ckpt, model, data, found, train_out["features"], out_dir, device)
+           if args.unlabeled else None)
     write_pages(model, ckpt, data, args.checkpoint, out_dir, device, args.dashboard_points, args.seed, args.batch_size,
-                outs=outs, tta=args.tta, quiet=args.quiet)
+                outs=outs, tta=args.tta, quiet=args.quiet, table=table, unlabeled=unl)
 
 
 if __name__ == "__main__":

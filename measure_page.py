@@ -9,7 +9,10 @@ thumbnail each (inline base64). Chromium is driven over the DevTools protocol: r
 draw the lasso, and the page records performance.now() (first draw: from navigation start to the
 frame after the map is drawn; lasso: from the mouse release to the frame after the selection is
 drawn). The candidates: today's hand-written SVG dashboard (no lasso), the hand-written canvas map
-of page.py, Bokeh (canvas and WebGL) and Plotly (scattergl).
+of page.py, Bokeh (canvas and WebGL) and Plotly (scattergl). page.py's page also holds the per-image
+signals analyze.py gives it (made up here) with every 10th point an unlabelled photo, and after the
+lasso times, in the page's own script, colouring by loss, filtering loss >= 0.7 and sorting the
+selection by loss (each to the end of its synchronous redraw).
 """
 import argparse
 import asyncio
@@ -72,6 +75,25 @@ def page_today(xy, label, thumbs, path):
     open(path, "w").write(page.replace("</body>", hook))
 
 
+def page_signals(label, seed=0):
+    """Made-up per-image signals in the shapes analyze.page_signals gives them (3 decimals, None where
+    an image has none), every 10th point an unlabelled photo (label -1, source 2)."""
+    rng = np.random.default_rng(seed)
+    n = len(label)
+    unl = np.arange(n) % 10 == 9
+    p = rng.beta(5, 1, n)
+    r3 = lambda x: [round(float(v), 3) for v in x]  # noqa: E731
+    none = lambda x: [None if u else v for u, v in zip(unl, x)]  # noqa: E731
+    dup = np.where(rng.random(n) < 0.02, rng.integers(0, 50, n), -1)
+    return {"labels": np.where(unl, -1, label), "source": np.where(unl, 2, 0).tolist(),
+            "split": ["unlabelled" if u else "val" for u in unl], "loss": none(r3(-np.log(p))), "p_label": none(r3(p)),
+            "margin": r3(2 * p - 1), "knn": none(r3(rng.random(n))),
+            "suspect": none(np.where(rng.random(n) < 0.03, 1, 0).tolist()),
+            "suggested": none(rng.integers(0, 10, n).tolist()), "dup_group": none(dup.tolist()),
+            "dup_size": none(np.where(dup >= 0, 2, 0).tolist()), "flag": [("ok" if u else None) for u in unl],
+            "review": [{"split": "val", "shown": True, "withheld": False, "text": "val labels reviewed"}]}
+
+
 def page_canvas(xy, label, thumbs, path):
     """The hand-written canvas map with lasso and box selection (page.py's labelling page)."""
     import page
@@ -80,15 +102,28 @@ def page_canvas(xy, label, thumbs, path):
     pts = {"labels": np.asarray(label), "preds": np.asarray(label), "conf": np.full(n, 0.9),
            "split": ["val"] * n, "source": [0] * n, "names": [f"{i}.png" for i in range(n)],
            "paths": [f"/data/{i}.png" for i in range(n)], "images": None, "thumbs": thumbs}
+    if hasattr(page, "SIGNALS"):  # a page.py with signals: the page as analyze.py now writes it
+        pts.update(page_signals(label))
     page.write_page(path, pts, {"tsne": xy, "pca": xy}, [str(k) for k in range(10)], "", "", report.fit_box,
                     report.class_colours(10))
     hook = ("<script>" + AFTER_PAINT % "window.__drawn = performance.now()" +
             ";window.__mapRect = () => document.getElementById('map').getBoundingClientRect().toJSON();"
             "document.addEventListener('selection', e => " + AFTER_PAINT %
             "window.__sel = {n: e.detail, ms: performance.now() - window.__up}" + ");"
-            "addEventListener('pointerup', () => window.__up = performance.now(), true);</script></body>")
+            "addEventListener('pointerup', () => window.__up = performance.now(), true);" + SIGNAL_TIMES + "</script></body>")
     text = open(path).read()
     open(path, "w").write(text.replace("</body>", hook))
+
+
+# ms of each step, synchronous (draw and grid are): colour by loss, filter loss >= 0.7, sort the selection by loss
+SIGNAL_TIMES = """window.__signals = () => {
+  if (!document.getElementById("fsig")) return null;
+  const set = (id, v) => { const e = document.getElementById(id); e.value = v;
+                           e.dispatchEvent(new Event(e.tagName === "INPUT" ? "input" : "change")); };
+  const ms = f => { const t = performance.now(); f(); return performance.now() - t; };
+  return [ms(() => set("colour", "loss")), ms(() => { set("fsig", "loss"); set("fmin", "0.7"); }),
+          ms(() => set("sort", "sig:loss"))];
+};"""
 
 
 def page_bokeh(xy, label, thumbs, path, webgl):
@@ -148,7 +183,8 @@ async def measure(chromium, path, lasso=True):
     """(first draw ms, lasso ms, points selected) of one fresh load of `path`."""
     import websockets
     port = 9400 + os.getpid() % 500
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helpers may still write to the profile as it is removed: a leftover folder in /tmp, not a crash
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--no-first-run", "--mute-audio",
                                  "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
                                  f"--user-data-dir={profile}", "--window-size=1300,1000",
@@ -186,7 +222,7 @@ async def measure(chromium, path, lasso=True):
                 await call("Page.navigate", url="file://" + os.path.abspath(path))
                 drawn = await wait_for("window.__drawn")
                 if not lasso:
-                    return drawn, None, None, None
+                    return drawn, None, None, None, None
                 r = await wait_for("window.__mapRect && window.__mapRect() || undefined")
                 assert isinstance(r, dict), r
                 cx, cy, rad = r["x"] + r["width"] * 0.5, r["y"] + r["height"] * 0.5, r["width"] * 0.3
@@ -200,9 +236,11 @@ async def measure(chromium, path, lasso=True):
                 await call("Input.dispatchMouseEvent", type="mouseReleased", x=ring[-1][0], y=ring[-1][1], **mouse)
                 sel = await wait_for("window.__sel", timeout=30)
                 if not isinstance(sel, dict):  # the release never made a selection: counted as a failure
-                    return drawn, None, 0, None
+                    return drawn, None, 0, None, None
                 drag = await wait_for("window.__up - window.__down")  # 40 moves with the outline drawn
-                return drawn, sel["ms"], sel["n"], drag
+                r = await call("Runtime.evaluate", returnByValue=True,
+                               expression="window.__signals ? window.__signals() : null")
+                return drawn, sel["ms"], sel["n"], drag, r.get("result", {}).get("value")
         finally:
             proc.terminate()
             proc.wait()
@@ -247,6 +285,12 @@ def main():
         runs = done or runs
         print(f"| {name} | {os.path.getsize(path) / 2**20:.1f} MiB | {draw:.0f} ms | {lasso} | {drag} | {runs[0][2] or ''} |",
               flush=True)
+        timed = [r[4] for r in runs if r[4]]
+        if timed:  # page.py with signals: the median of each step over the loads
+            steps = ("colour by loss", "filter loss >= 0.7", f"sort the {runs[0][2]} selected by loss")
+            print(f"|   {name}, signals (median of {len(timed)}) | "
+                  + "; ".join(f"{s} {statistics.median(t[k] for t in timed):.0f} ms" for k, s in enumerate(steps))
+                  + " | | | | |", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ Select points on the map (lasso or box; shift adds), look at them in a sortable 
 corrections": `path,label,weight` rows with absolute paths, one per changed image. "Load
 corrections" reads such a file back (its rows for images not on the map are kept and written
 back). Hand-written rather than Bokeh or Plotly: measure_page.py and RESULTS.md give the figures.
+
+Per-image signals (analyze.page_signals: samples.csv's loss, p(label), margin, kNN label agreement,
+the label review's suspects, near-duplicate groups; split, source, confidence) colour the map,
+filter it and sort the grid. Unlabelled photos (analyze.py --unlabeled) are squares with label -1:
+labelled here, they become rows that add them to training.
 """
 import html
 import json
@@ -17,15 +22,19 @@ import cli
 # absolute path) or of MNIST (`#i`); test and synthetic images have none (a corrections row for
 # them would add a test image to training, or name nothing).
 
+# Per-image signals: a list each (None where an image has none); a page made without them offers none of them.
+SIGNALS = ("loss", "p_label", "margin", "knn", "suspect", "suggested", "dup_group", "dup_size", "flag")
+
 
 def write_page(path, points, maps, classes, title, note, fit_box, palette):
     """Writes the page: `points` as report.write_dashboard makes them (labels, preds, conf, split,
     source, names, paths, `thumbs` and `cam_thumbs`: data: URIs), `maps` {"tsne": [N, 2], "pca":
-    [N, 2]} placed by `fit_box` (report.fit_box), `palette` a colour per class."""
+    [N, 2]} placed by `fit_box` (report.fit_box), `palette` a colour per class. Optional: the SIGNALS
+    lists and `review` (analyze.page_signals); label -1 and source 2: an unlabelled photo."""
     n = len(points["labels"])
     payload = {
         "title": title, "note": note, "classes": list(classes), "palette": palette,
-        "sources": ("real", "synthetic"), **{k: v for name in ("tsne", "pca")
+        "sources": ("real", "synthetic", "unlabelled"), **{k: v for name in ("tsne", "pca")
                                              for k, v in zip((name, name + "_box"), fit_box(maps[name]))},
         "label": [int(x) for x in points["labels"]], "pred": [int(x) for x in points["preds"]],
         "conf": [round(float(c), 3) for c in points["conf"]],
@@ -33,6 +42,8 @@ def write_page(path, points, maps, classes, title, note, fit_box, palette):
         "path": [p or "" for p in (points.get("paths") or [""] * n)],
         "img": list(points["thumbs"]), "cam": list(points.get("cam_thumbs") or []),
     }
+    payload.update({k: [None] * n if points.get(k) is None else list(points[k]) for k in SIGNALS},
+                   review=list(points.get("review") or []))
     # "<" escaped: no "</script>" or "<!--" (class names are user data) can end or upset the script element
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
     text = PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
@@ -74,10 +85,15 @@ button.on { background: #333; color: #fff; border-color: #333; }
 .card .new { color: #0072B2; font-weight: bold; }
 .card .gone { text-decoration: line-through; color: #888; }
 .card .nm { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #555; }
+.card .sig { color: #555; }
+#review { margin: 0 0 8px; color: #333; }
+#filter { margin-top: 6px; }
+#filter input[type=number] { width: 5em; }
 </style></head>
 <body>
 <h1 id="title"></h1>
 <p id="note"></p>
+<div id="review"></div>
 <div id="controls">
   projection: <label><input type="radio" name="proj" value="tsne" checked> t-SNE</label>
   <label><input type="radio" name="proj" value="pca"> PCA</label>
@@ -89,6 +105,9 @@ button.on { background: #333; color: #fff; border-color: #333; }
   select: <label><input type="radio" name="tool" value="lasso" checked> lasso</label>
   <label><input type="radio" name="tool" value="box"> box</label>
 </div>
+<div id="filter">filter: <select id="fsig"><option value="">none</option></select>
+  <span id="fnum" hidden>from <input type="number" id="fmin" step="any"> to <input type="number" id="fmax" step="any"></span>
+  <select id="fcat" hidden></select></div>
 <div id="tabs"></div>
 <div id="main"><canvas id="map" width="800" height="800"></canvas><div id="legend"></div></div>
 <p class="hint">Drag on the map to select (shift: add to the selection); click a card to pick or unpick it. Keys: a digit
@@ -117,22 +136,80 @@ const other = [];                                  // rows of a loaded file for 
 const undoStack = [];                                // undo: lists of [i, label, weight] before a change
 let sel = [], picked = new Set();
 const changed = i => label[i] !== D.label[i] || weight[i] !== null;
-const SPLITS = ["train", "val", "test", ...D.split].filter((s, k, a) => D.split.includes(s) && a.indexOf(s) === k);
+const cname = k => k < 0 ? "unlabelled" : classes[k];         // label -1: an unlabelled photo
+const wrongAt = i => label[i] >= 0 && D.pred[i] !== label[i];  // an unlabelled photo is never wrong
+const GREY = "#c8c8c8";
 const COLOURINGS = {
-  class: {names: classes, colours: D.palette, of: i => label[i]},
-  correct: {names: ["correct", "wrong"], colours: ["#2ca02c", "#d62728"], of: i => +(D.pred[i] !== label[i])},
-  source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e"], of: i => D.source[i]},
-  split: {names: SPLITS, colours: ["#0072B2", "#E69F00", "#009E73", "#CC79A7"], of: i => SPLITS.indexOf(D.split[i])},
+  class: {get names() { return classes.concat(["unlabelled"]); }, of: i => label[i] < 0 ? classes.length : label[i],
+          get colours() {  // rebuilt only when a class is added: draw() reads it for every point
+            if (!this.cache || this.cache.length !== classes.length + 1) this.cache = D.palette.slice(0, classes.length).concat([GREY]);
+            return this.cache; }},
+  correct: {names: ["correct", "wrong", "unlabelled"], colours: ["#2ca02c", "#d62728", GREY], of: i => label[i] < 0 ? 2 : +(D.pred[i] !== label[i])},
+  source: {names: D.sources, colours: ["#1f77b4", "#ff7f0e", "#7f7f7f"], of: i => D.source[i]},
   changed: {names: ["unchanged", "changed here"], colours: ["#bbbbbb", "#D55E00"], of: i => +changed(i)},
 };
+
+// ---- per-image signals (analyze.page_signals; null where an image has none): colour by, filter by, sort by
+const RAMP = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];  // viridis: ordered and colour-blind safe
+function numeric(key, title, edges, low) {  // binned for colour and filter by category; `low`: sorted lowest first
+  const v = i => D[key][i], last = edges.length + 1;
+  const names = ["below " + edges[0], ...edges.slice(1).map((e, k) => edges[k] + " to " + e),
+                 edges[edges.length - 1] + " and above", "no value"];
+  const cat = i => { const x = v(i); if (x === null) return last; let k = 0; while (k < edges.length && x >= edges[k]) k++; return k; };
+  return {title, v, edges, low, names, colours: RAMP.concat([GREY]), cat};
+}
+const SIGNALS = {
+  loss: numeric("loss", "loss", [0.05, 0.2, 0.7, 2], false),
+  p_label: numeric("p_label", "p(label)", [0.2, 0.4, 0.6, 0.8], true),
+  margin: numeric("margin", "margin", [-0.5, 0, 0.5, 0.9], true),
+  conf: numeric("conf", "confidence", [0.2, 0.4, 0.6, 0.8], false),
+  knn: numeric("knn", "kNN label agreement", [0.2, 0.4, 0.6, 0.8], true),
+  suspect: {title: "label review", names: ["not a suspect", "suspect", "not reviewed", "review withheld"],
+            colours: ["#2ca02c", "#d62728", GREY, "#9467bd"], order: [1, 0, 3, 2],  // suspects first in a sort
+            cat: i => { const x = D.suspect[i]; return x === null || x === -1 ? 2 : x === -2 ? 3 : x; }},
+  dup: {title: "near-duplicate group", names: ["in a group", "in none", "not checked"], colours: ["#d62728", "#2ca02c", GREY],
+        order: [0, 1, 2], cat: i => D.dup_group[i] === null ? 2 : D.dup_group[i] >= 0 ? 0 : 1},
+  split: {title: "split", names: ["train", "val", "test", "unlabelled"], colours: ["#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"],
+          order: [0, 1, 2, 3], cat: i => Math.max(0, ["train", "val", "test", "unlabelled"].indexOf(D.split[i]))},
+  source: {title: "source", names: D.sources, order: [0, 1, 2], cat: i => D.source[i]},  // its colouring is above
+};
+// a signal the page has no value of (a page made without analyze.py's table) is not offered
+const offered = Object.keys(SIGNALS).filter(k => !["loss", "p_label", "margin", "knn", "suspect", "dup"].includes(k) ||
+  (D[k === "dup" ? "dup_group" : k] || []).some(x => x !== null));
+offered.forEach(k => { if (!COLOURINGS[k]) COLOURINGS[k] = {names: SIGNALS[k].names, colours: SIGNALS[k].colours, of: SIGNALS[k].cat}; });
+const dupOnMap = new Map();  // near-duplicate group -> its images on this map
+D.dup_group.forEach(g => { if (g !== null && g >= 0) dupOnMap.set(g, (dupOnMap.get(g) || 0) + 1); });
+const filt = {key: "", lo: null, hi: null, cat: 0};  // the filter: a signal's range, or one of its categories
+function passes(i) {
+  if (!filt.key) return true;
+  const g = SIGNALS[filt.key];
+  if (!g.edges) return g.cat(i) === filt.cat;
+  const x = g.v(i);
+  return x !== null && (filt.lo === null || x >= filt.lo) && (filt.hi === null || x <= filt.hi);
+}
+const pct = x => (100 * x).toFixed(1) + "%";
+function signalText(i) {  // the numbers of image i that it has, one line
+  const m = D.source[i] === 2 ? "margin of the prediction " : "margin ";
+  return [["loss ", D.loss[i], x => x.toFixed(2)], ["p(label) ", D.p_label[i], pct], [m, D.margin[i], x => x.toFixed(2)],
+          ["kNN agreement ", D.knn[i], x => x.toFixed(2)]].filter(([, x]) => x !== null).map(([t, x, f]) => t + f(x)).join(" · ");
+}
+function signalFlags(i) {  // what is worth a glance: suspect, near-duplicate, an unlabelled photo's flag
+  const out = [];
+  if (D.suspect[i] === 1) out.push("suspect: looks like " + cname(D.suggested[i]));
+  if (D.suspect[i] === -2) out.push("label review withheld for its split");
+  if (D.dup_group[i] !== null && D.dup_group[i] >= 0)
+    out.push("near-duplicate group " + D.dup_group[i] + " (" + D.dup_size[i] + " images, " + dupOnMap.get(D.dup_group[i]) + " on the map)");
+  if (D.flag[i] && D.flag[i] !== "ok") out.push(D.flag[i]);
+  return out;
+}
 const state = {proj: "tsne", colour: "class", tab: -1, tool: "lasso", synth: false};  // tab: a class index, -1 = all
 const R = N > 3000 ? 3 : N > 500 ? 4.5 : 6, M = 12;  // point radius and margin (px)
 let sx = [], sy = [], base = null;                  // points on the canvas; the drawn map without overlays
 
 document.getElementById("title").textContent = D.title;
 document.getElementById("note").textContent = D.note;
-const real = i => state.synth || !D.source[i];  // synthetic composites only when asked for: they are not the user's photos
-const shown = i => real(i) && (state.tab < 0 || label[i] === state.tab || D.pred[i] === state.tab);
+const real = i => state.synth || D.source[i] !== 1;  // synthetic composites only when asked for: they are not the user's photos
+const shown = i => real(i) && (state.tab < 0 || label[i] === state.tab || D.pred[i] === state.tab) && passes(i);
 
 function layout() {  // canvas size and point positions: one scale for both axes, the shown points' own box
   const xy = D[state.proj];
@@ -159,9 +236,11 @@ function draw() {  // the whole map; `base` keeps it so that a lasso drag only r
       const k = col.of(i);
       counts[k]++;
       ctx.globalAlpha = sel.length && !pass ? 0.25 : 1;
-      ctx.beginPath(); ctx.arc(sx[i], sy[i], pass ? R + 1.5 : R, 0, 6.2832);
+      ctx.beginPath();
+      const r = pass ? R + 1.5 : R;
+      if (D.source[i] === 2) ctx.rect(sx[i] - r, sy[i] - r, 2 * r, 2 * r); else ctx.arc(sx[i], sy[i], r, 0, 6.2832);  // unlabelled: a square
       ctx.fillStyle = col.colours[k % col.colours.length]; ctx.fill();
-      if (D.pred[i] !== label[i] || pass) { ctx.lineWidth = pass ? 2 : 1.5; ctx.strokeStyle = "#000"; ctx.stroke(); }
+      if (wrongAt(i) || pass) { ctx.lineWidth = pass ? 2 : 1.5; ctx.strokeStyle = "#000"; ctx.stroke(); }
     }
   }
   ctx.globalAlpha = 1;
@@ -180,6 +259,7 @@ function draw() {  // the whole map; `base` keeps it so that a lasso drag only r
     legend.appendChild(row);
   });
   if (state.colour !== "correct") legend.appendChild(el("div", "black ring: wrong prediction"));
+  if (D.source.includes(2)) legend.appendChild(el("div", "square: unlabelled photo"));
 }
 
 const tabs = document.getElementById("tabs");
@@ -200,8 +280,27 @@ function buildTabs() {
 document.querySelectorAll("input[name=proj]").forEach(r => r.onchange = () => { state.proj = r.value; layout(); draw(); });
 document.querySelectorAll("input[name=tool]").forEach(r => r.onchange = () => state.tool = r.value);
 document.getElementById("colour").onchange = e => { state.colour = e.target.value; draw(); };
-document.getElementById("synthbox").hidden = !D.source.some(s => s);
+document.getElementById("synthbox").hidden = !D.source.some(s => s === 1);
 document.getElementById("synth").onchange = e => { state.synth = e.target.checked; buildTabs(); layout(); draw(); };
+// the signals' entries in the colour, filter and sort menus (option text from the page's own titles)
+const option = (value, text) => { const o = el("option", text); o.value = value; return o; };
+offered.forEach(k => { if (!["source", "split"].includes(k)) document.getElementById("colour").appendChild(option(k, SIGNALS[k].title)); });  // (those two are in the menu already)
+offered.forEach(k => document.getElementById("fsig").appendChild(option(k, SIGNALS[k].title)));
+function setFilter() {  // the filter's inputs -> filt, then the map again
+  const key = document.getElementById("fsig").value, g = SIGNALS[key], num = x => x === "" || isNaN(+x) ? null : +x;
+  if (key !== filt.key) {  // another signal: its own range or categories, unset
+    document.getElementById("fmin").value = document.getElementById("fmax").value = "";
+    document.getElementById("fcat").replaceChildren(...(g && !g.edges ? g.names.map((n, c) => option(c, n)) : []));
+  }
+  document.getElementById("fnum").hidden = !(g && g.edges);
+  document.getElementById("fcat").hidden = !(g && !g.edges);
+  Object.assign(filt, {key, lo: num(document.getElementById("fmin").value), hi: num(document.getElementById("fmax").value),
+                       cat: +document.getElementById("fcat").value || 0});
+  draw();
+}
+["fsig", "fcat"].forEach(id => document.getElementById(id).onchange = setFilter);
+["fmin", "fmax"].forEach(id => document.getElementById(id).oninput = setFilter);
+document.getElementById("review").replaceChildren(...D.review.map(r => el("div", r.text, r.withheld ? "bad" : "")));
 
 // ---- selection: lasso or box on the canvas, in CSS pixels
 function local(e) { const r = cv.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; }
@@ -269,16 +368,18 @@ function select(indices) {
 function hover(e) {
   const [x, y] = local(e), i = nearest(x, y);
   if (i < 0) { tip.style.display = "none"; return; }
-  const wrong = D.pred[i] !== label[i];
+  const wrong = wrongAt(i);
   document.getElementById("tipimg").src = D.img[i];
   const cam = document.getElementById("tipcam");
   cam.hidden = !D.cam[i];  // the Grad-CAM heat map of the prediction, beside the image
   if (D.cam[i]) cam.src = D.cam[i];
-  const lines = [el("div", "label: " + classes[label[i]] + (label[i] !== D.label[i] ? " (was " + classes[D.label[i]] + ")" : "")),
+  const lines = [el("div", "label: " + cname(label[i]) + (label[i] !== D.label[i] ? " (was " + cname(D.label[i]) + ")" : "")),
                  el("div", "prediction: " + classes[D.pred[i]] + (wrong ? " (wrong)" : ""), wrong ? "bad" : ""),
                  el("div", "confidence: " + (100 * D.conf[i]).toFixed(1) + "%"),
-                 el("div", D.split[i] + " split, " + D.sources[D.source[i]] + (weight[i] === 0 ? ", excluded" : "")),
+                 el("div", (D.source[i] === 2 ? "unlabelled photo" : D.split[i] + " split, " + D.sources[D.source[i]]) + (weight[i] === 0 ? ", excluded" : "")),
                  el("div", D.name[i])];
+  if (signalText(i)) lines.splice(lines.length - 1, 0, el("div", signalText(i)));
+  lines.splice(lines.length - 1, 0, ...signalFlags(i).map(t => el("div", t, "bad")));
   document.getElementById("tiptext").replaceChildren(...lines);
   tip.style.display = "block";
   const w = tip.offsetWidth, h = tip.offsetHeight;  // beside the pointer, flipped to stay inside the window
@@ -290,6 +391,21 @@ cv.addEventListener("pointerleave", () => tip.style.display = "none");
 // ---- the grid of the selection
 const SORTS = {conf: (a, b) => D.conf[a] - D.conf[b], label: (a, b) => label[a] - label[b] || D.conf[a] - D.conf[b],
                pred: (a, b) => D.pred[a] - D.pred[b] || D.conf[a] - D.conf[b], name: (a, b) => D.name[a].localeCompare(D.name[b])};
+function signalSort(key) {  // a signal's order for the grid: nulls last, ties by confidence
+  const g = SIGNALS[key];
+  if (key === "dup") {  // a group's images side by side, groups in order, the others after
+    const at = i => D.dup_group[i] === null || D.dup_group[i] < 0 ? 1e9 : D.dup_group[i];
+    return (a, b) => at(a) - at(b) || D.conf[a] - D.conf[b];
+  }
+  if (!g.edges) return (a, b) => g.order[g.cat(a)] - g.order[g.cat(b)] || D.conf[a] - D.conf[b];
+  const dir = g.low ? 1 : -1;
+  return (a, b) => { const x = g.v(a), y = g.v(b); return (x === null) - (y === null) || (x === null ? 0 : dir * (x - y)) || a - b; };
+}
+offered.forEach(k => {
+  SORTS["sig:" + k] = signalSort(k);
+  const g = SIGNALS[k], how = g.edges ? (g.low ? ", lowest first" : ", highest first") : k === "suspect" ? ": suspects first" : "";
+  document.getElementById("sort").appendChild(option("sig:" + k, g.title + how));
+});
 document.getElementById("sort").onchange = () => grid();
 let gridMax = 200;  // cards drawn; "show more" adds 200 (thousands of cards take seconds to lay out)
 function grid() {
@@ -298,12 +414,15 @@ function grid() {
     const c = el("div", undefined, "card" + (picked.has(i) ? " picked" : "") + (D.path[i] ? "" : " fixed"));
     c.dataset.i = i;
     const img = el("img"); img.src = D.img[i]; img.alt = "";
-    const lab = el("div", "label: " + classes[label[i]] + (label[i] !== D.label[i] ? " (was " + classes[D.label[i]] + ")" : ""),
+    const lab = el("div", "label: " + cname(label[i]) + (label[i] !== D.label[i] ? " (was " + cname(D.label[i]) + ")" : ""),
                    label[i] !== D.label[i] ? "new" : "");
     if (weight[i] === 0) lab.classList.add("gone");
-    const wrong = D.pred[i] !== label[i];
+    const wrong = wrongAt(i);
     c.append(img, lab, el("div", "pred: " + classes[D.pred[i]] + " " + (100 * D.conf[i]).toFixed(0) + "%", wrong ? "bad" : ""),
-             el("div", D.path[i] ? D.name[i] : D.split[i] + ", " + D.sources[D.source[i]] + ": not correctable", "nm"));
+             el("div", D.path[i] ? D.name[i] : D.source[i] === 2 ? "unlabelled: an MNIST run adds no photos" :
+                       D.split[i] + ", " + D.sources[D.source[i]] + ": not correctable", "nm"));
+    const sig = cardSignal(i);  // the sort's number and the flags
+    if (sig) c.append(el("div", sig, "sig" + (D.suspect[i] === 1 ? " bad" : "")));
     c.title = D.path[i] || "a test or synthetic image: a corrections row cannot change it";
     c.onclick = () => { if (!D.path[i]) return; picked.has(i) ? picked.delete(i) : picked.add(i); c.classList.toggle("picked"); };
     return c;
@@ -316,8 +435,16 @@ function grid() {
   document.getElementById("grid").replaceChildren(...cards);
   say(sel.length + " selected, " + picked.size + " picked; " + count() + " image(s) changed");
 }
+function cardSignal(i) {  // one short line: the value the grid is sorted by, if a number, and the flags
+  const key = document.getElementById("sort").value.replace(/^sig:/, ""), g = SIGNALS[key], parts = [];
+  if (g && g.edges && g.v(i) !== null) parts.push(g.title + " " + (key === "p_label" || key === "conf" ? pct(g.v(i)) : g.v(i).toFixed(2)));
+  if (D.suspect[i] === 1) parts.push("suspect: " + cname(D.suggested[i]) + "?");
+  if (D.dup_group[i] !== null && D.dup_group[i] >= 0) parts.push("duplicate group " + D.dup_group[i]);
+  if (D.flag[i] && D.flag[i] !== "ok") parts.push(D.flag[i]);
+  return parts.join(", ");
+}
 function say(text) { document.getElementById("status").textContent = text; }
-function count() { let n = other.length; for (let i = 0; i < N; i++) n += changed(i); return n; }
+function count() { let n = other.length; for (let i = 0; i < N; i++) n += rowOf(i) !== null; return n; }
 
 // ---- acting on the picked images
 function change(f) {  // one undoable step: f(i) on each picked image
@@ -367,12 +494,16 @@ addEventListener("keydown", e => {
 
 // ---- the corrections file: path,label,weight (corrections.py reads it; paths absolute)
 function cell(v) { v = String(v); return /[",\r\n]/.test(v) || /^\s|\s$/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+function rowOf(i) {  // image i's corrections row, or null when it asks nothing
+  if (!D.path[i] || !changed(i)) return null;
+  // an unlabelled photo's row adds it to training: only with a label, and not excluded (corrections.py refuses
+  // an added image without a label or with weight 0); an excluded one is simply left out
+  if (D.label[i] < 0) return label[i] < 0 || weight[i] === 0 ? null : [D.path[i], classes[label[i]], weight[i] === null ? "" : weight[i]];
+  return [D.path[i], label[i] !== D.label[i] ? classes[label[i]] : "", weight[i] === null ? "" : weight[i]];
+}
 function correctionsCSV() {
   const rows = [["path", "label", "weight"]];
-  for (let i = 0; i < N; i++) {
-    if (!D.path[i] || !changed(i)) continue;
-    rows.push([D.path[i], label[i] !== D.label[i] ? classes[label[i]] : "", weight[i] === null ? "" : weight[i]]);
-  }
+  for (let i = 0; i < N; i++) { const r = rowOf(i); if (r) rows.push(r); }
   return rows.concat(other).map(r => r.map(cell).join(",")).join("\r\n") + "\r\n";
 }
 document.getElementById("download").onclick = () => {

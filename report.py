@@ -207,7 +207,8 @@ def fit_box(xy, side=1000):
 
 def write_dashboard(path, points, maps, classes, title="", note=""):
     """dashboard.html, the labelling page (page.py): `points` (analyze.dashboard_points: labels, preds,
-    conf, split, source, names, paths, images, cams) drawn on `maps`, {"tsne": [N, 2], "pca": [N, 2]}."""
+    conf, split, source, names, paths, images, cams; optionally analyze.page_signals' lists) drawn on
+    `maps`, {"tsne": [N, 2], "pca": [N, 2]}."""
     import page
     if len(points["labels"]) < 3:
         raise ValueError(f"a dashboard needs at least 3 images, got {len(points['labels'])}")

@@ -175,6 +175,46 @@ def test_dashboard_points_balanced_over_split_and_class(analysed_run):
     assert real.max() <= 5 and real.max() - real.min() <= 1
 
 
+@pytest.mark.slow  # analyze.py on conftest's analysed_run (a trained run, ~17 s) with --unlabeled, ~10 s more
+def test_unlabeled_photos_and_signals_on_the_dashboard(analysed_run, tmp_path):
+    """analyze.py --unlabeled DIR runs the whole analysis and puts DIR's photos on dashboard.html's map
+    (embedded with the others, label -1, source 2) with unlabeled.csv's prediction, confidence and
+    margin and their absolute paths; the real images' signals are their samples.csv rows'."""
+    new = photo_folder(tmp_path / "new", [str(d) for d in range(10)], 1, layout="plain", stem="n{k}", seed=7,
+                       size=(24, 32), content="digit")
+    out = tmp_path / "out"
+    A.main(A.get_args_parser().parse_args([str(analysed_run / "best.pt"), "--unlabeled", str(new), "--out", str(out),
+                                           "--tsne-samples", "50", "--queries", "4", "--dashboard-points", "80",
+                                           "--quiet"]))
+    d = page_data((out / "dashboard.html").read_text())
+    unl = {r["path"]: r for r in read_csv(out / "unlabeled.csv")}
+    assert len(unl) == 10 and (out / "samples.csv").is_file() and (out / "kernels.png").is_file()
+    u = [i for i, s in enumerate(d["source"]) if s == 2]
+    assert len(d["tsne"]) == len(d["pca"]) == 2 * len(d["label"]) and len(d["label"]) == 80 + 10
+    assert sorted(d["path"][i] for i in u) == sorted(unl) and all(os.path.isabs(d["path"][i]) for i in u)
+    for i in u:
+        row = unl[d["path"][i]]
+        assert d["label"][i] == -1 and d["split"][i] == "unlabelled" and d["classes"][d["pred"][i]] == row["prediction"]
+        assert d["conf"][i] == pytest.approx(float(row["confidence"]), abs=1e-3)
+        assert d["margin"][i] == pytest.approx(float(row["margin"]), abs=1e-3)
+        assert d["loss"][i] is d["knn"][i] is d["dup_group"][i] is None and d["flag"][i] == row["flag"]
+    samples = {(r["split"], os.path.abspath(r["path"])): r for r in read_csv(out / "samples.csv")}
+    review = json.loads((out / "review.json").read_text())
+    real = [i for i, s in enumerate(d["source"]) if s == 0 and d["path"][i]]
+    assert real and {d["split"][i] for i in real} == {"train", "val"}
+    for i in real:
+        row = samples[(d["split"][i], d["path"][i])]
+        assert d["loss"][i] == pytest.approx(float(row["loss"]), abs=1e-3)
+        assert d["p_label"][i] == pytest.approx(float(row["confidence"]), abs=1e-3)
+        assert d["margin"][i] == pytest.approx(float(row["margin"]), abs=1e-3)
+        assert d["knn"][i] == pytest.approx(float(row["knn_agreement"]), abs=6e-3)  # 2 decimals in samples.csv
+        want = -1 if d["split"][i] == "train" else int("suspect" in row["flag"]) if review["val"]["shown"] else -2
+        assert d["suspect"][i] == want  # train: no --folds, not reviewed; val: its review shown or withheld
+    synthetic = [i for i, s in enumerate(d["source"]) if s == 1]
+    assert synthetic and all(d["loss"][i] is not None and d["knn"][i] is None for i in synthetic)
+    assert [r["split"] for r in d["review"]] == ["train", "val", "unlabelled", "synthetic"]
+
+
 @pytest.mark.slow  # fixture analysed_run: a trained and analysed run, ~17 s
 def test_dashboard_confidences_are_made_as_evaluate_makes_them(analysed_run):
     """analyze.py --tta and a fitted temperature reach the dashboard's hover card, not only metrics.json."""
@@ -290,6 +330,54 @@ def test_a_good_reviewers_suspects_are_shown(tmp_path):
     assert len(suspects & flipped) >= 0.9 * len(flipped) and len(suspects & flipped) >= 0.9 * len(suspects)
     A.write_quality(table, torch.empty(0, 2, dtype=torch.long), torch.empty(0), [str(c) for c in range(10)], tmp_path)
     assert len([r for r in read_csv(tmp_path / "suspects.csv") if r["split"] == "train"]) == q["flagged"]
+
+
+def test_duplicate_groups_join_chains_and_number_by_first_row():
+    pairs = torch.tensor([[5, 7], [1, 3], [7, 9], [3, 8]])  # 5-7-9 through a chain; 1-3-8
+    assert A.duplicate_groups(pairs, 10).tolist() == [-1, 0, -1, 0, -1, 1, -1, 1, 0, 1]
+    assert A.duplicate_groups(torch.empty(0, 2, dtype=torch.long), 3).tolist() == [-1, -1, -1]
+
+
+def test_label_scores():
+    loss, p, margin = A.label_scores(torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]), torch.tensor([0, 2]))
+    assert p.tolist() == pytest.approx([0.7, 0.3]) and margin.tolist() == pytest.approx([0.5, -0.2])
+    assert loss.tolist() == pytest.approx([-np.log(0.7), -np.log(0.3)])
+
+
+def test_page_signals_come_from_the_sample_table():
+    """dashboard.html's signals of a real image are its samples.csv row's (found by split and index,
+    whatever order the points come in); a withheld review shows no suspect but says so, val's shown
+    one its flags; synthetic images get the scores of their own probabilities, unlabelled ones the
+    prediction's margin and their flag, and nothing else."""
+    table, splits, _ = fabricated_review("good", "weak")
+    table["dup_group"] = A.duplicate_groups(torch.tensor([[3, 310]]), len(table["split"]))  # a train / val pair
+    n_train = len(splits["train"])
+    suspect = int(np.flatnonzero(table["suspect"].numpy())[0])  # a train row
+    assert not table["suspect"][3]
+    rows = [("train", suspect), ("train", 3), ("val", 310 - n_train), ("val", 0)]
+    probs = torch.tensor([[0.6, 0.3, 0.1] + [0.0] * 7, [0.1, 0.2, 0.7] + [0.0] * 7])
+    points = {"split": [s for s, _ in rows] + ["train", "unlabelled"], "source": [0] * len(rows) + [1, 2],
+              "index": [i for _, i in rows] + [0, 1], "labels": torch.tensor([0] * len(rows) + [1, -1]),
+              "probs": torch.cat([torch.zeros(len(rows), 10), probs])}
+    unl = {"scores": {"margin": torch.tensor([0.9, 0.25])}, "flags": ["ok", "below threshold"]}
+    sig = A.page_signals(points, table, unl)
+    for k, (split, i) in enumerate(rows):
+        r = n_train * (split == "val") + i
+        assert sig["loss"][k] == pytest.approx(float(table["loss"][r]), abs=5e-4)
+        assert sig["margin"][k] == pytest.approx(float(table["margin"][r]), abs=5e-4)
+        assert sig["p_label"][k] == pytest.approx(float(table["confidence"][r]), abs=5e-4)
+        assert sig["knn"][k] == pytest.approx(float(table["knn_agreement"][r]), abs=5e-4)
+    assert sig["suspect"][:4] == [1, 0, -2, -2]  # train shown, val withheld
+    assert sig["suggested"][0] == int(table["suggested"][suspect]) >= 0
+    assert sig["dup_group"][1:3] == [0, 0] and sig["dup_size"][1:3] == [2, 2] and sig["dup_group"][3] == -1
+    assert sig["loss"][4] == pytest.approx(-np.log(0.3), abs=5e-4) and sig["margin"][4] == pytest.approx(-0.3)
+    assert sig["knn"][4] is None and sig["suspect"][4] == -1 and sig["dup_group"][4] is None
+    assert sig["margin"][5] == 0.25 and sig["flag"][5] == "below threshold"
+    assert [sig[k][5] for k in ("loss", "p_label", "knn", "dup_group")] == [None] * 4 and sig["suspect"][5] == -1
+    review = {r["split"]: r for r in sig["review"]}
+    assert review["train"]["shown"] and not review["train"]["withheld"] and "train labels reviewed" in review["train"]["text"]
+    assert review["val"]["withheld"] and "withheld, below the floor" in review["val"]["text"]
+    assert "synthetic" in review and "unlabelled" in review
 
 
 def test_review_floor_is_skill_over_the_majority_class():

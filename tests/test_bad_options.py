@@ -97,6 +97,8 @@ ANALYZE_CASES = cases("analyze.py",
     (("--data-dir", "missing"), "--data-dir folder not found"), (("--mnist-root", "missing"), "--mnist-root folder"),
     (("--unlabeled", "missing"), "--unlabeled folder not found"), (("--unlabeled", "data"), "is the training folder"),
     (("--unlabeled", "data/1"), "is inside the training folder"), (("--reject-below", 0.5), "give --unlabeled"),
+    (("--unlabeled", "data/1", "--unlabeled-only"), "is inside the training folder"),
+    (("--unlabeled-only",), "--unlabeled-only ranks --unlabeled photos"),
     *bad("--reject-below", [2, "nan"]),
 )
 

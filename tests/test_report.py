@@ -523,3 +523,126 @@ def test_dashboard_select_relabel_download(tmp_path):
     assert len(excluded) == 3 and excluded < {4, 5, 6, 7} and fix.added == []
     assert out["clean"] == "path,label,weight\r\n"
     assert out["csv2"] == out["csv"] + "/elsewhere/not on the map.png,0,\r\n"  # loaded back; unknown rows kept
+
+
+# ----------------------------------------------------------------------------- signals and unlabelled photos
+
+LOSS = [0.01, 0.1, 0.3, 1.0, 2.5, 0.02, 0.5, 3.0, 0.04, 1.5, 0.6, 0.15]  # the 12 photos of labelling_page
+
+
+def signals_page(tmp_path):
+    """labelling_page's 12 photos with analyze.page_signals-like signals (train reviewed with two
+    suspects, val's review withheld, one near-duplicate pair) plus 4 unlabelled photos (another
+    folder) in a fourth column on the right, as squares. Returns (page, paths, unlabelled, classes)."""
+    classes = ["0", "1", "2"]
+    photos = photo_folder(tmp_path / "photos", classes, 4, stem="im{i}")
+    paths = sorted(str(p) for p in photos.rglob("*.png"))
+    new = photo_folder(tmp_path / "new photos", ["0"] * 4, 1, layout="plain", stem="u,{k}", seed=3)
+    unl = sorted(str(p) for p in new.glob("*.png"))
+    col = np.repeat([0.0, 50.0, 100.0, 150.0], 4)
+    xy = np.stack([col + np.tile([0, 3, 6, 9], 4), np.tile([0, 30, 60, 90], 4)], 1)
+    n, m = 12, 4
+    points = {"labels": torch.tensor([0] * 4 + [1] * 4 + [2] * 4 + [-1] * m),
+              "preds": torch.tensor([0] * 4 + [1] * 4 + [2] * 4 + [1, 1, 1, 2]),
+              "conf": torch.tensor([0.9] * n + [0.95, 0.9, 0.85, 0.5]),
+              "split": ["train"] * 8 + ["val"] * 3 + ["test"] + ["unlabelled"] * m, "source": [0] * n + [2] * m,
+              "names": [Path(p).name for p in paths + unl], "paths": paths[:11] + [""] + unl,
+              "images": [np.full((8, 8, 1), 15 * i, np.uint8) for i in range(n + m)],
+              "loss": LOSS + [None] * m, "p_label": [round(float(np.exp(-x)), 3) for x in LOSS] + [None] * m,
+              "margin": [0.8, -0.6, 0.5, 0.1, -0.9, 0.7, 0.3, -0.2, 0.95, 0.0, 0.2, 0.4, 0.9, 0.8, 0.7, 0.1],
+              "knn": [1.0, 0.2, 0.9, 0.5, 0.1, 0.8, 0.7, 0.6, 0.3, 0.4, 0.9, 1.0] + [None] * m,
+              "suspect": [0, 1, 0, 0, 0, 1, 0, 0, -2, -2, -2, -1] + [-1] * m,
+              "suggested": [-1, 2, -1, -1, -1, 0] + [-1] * 6 + [None] * m,
+              "dup_group": [0, -1, -1, -1, 0] + [-1] * 7 + [None] * m, "dup_size": [2, 0, 0, 0, 2] + [0] * 7 + [None] * m,
+              "flag": [None] * n + ["ok", "ok", "same pixels as a labelled photo", "ok"],
+              "review": [{"split": "train", "shown": True, "withheld": False, "text": "train labels reviewed: 2 suspects"},
+                         {"split": "val", "shown": False, "withheld": True, "text": "val label review withheld, below the floor"}]}
+    page = report.write_dashboard(tmp_path / "dashboard.html", points, {"tsne": xy, "pca": xy}, classes, "t")
+    return Path(page), paths, unl, classes
+
+
+SIGNALS_PROBE = """<script>
+addEventListener("error", e => document.body.dataset.out = JSON.stringify({error: e.message}));
+const r = cv.getBoundingClientRect(), X = f => r.left + f * r.width, Y = f => r.top + f * r.height;
+const ev = (type, [x, y]) => cv.dispatchEvent(new PointerEvent(type, {bubbles: true, clientX: x, clientY: y, button: 0, pointerId: 1}));
+const dragThrough = pts => { ev("pointerdown", pts[0]); pts.slice(1).forEach(p => ev("pointermove", p)); ev("pointerup", pts[pts.length - 1]); };
+const set = (id, v) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event(e.tagName === "INPUT" ? "input" : "change")); };
+const legend = () => [...document.querySelectorAll("#legend div")].map(d => d.textContent);
+const cards = () => [...document.querySelectorAll(".card")].map(c => +c.dataset.i);
+const key = k => dispatchEvent(new KeyboardEvent("keydown", {key: k}));
+const out = {review: [...document.querySelectorAll("#review div")].map(d => [d.textContent, d.className])};
+out.colours = [...document.getElementById("colour").options].map(o => o.value);
+set("colour", "loss"); out.loss = legend();                       // colour by a signal
+set("colour", "suspect"); out.suspect = legend();
+set("fsig", "loss"); set("fmin", "1"); out.lossFrom1 = +cv.dataset.shown;   // filter: loss >= 1
+set("fmax", "2"); out.loss1to2 = +cv.dataset.shown;                          // and <= 2
+set("fsig", "suspect"); set("fcat", "1"); out.suspects = +cv.dataset.shown;  // filter: the suspects
+set("fsig", "source"); set("fcat", "2"); out.unlabelledShown = +cv.dataset.shown;
+set("fsig", ""); out.all = +cv.dataset.shown;
+document.querySelector("input[value=box]").click();
+dragThrough([[X(-0.01), Y(-0.01)], [X(0.5), Y(0.5)], [X(1.01), Y(1.01)]]);   // everything
+for (const s of ["sig:loss", "sig:margin", "sig:suspect", "sig:dup"]) { set("sort", s); out[s] = cards(); }
+out.cardSig = [...document.querySelectorAll(".card .sig")].map(d => d.textContent);
+const [hx, hy] = screenXY(14);                                    // hover: the unlabelled copy
+cv.dispatchEvent(new PointerEvent("pointermove", {bubbles: true, clientX: hx, clientY: hy}));
+out.tipUnlabelled = document.getElementById("tiptext").textContent;
+const [sx1, sy1] = screenXY(1);                                   // hover: a suspect
+cv.dispatchEvent(new PointerEvent("pointermove", {bubbles: true, clientX: sx1, clientY: sy1}));
+out.tipSuspect = document.getElementById("tiptext").textContent;
+dragThrough([[X(0.85), Y(-0.01)], [X(0.95), Y(0.5)], [X(1.01), Y(1.01)]]);   // the unlabelled column
+out.unlabelled = sel.slice().sort((a, b) => a - b);
+key("1");                                                          // labelled 1, all four
+const [ux, uy] = screenXY(15);
+dragThrough([[ux, uy]]);                                           // a click: the last one alone
+out.clicked = sel.slice();
+key("x");                                                          // excluded: no row
+out.csv = correctionsCSV();
+document.body.dataset.out = JSON.stringify(out);
+</script></body>"""
+
+
+@pytest.mark.slow  # headless chromium
+@needs_chromium
+def test_dashboard_signals_colour_filter_sort_and_unlabelled_rows(tmp_path):
+    """The page's per-image signals in headless chromium: colouring by loss and by the label review
+    (legend bins and counts), filtering by a loss range and by a category, sorting the grid by loss,
+    margin, suspects and near-duplicate group, the review lines (withheld in red); and unlabelled
+    photos labelled on the map become rows corrections.py reads as added images (one excluded: no row)."""
+    import corrections as C
+    page, paths, unl, classes = signals_page(tmp_path)
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", SIGNALS_PROBE))
+    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
+    m = re.search(r'data-out="([^"]*)"', proc.stdout)
+    assert m, proc.stderr[-2000:]
+    out = json.loads(html.unescape(m.group(1)))
+    assert "error" not in out, out
+    assert out["review"] == [["train labels reviewed: 2 suspects", ""], ["val label review withheld, below the floor", "bad"]]
+    assert {"loss", "p_label", "margin", "conf", "knn", "suspect", "dup", "split"} <= set(out["colours"])
+    bins = np.digitize(LOSS, [0.05, 0.2, 0.7, 2])  # the page's bins: [e_k, e_k+1)
+    names = ["below 0.05", "0.05 to 0.2", "0.2 to 0.7", "0.7 to 2", "2 and above"]
+    want = [f"{names[b]} ({int((bins == b).sum())})" for b in range(5) if (bins == b).any()] + ["no value (4)"]
+    assert out["loss"][:len(want)] == want  # then the ring / square notes
+    assert out["suspect"][:4] == ["not a suspect (6)", "suspect (2)", "not reviewed (5)", "review withheld (3)"]
+    assert out["lossFrom1"] == sum(x >= 1 for x in LOSS) and out["loss1to2"] == sum(1 <= x <= 2 for x in LOSS)
+    assert out["suspects"] == 2 and out["unlabelledShown"] == 4 and out["all"] == 16
+    d = page_data(page.read_text())
+    by_loss = sorted(range(12), key=lambda i: -LOSS[i]) + [12, 13, 14, 15]  # highest first, no value last (by index)
+    assert out["sig:loss"] == by_loss
+    assert out["sig:margin"] == sorted(range(16), key=lambda i: (d["margin"][i], i))
+    assert out["sig:suspect"][:2] == [1, 5] and set(out["sig:suspect"][2:8]) == {0, 2, 3, 4, 6, 7}  # suspects first,
+    assert set(out["sig:suspect"][8:11]) == {8, 9, 10}  # the others reviewed, then the withheld, then the rest
+    assert out["sig:dup"][:2] == [0, 4]  # the group's two images side by side, first
+    assert out["cardSig"] == ["duplicate group 0", "duplicate group 0", "same pixels as a labelled photo",
+                              "suspect: 2?", "suspect: 0?"]  # cards 0, 4, then by confidence: 15, 14, 1, ..., 5, ...
+    assert "unlabelled photo" in out["tipUnlabelled"] and "same pixels as a labelled photo" in out["tipUnlabelled"]
+    assert "margin of the prediction 0.70" in out["tipUnlabelled"] and "loss" not in out["tipUnlabelled"]
+    assert "suspect: looks like 2" in out["tipSuspect"] and "loss 0.10" in out["tipSuspect"]
+    assert "near-duplicate" not in out["tipSuspect"]
+    assert out["unlabelled"] == [12, 13, 14, 15] and out["clicked"] == [15]
+    csv_path = tmp_path / "elsewhere" / "corrections.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_bytes(out["csv"].encode())
+    fix = C.read_corrections(str(csv_path), paths, classes)  # the unlabelled photos are outside the data folder
+    assert fix.labels == {} and fix.weights == {}
+    assert fix.added == [(p, "1", 1.0) for p in unl[:3]]  # the excluded one left out: corrections.py refuses weight 0

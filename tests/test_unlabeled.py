@@ -1,7 +1,8 @@
-"""analyze.py --unlabeled DIR (unlabeled.py) and evaluate.py --images --reject-below: unlabeled.csv's columns
-and order on a fabricated checkpoint (no training), the copy of a training photo flagged, the threshold's
-`none` and flag, the bad folders (one line each), and the round trip: unlabeled.csv with two labels filled
-in is a train.py --corrections file that adds those two photos with those labels."""
+"""analyze.py --unlabeled DIR --unlabeled-only (unlabeled.py) and evaluate.py --images --reject-below:
+unlabeled.csv's columns and order on a fabricated checkpoint (no training), the copy of a training photo
+flagged, the threshold's `none` and flag, the bad folders (one line each), and the round trip: unlabeled.csv
+with two labels filled in is a train.py --corrections file that adds those two photos with those labels.
+Without --unlabeled-only the photos are on dashboard.html too: tests/test_analyze.py."""
 import json
 import os
 
@@ -19,8 +20,8 @@ from helpers import assert_one_line_error, fabricate_checkpoint, photo_folder, r
 
 
 def analyze_unlabeled(ckpt, folder, out, *extra):
-    return A.main(A.get_args_parser().parse_args([str(ckpt), "--unlabeled", str(folder), "--out", str(out),
-                                                  "--quiet", *map(str, extra)]))
+    return A.main(A.get_args_parser().parse_args([str(ckpt), "--unlabeled", str(folder), "--unlabeled-only",
+                                                  "--out", str(out), "--quiet", *map(str, extra)]))
 
 
 @pytest.fixture(scope="module")
