@@ -400,8 +400,14 @@ def clean(args, base):
         means.append(mean)
     if args.flip:
         header += [f"gap closed, round {k}" for k in rounds]
-        for line, r in zip(body, rows + means):
+        for line, r in zip(body, rows):
             line += [gap_closed(r, k) for k in rounds]
+        if means:  # the gap of the means over the seeds that reached round k, so every term has the same seeds
+            for k in rounds:
+                done = [r for r in rows if r[f"r{k}_val_acc"] is not None]
+                body[-1].append(gap_closed({f"{s}_val_acc": statistics.fmean(r[f"{s}_val_acc"] for r in done) if done
+                                            else None for s in ("r0", "clean", f"r{k}")}, k)
+                                + (f" ({len(done)} seeds)" if 0 < len(done) < len(rows) else ""))
     table = ["val accuracy (%) of each run's best.pt (val labels never changed)", "", *md_table(header, body), ""]
     review_head = ["seed", "round", "reviewer accuracy (skill)", "flagged", "relabelled", "excluded"]
     if args.flip:
