@@ -407,7 +407,7 @@ def clean(args, base):
                 done = [r for r in rows if r[f"r{k}_val_acc"] is not None]
                 body[-1].append(gap_closed({f"{s}_val_acc": statistics.fmean(r[f"{s}_val_acc"] for r in done) if done
                                             else None for s in ("r0", "clean", f"r{k}")}, k)
-                                + (f" ({len(done)} seeds)" if 0 < len(done) < len(rows) else ""))
+                                + (f" ({len(done)} seed{'s' * (len(done) > 1)})" if 0 < len(done) < len(rows) else ""))
     table = ["val accuracy (%) of each run's best.pt (val labels never changed)", "", *md_table(header, body), ""]
     review_head = ["seed", "round", "reviewer accuracy (skill)", "flagged", "relabelled", "excluded"]
     if args.flip:

@@ -337,3 +337,24 @@ def test_clean_stops_at_a_review_below_the_floor(tmp_path, capsys):
     assert not rows[0]["r1_shown"] and rows[0]["r1_val_acc"] is None and rows[0]["r2_flagged"] is None
     assert not list((tmp_path / "seed0").glob("round1*"))  # nothing proposed, nothing trained
     assert "below the floor: withheld" in (tmp_path / "clean.md").read_text()
+
+
+def test_clean_tables_mean_over_the_seeds_that_reached_each_round(monkeypatch):
+    """The mean row's gap closed uses, for every term, the seeds that reached the round (a seed the
+    floor stopped would otherwise pull the noisy mean into a gap it took no part in)."""
+    def row(seed, clean, noisy, r1):
+        r = {"seed": seed, "clean_val_acc": clean, "r0_val_acc": noisy, "r1_val_acc": r1, "flipped": 10}
+        r.update({f"r1_{m}": None if r1 is None else v for m, v in (
+            ("flagged", 4), ("relabelled", 3), ("excluded", 1), ("reviewer_acc", 0.7), ("skill", 0.65), ("precision", 0.75),
+            ("recall", 0.3), ("wrong_left", 7), ("clean_lost", 1))})
+        r["r1_shown"] = r1 is not None
+        return r
+    rows = [row(0, 0.90, 0.80, 0.85), row(1, 0.70, 0.50, None)]
+    monkeypatch.setattr(experiments, "clean_seed", lambda args, base, seed: rows[seed])
+    args = types.SimpleNamespace(planning=False, seeds=2, rounds=1, flip=0.2)
+    _, table, got, _ = experiments.clean(args, None)
+    text = "\n".join(table)
+    assert got == rows
+    assert "| 0 | 90.00 | 80.00 | 85.00 | 50% |" in text and "| 1 | 70.00 | 50.00 | - | - |" in text
+    # the mean: noisy 65 over both seeds, but round 1's gap from seed 0 alone: (85 - 80) / (90 - 80)
+    assert "| mean | 80.00 ± 14.14 | 65.00 ± 21.21 | 85.00 | 50% (1 seed) |" in text
