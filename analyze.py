@@ -457,21 +457,9 @@ def label_scores(probs, labels):
 def duplicate_groups(pairs, n):
     """A group id per row [n] (LongTensor): rows joined by `pairs` [P, 2], directly or through a
     chain, share one, numbered 0.. in order of their first row; -1 for a row in no pair."""
-    parent = list(range(n))
-
-    def root(i):
-        while parent[i] != i:  # path halving: bounded by the tree's depth
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-    for a, b in pairs.tolist():
-        ra, rb = root(a), root(b)
-        parent[max(ra, rb)] = min(ra, rb)
-    out = torch.full((n,), -1, dtype=torch.long)
-    members = sorted(set(pairs.flatten().tolist()))
-    ids = {}
-    for i in members:  # ascending rows: a group's id is set at its first (lowest) row
-        out[i] = ids.setdefault(root(i), len(ids))
+    group, out, ids = D.connected_groups(n, pairs.tolist()), torch.full((n,), -1, dtype=torch.long), {}
+    for i in sorted(set(pairs.flatten().tolist())):  # ascending rows: a group's id is set at its first (lowest) row
+        out[i] = ids.setdefault(int(group[i]), len(ids))
     return out
 
 

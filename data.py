@@ -183,12 +183,9 @@ def near_duplicates(vectors, threshold, device="cpu", chunk=512, limit=10_000):
     return pairs[order], sims[order]
 
 
-def photo_groups(images, paths, threshold=None, regex=None):
-    """A group id per image (LongTensor [N], ids 0..G-1 in order of first appearance): images whose
-    pixel correlation (pixel_vectors) is >= `threshold`, directly or through a chain, share a group
-    (consecutive frames of one meter), and so do files whose names give the same `regex` match
-    (its first group if it has one, e.g. a meter or camera id). Neither: every image alone."""
-    n = len(images)
+def connected_groups(n, pairs):
+    """A group id per item 0..n-1 (LongTensor, ids 0..G-1 in order of first appearance): items joined
+    by `pairs` (i, j), directly or through a chain, share one; an item in no pair is alone."""
     parent = list(range(n))
 
     def root(i):
@@ -196,26 +193,30 @@ def photo_groups(images, paths, threshold=None, regex=None):
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
-
-    def join(i, j):
+    for i, j in pairs:
         ri, rj = root(i), root(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
+    roots = [root(i) for i in range(n)]
+    ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return torch.tensor([ids[r] for r in roots], dtype=torch.long)
 
+
+def photo_groups(images, paths, threshold=None, regex=None):
+    """A group id per image (LongTensor [N], ids 0..G-1 in order of first appearance): images whose
+    pixel correlation (pixel_vectors) is >= `threshold`, directly or through a chain, share a group
+    (consecutive frames of one meter), and so do files whose names give the same `regex` match
+    (its first group if it has one, e.g. a meter or camera id). Neither: every image alone."""
+    pairs = []
     if threshold is not None:
-        pairs, _ = near_duplicates(pixel_vectors(images), threshold, limit=None)
-        for i, j in pairs.tolist():
-            join(i, j)
+        pairs += near_duplicates(pixel_vectors(images), threshold, limit=None)[0].tolist()
     if regex is not None:
         first = {}
         for i, p in enumerate(paths):
             m = regex.search(os.path.basename(p))
             if m:
-                key = m.group(1) if m.groups() else m.group(0)
-                join(i, first.setdefault(key, i))
-    roots = [root(i) for i in range(n)]
-    ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
-    return torch.tensor([ids[r] for r in roots], dtype=torch.long)
+                pairs.append((i, first.setdefault(m.group(1) if m.groups() else m.group(0), i)))
+    return connected_groups(len(images), pairs)
 
 
 def stratified_group_split(labels, groups, val_fraction, seed):
