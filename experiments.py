@@ -610,6 +610,10 @@ def main(args):
     cli.check_folder_arg(args.out, "--out")
     base = train.get_args_parser().parse_args(args.train_args)  # checks the passed-through options
     train.check_args(train.resolve_defaults(train.get_args_parser().parse_args(args.train_args)))  # and their ranges
+    if base.dataset == "folder" and base.data_dir:  # the sweep's run folders and files go to --out
+        out, data = os.path.realpath(args.out), os.path.realpath(base.data_dir)
+        if out == data or out.startswith(data.rstrip(os.sep) + os.sep):
+            raise cli.UsageError(f"--out {args.out} is inside --data-dir {base.data_dir}: no tool writes into its inputs")
     if args.experiment == "clean":
         for name, ok, need in (("rounds", args.rounds >= 1, ">= 1"), ("folds", args.folds >= 2, ">= 2"),
                                ("fold-epochs", args.fold_epochs is None or args.fold_epochs >= 1, ">= 1"),

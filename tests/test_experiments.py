@@ -358,3 +358,12 @@ def test_clean_tables_mean_over_the_seeds_that_reached_each_round(monkeypatch):
     assert "| 0 | 90.00 | 80.00 | 85.00 | 50% |" in text and "| 1 | 70.00 | 50.00 | - | - |" in text
     # the mean: noisy 65 over both seeds, but round 1's gap from seed 0 alone: (85 - 80) / (90 - 80)
     assert "| mean | 80.00 ± 14.14 | 65.00 ± 21.21 | 85.00 | 50% (1 seed) |" in text
+
+
+@pytest.mark.parametrize("experiment", ["clean", "grid"])
+def test_out_inside_the_data_folder_is_refused_before_anything_is_written(experiment, digit_folder, monkeypatch):
+    forbid_training(monkeypatch)
+    before = sorted(p for p in digit_folder.rglob("*"))
+    with pytest.raises(cli.UsageError, match="is inside --data-dir"):
+        run(experiment, *folder_args(digit_folder), "--out", digit_folder / "sweep")
+    assert sorted(p for p in digit_folder.rglob("*")) == before
