@@ -169,8 +169,12 @@ def propose(paths, labels, probs, suspect, suggested, classes, relabel_above=0.5
 
 
 def read_table(csv_path):
-    """A corrections file as {path: (label or None, weight or None)}, the form propose() returns."""
-    return {r.path: (r.label, r.weight) for r in read_rows(csv_path)}
+    """A corrections file as {path: (label or None, weight or None)}, the form propose() returns; a
+    relative path made absolute from the file's folder (as read_corrections reads it), so the rows
+    mean the same images when written to another folder."""
+    base = os.path.dirname(os.path.abspath(csv_path))
+    where = lambda p: p if p.startswith("#") else os.path.normpath(os.path.join(base, os.path.expanduser(p)))  # noqa: E731
+    return {where(r.path): (r.label, r.weight) for r in read_rows(csv_path)}
 
 
 def merged(old, new):

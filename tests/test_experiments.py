@@ -261,6 +261,10 @@ def test_proposals_relabel_the_sure_exclude_the_unsure_and_merge_over_earlier_ro
     C.write_table(tmp_path / "r.csv", both, "round 1")
     assert (tmp_path / "r.csv").read_text().splitlines()[:2] == ["#! round 1", "path,label,weight"]
     assert C.read_table(tmp_path / "r.csv") == both
+    (tmp_path / "sub").mkdir()  # a user's file with relative paths: the same images from any folder
+    (tmp_path / "sub" / "mine.csv").write_text("path,label,weight\nx/a.jpg,3,\n#7,,0\n")
+    assert C.read_table(tmp_path / "sub" / "mine.csv") == {str(tmp_path / "sub" / "x" / "a.jpg"): ("3", None),
+                                                          "#7": (None, 0.0)}
 
 
 def test_label_damage_counts_planted_flips_left_and_correct_labels_lost():
