@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import ConcatDataset, Subset
 
 import cli
+import corrections as C
 import data as D
 import evaluate as E
 import report
@@ -716,7 +717,7 @@ def dashboard_points(model, data, device, max_points=2000, seed=0, batch_size=25
         # what a corrections row names (absolute, or MNIST's #i); none for test or synthetic images,
         # which a row would add to training or not find
         correctable = split != "test" and source == 0
-        pts["paths"] += [_row_path(ds.path(i)) if correctable else "" for i in idx]
+        pts["paths"] += [C.row_path(ds.path(i)) if correctable else "" for i in idx]
         bar.update(len(idx))
     bar.close()
     if unlabeled:  # a random share where there are more than max_points: the map shows their spread
@@ -808,10 +809,6 @@ def page_signals(points, table, unlabeled=None):
                        "text": "synthetic composites: labels made with the image, not reviewed"})
     sig["review"] = review
     return sig
-
-
-def _row_path(p):
-    return p if p.startswith("#") else os.path.abspath(p)
 
 
 def pca_2d(features, seed=0):

@@ -36,6 +36,11 @@ class Corrections:
     added: list = field(default_factory=list)    # (absolute path, class name, weight) of images outside the folder
 
 
+def row_path(path):
+    """A sample's name in a corrections file: its absolute path (MNIST's `#i` as it is)."""
+    return path if path.startswith("#") else os.path.abspath(path)
+
+
 def file_hash(path):
     """The sha256 of a file's bytes (hex): what a checkpoint records of its corrections file."""
     with open(path, "rb") as f:

@@ -494,18 +494,13 @@ def plant_flips(args, base, folder, seed):
     picked = torch.randperm(len(ds), generator=g)[:n]
     shift = torch.randint(1, len(classes), (n,), generator=g)
     labels = ds.targets
-    paths = [corrections_path(ds.path(i)) for i in range(len(ds))]
+    paths = [C.row_path(ds.path(i)) for i in range(len(ds))]
     given = {paths[i]: classes[(int(labels[i]) + int(d)) % len(classes)] for i, d in zip(picked.tolist(), shift.tolist())}
     C.write_table(os.path.join(folder, "flips.csv"), {p: (c, None) for p, c in given.items()},
                   f"{n} of {len(ds)} training labels flipped (experiments.py clean --flip {args.flip:g}, seed {seed})")
     record = {"true": {p: classes[int(c)] for p, c in zip(paths, labels)}, "flipped": sorted(given)}
     cli.write_json(os.path.join(folder, "flips.json"), record)
     return record
-
-
-def corrections_path(path):
-    """A sample's name in a corrections file: its absolute path (MNIST's `#i` as it is)."""
-    return path if path.startswith("#") else os.path.abspath(path)
 
 
 def review_run(args, base, folder):
@@ -521,7 +516,7 @@ def review_run(args, base, folder):
     suspect, suggested = A.confident_learning(probs, labels)
     q = A.review_quality(probs, labels, fold)
     q.update(reviewer=f"{args.folds} fold models (out of fold)", flagged=int(suspect.sum()))
-    return [corrections_path(ds.path(i)) for i in range(len(ds))], labels, probs, suspect, suggested, q, data.classes
+    return [C.row_path(ds.path(i)) for i in range(len(ds))], labels, probs, suspect, suggested, q, data.classes
 
 
 def clean_seed(args, base, seed):
