@@ -228,6 +228,7 @@ function layout() {  // canvas size and point positions: one scale for both axes
 
 function draw() {  // the whole map; `base` keeps it so that a lasso drag only repaints its outline
   const col = COLOURINGS[state.colour], counts = col.names.map(() => 0), inSel = new Uint8Array(N);
+  let squares = 0, rings = 0;  // the legend explains only the marks on the map
   sel.forEach(i => inSel[i] = 1);
   ctx.clearRect(0, 0, cv.width, cv.height);
   for (const pass of [0, 1]) {  // the selected points last, on top
@@ -238,8 +239,9 @@ function draw() {  // the whole map; `base` keeps it so that a lasso drag only r
       ctx.globalAlpha = sel.length && !pass ? 0.25 : 1;
       ctx.beginPath();
       const r = pass ? R + 1.5 : R;
-      if (D.source[i] === 2) ctx.rect(sx[i] - r, sy[i] - r, 2 * r, 2 * r); else ctx.arc(sx[i], sy[i], r, 0, 6.2832);  // unlabelled: a square
+      if (D.source[i] === 2) { ctx.rect(sx[i] - r, sy[i] - r, 2 * r, 2 * r); squares++; } else ctx.arc(sx[i], sy[i], r, 0, 6.2832);  // unlabelled: a square
       ctx.fillStyle = col.colours[k % col.colours.length]; ctx.fill();
+      rings += wrongAt(i);
       if (wrongAt(i) || pass) { ctx.lineWidth = pass ? 2 : 1.5; ctx.strokeStyle = "#000"; ctx.stroke(); }
     }
   }
@@ -258,8 +260,8 @@ function draw() {  // the whole map; `base` keeps it so that a lasso drag only r
     row.append(sw, name + " (" + counts[k] + ")");
     legend.appendChild(row);
   });
-  if (state.colour !== "correct") legend.appendChild(el("div", "black ring: wrong prediction"));
-  if (D.source.includes(2)) legend.appendChild(el("div", "square: unlabelled photo"));
+  if (state.colour !== "correct" && rings) legend.appendChild(el("div", "black ring: wrong prediction"));
+  if (squares) legend.appendChild(el("div", "square: unlabelled photo"));
 }
 
 const tabs = document.getElementById("tabs");

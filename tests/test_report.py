@@ -577,7 +577,8 @@ set("colour", "suspect"); out.suspect = legend();
 set("fsig", "loss"); set("fmin", "1"); out.lossFrom1 = +cv.dataset.shown;   // filter: loss >= 1
 set("fmax", "2"); out.loss1to2 = +cv.dataset.shown;                          // and <= 2
 set("fsig", "suspect"); set("fcat", "1"); out.suspects = +cv.dataset.shown;  // filter: the suspects
-set("fsig", "source"); set("fcat", "2"); out.unlabelledShown = +cv.dataset.shown;
+set("fsig", "source"); set("fcat", "2"); out.unlabelledShown = +cv.dataset.shown; out.legendUnl = legend();
+set("fcat", "0"); out.legendReal = legend();                      // the legend explains only what is drawn
 set("fsig", ""); out.all = +cv.dataset.shown;
 document.querySelector("input[value=box]").click();
 dragThrough([[X(-0.01), Y(-0.01)], [X(0.5), Y(0.5)], [X(1.01), Y(1.01)]]);   // everything
@@ -626,6 +627,8 @@ def test_dashboard_signals_colour_filter_sort_and_unlabelled_rows(tmp_path):
     assert out["suspect"][:4] == ["not a suspect (6)", "suspect (2)", "not reviewed (5)", "review withheld (3)"]
     assert out["lossFrom1"] == sum(x >= 1 for x in LOSS) and out["loss1to2"] == sum(1 <= x <= 2 for x in LOSS)
     assert out["suspects"] == 2 and out["unlabelledShown"] == 4 and out["all"] == 16
+    assert out["legendUnl"][-1] == "square: unlabelled photo" and not any("square" in x for x in out["legendReal"])
+    assert not any("ring" in x for x in out["legendUnl"] + out["legendReal"])  # no wrong prediction among them
     d = page_data(page.read_text())
     by_loss = sorted(range(12), key=lambda i: -LOSS[i]) + [12, 13, 14, 15]  # highest first, no value last (by index)
     assert out["sig:loss"] == by_loss
