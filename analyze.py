@@ -13,7 +13,8 @@ Writes next to the checkpoint (or into --out):
   gradcam.png    Grad-CAM heat maps (the last conv map >= 7x7) of the held-out mistakes and a sample of correct images
   neighbors.png  query images, each followed by its 8 nearest training images in feature space
   samples.csv    one row per train / val / test sample: prediction, loss, confidence in the given
-                 label, margin, kNN label agreement and a flag (ok, or suspect / mistake / duplicate)
+                 label, margin, kNN label agreement, near-duplicate group (-1: none) and a flag (ok,
+                 or suspect / mistake / duplicate)
   suspects.csv   likely label errors (confident learning), most likely first; with its weight
                  column edited (0 = drop) it is a train.py --sample-weights file
   suspects.png   the top suspects: given label, suggested label, confidence in the given one
@@ -543,12 +544,12 @@ def write_quality(table, pairs, sims, classes, out_dir):
     with cli.atomic_write(os.path.join(out_dir, "samples.csv")) as f:
         w = csv.writer(f)
         w.writerow(["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
-                     "knn_agreement", "out_of_sample", "suggested", "flag"])
+                     "knn_agreement", "out_of_sample", "suggested", "dup_group", "flag"])
         for r in range(len(cols["split"])):
             w.writerow([cols["split"][r], cols["index"][r], cols["path"][r], name(cols["label"][r]),
                         name(cols["pred"][r]), f"{cols['loss'][r]:.4f}", f"{cols['confidence'][r]:.4f}",
                         f"{cols['margin'][r]:.4f}", f"{cols['knn_agreement'][r]:.2f}",
-                        int(cols["out_of_sample"][r]), name(cols["suggested"][r]), cols["flag"][r]])
+                        int(cols["out_of_sample"][r]), name(cols["suggested"][r]), cols["dup_group"][r], cols["flag"][r]])
     # path,weight first: read_sample_weights takes this file as it is, other columns ignored
     # (the weights act on training samples; a val suspect needs its label fixed instead)
     with cli.atomic_write(os.path.join(out_dir, "suspects.csv")) as f:

@@ -614,6 +614,27 @@ def check_compare(args):
                              "and compare the -calibrated.pt copies")
 
 
+def compared_labels(targets):
+    """The labels a paired comparison scores, [(name, labels)], the verdict's first, and a line saying why
+    (None when the runs' labels are the folder's own). `targets`: each run's (labels, original labels or
+    None) of the split, which differ where its corrections relabelled images. Two runs with the same
+    labels are scored on them, and on the original ones too; runs whose corrections disagree are scored
+    on the original labels, which neither chose, and on each run's own."""
+    (a, orig_a), (b, orig_b) = targets
+    original = orig_a if orig_a is not None else orig_b if orig_b is not None else a
+    if torch.equal(a, b):
+        if torch.equal(a, original):
+            return [("the labels as given", a)], None
+        n = int((a != original).sum())
+        return ([("the corrected labels", a), ("the original labels", original)],
+                f"the corrected labels both runs trained with ({n} of the {len(a)} relabelled)")
+    n = int((a != b).sum())
+    out = [("the original labels", original)] + [(f"{who}'s corrected labels", t) for who, t in (("A", a), ("B", b))
+                                                 if not torch.equal(t, original)]
+    return out, (f"the folder's original labels: A and B were trained with corrections that label {n} of the "
+                 f"{len(a)} images differently")
+
+
 def compare(args):
     """--compare: A and B predict the same split (refused otherwise, in one line); prints each accuracy,
     the discordant counts and the verdict; writes compare.json (settings and numbers) and compare.csv
@@ -626,7 +647,7 @@ def compare(args):
                                        "compare")
     os.makedirs(out_dir, exist_ok=True)
     runs = load_members(paths, device, args.amp)  # the same class list
-    preds, scored, data, ds = [], None, None, None
+    preds, scored, data, ds, targets = [], None, None, None, []
     for path, (model, ckpt) in zip(paths, runs):
         data_k = run_data(ckpt, args.data_dir, args.mnist_root, checkpoint=path)
         splits = eval_splits(data_k, split)
@@ -636,10 +657,11 @@ def compare(args):
         if scored:
             check_same_images(path, same, paths[0], scored, "a comparison needs the same images")
         scored, data, ds = same, data or data_k, ds or splits[split]
+        targets.append((splits[split].targets, getattr(splits[split], "original_targets", None)))
         preds.append(collect(model, splits[split], device, args.batch_size, tta=args.tta,
                              temperature=ckpt["temperature"])["preds"])
-    labels = ds.targets
-    r = paired_numbers(preds[0], preds[1], labels)
+    labels, scores = compared_labels(targets)
+    r = {**paired_numbers(preds[0], preds[1], labels[0][1]), "labels": labels[0][0]}
     text = verdict(r, paths, split, args.tta)
     for name, path in zip("AB", paths):
         s = r[name.lower()]
@@ -647,7 +669,15 @@ def compare(args):
               f"{100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%")
     print(f"right only by A: {r['only_a']}, only by B: {r['only_b']} (both right {r['both_right']}, "
           f"both wrong {r['both_wrong']}); exact McNemar p = {r['mcnemar_p']:.3g}")
+    if scores:
+        print(f"scored on {scores}")
+        r["other_labels"] = {}
+        for kind, other in labels[1:]:
+            o = r["other_labels"][kind] = paired_numbers(preds[0], preds[1], other)
+            print(f"on {kind}: A {100 * o['a']['accuracy']:.2f}%, B {100 * o['b']['accuracy']:.2f}%, right only by A "
+                  f"{o['only_a']}, only by B {o['only_b']}; exact McNemar p = {o['mcnemar_p']:.3g}")
     print(text)
+    labels = labels[0][1]
     settings = dict(eval_settings(paths, [ck for _, ck in runs], data, args.tta), split=split, images=r["images"])
     cli.write_json(os.path.join(out_dir, "compare.json"), {"settings": settings, **r, "verdict": text})
     with cli.atomic_write(os.path.join(out_dir, "compare.csv")) as f:

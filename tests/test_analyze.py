@@ -416,7 +416,7 @@ def test_samples_csv(flipped_run):
     n = flipped_run["n"]
     rows = read_csv(flipped_run["out"] / "samples.csv")
     assert list(rows[0]) == ["split", "index", "path", "label", "prediction", "loss", "confidence", "margin",
-                             "knn_agreement", "out_of_sample", "suggested", "flag"]
+                             "knn_agreement", "out_of_sample", "suggested", "dup_group", "flag"]
     assert len(rows) == n and {r["split"] for r in rows} == {"train", "val"}
     assert all(r["out_of_sample"] == "1" for r in rows)  # --folds: training rows scored out of fold
     for r in rows:
@@ -455,8 +455,12 @@ def test_leakage_pair_found(flipped_run):
     hit = [p for p in pairs if {p["path_a"], p["path_b"]} == {src, dst}]
     assert len(hit) == 1 and hit[0]["cross_split"] == "1" and float(hit[0]["similarity"]) > 0.999
     assert {hit[0]["split_a"], hit[0]["split_b"]} == {"train", "val"}
-    flags = {r["path"]: r["flag"] for r in read_csv(flipped_run["out"] / "samples.csv")}
+    rows = read_csv(flipped_run["out"] / "samples.csv")
+    flags, group = {r["path"]: r["flag"] for r in rows}, {r["path"]: int(r["dup_group"]) for r in rows}
     assert "duplicate" in flags[src] and "duplicate" in flags[dst]
+    assert group[src] == group[dst] >= 0  # one group, in samples.csv as on the page
+    in_pairs = {p[k] for p in pairs for k in ("path_a", "path_b")}
+    assert all((group[r["path"]] >= 0) == (r["path"] in in_pairs) == ("duplicate" in r["flag"]) for r in rows)
 
 
 @pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s

@@ -134,7 +134,7 @@ def test_compare_two_checkpoints_writes_json_and_csv(mnist_root, tmp_path, capsy
     for path in (a, b):
         model, _, data = E.load_run(str(path), CPU)
         preds.append(E.collect(model, data.val, CPU)["preds"])
-    assert r == E.paired_numbers(preds[0], preds[1], data.val.targets)
+    assert r == {**E.paired_numbers(preds[0], preds[1], data.val.targets), "labels": "the labels as given"}
     assert r["images"] == len(data.val) and r["only_a"] + r["only_b"] > 0
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["settings"]["checkpoints"] == [str(a), str(b)]

@@ -244,6 +244,42 @@ def fabricated(path, config):
     return path
 
 
+def test_compare_says_which_labels_it_scored_when_corrections_touch_val(photos, tmp_path, capsys):
+    """evaluate.py --compare of runs whose corrections relabel val: two runs with the same corrected
+    labels are scored on them and on the original ones; runs that disagree on the original labels,
+    which neither chose, and on each one's own; never one run's labels passed off as both's."""
+    base = D.build_datasets(cfg(photos), check=False)
+    add = f"{photos / 'extra' / 'new.png'},cat\n"  # both files add the same class, so the class lists match
+    fixed = write(tmp_path / "fix.csv", f"path,label\n{base.val.path(0)},1\n{add}")
+    torch.manual_seed(0)
+    a = fabricated(tmp_path / "a.pt", cfg(photos, "--corrections", fixed))
+    b = fabricated(tmp_path / "b.pt", cfg(photos, "--corrections", write(tmp_path / "add.csv", f"path,label\n{add}")))
+    original = base.val.targets
+    corrected = original.clone()
+    corrected[0] = 1
+    assert original.tolist() == [0, 1]  # so the file's relabelling of val photo 0 changes its label
+    preds = {}
+    for path in (a, b):
+        model, _, data = E.load_run(str(path), torch.device("cpu"))
+        preds[path] = E.collect(model, data.val, torch.device("cpu"))["preds"]
+    labels = {"the original labels": original, "A's corrected labels": corrected, "the corrected labels": corrected,
+              "the labels as given": original}
+    for pair, kinds, said in (((a, b), ["the original labels", "A's corrected labels"], "A and B were trained with"),
+                              ((b, a), ["the original labels", "B's corrected labels"], "A and B were trained with"),
+                              ((a, a), ["the corrected labels", "the original labels"], "1 of the 2 relabelled"),
+                              ((b, b), ["the labels as given"], None)):
+        capsys.readouterr()
+        r = E.main(E.get_args_parser().parse_args([str(pair[0]), str(pair[1]), "--compare", "--out", str(tmp_path / "c")]))
+        out = capsys.readouterr().out
+        pa, pb = preds[pair[0]], preds[pair[1]]
+        want = {**E.paired_numbers(pa, pb, labels[kinds[0]]), "labels": kinds[0]}
+        if len(kinds) > 1:
+            want["other_labels"] = {k: E.paired_numbers(pa, pb, labels[k.replace("B's", "A's")]) for k in kinds[1:]}
+        assert r == want
+        assert json.loads((tmp_path / "c" / "compare.json").read_text()).items() >= json.loads(json.dumps(r)).items()
+        assert (said is None) == ("scored on" not in out) and (said is None or said in out)
+
+
 def test_a_changed_or_lost_file_is_refused_where_val_would_be_wrong(photos, tmp_path, capsys):
     base = D.build_datasets(cfg(photos), check=False)
     val_fix = write(tmp_path / "val.csv", f"path,label\n{base.val.path(0)},1\n")
