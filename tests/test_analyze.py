@@ -448,6 +448,33 @@ def test_suspects_csv_is_a_sample_weights_file(flipped_run, tmp_path, capsys):
     assert {p for p, w in weights.items() if w == 0} == drop and set(weights.values()) == {0.0, 1.0}
 
 
+@pytest.mark.slow  # fixture flipped_run, then analyze.py once more on its finished fold runs, with the pages
+def test_dashboard_shows_a_passing_folds_review(flipped_run, tmp_path):
+    """The page of an out-of-fold review that clears the floor: every training photo's suspect flag and
+    suggested class as samples.csv has them, the review line shown (not withheld), and the suspects
+    there mostly the planted flips."""
+    out = tmp_path / "out"
+    shutil.copytree(flipped_run["out"] / "folds", out / "folds")  # finished: reused, not trained again
+    with pytest.MonkeyPatch.context() as mp:
+        no_figures(mp)
+        run_analyze(flipped_run["ckpt"], out, "--folds", flipped_run["folds"], "--fold-epochs", 10)
+    review = json.loads((out / "review.json").read_text())
+    assert review["train"]["shown"] and review["train"]["reviewer"] == f"{flipped_run['folds']} fold models (out of fold)"
+    d = page_data((out / "dashboard.html").read_text())
+    assert [r for r in d["review"] if r["split"] == "train"][0]["shown"]
+    rows = {os.path.abspath(r["path"]): r for r in read_csv(out / "samples.csv") if r["split"] == "train"}
+    train = [i for i, s in enumerate(d["split"]) if s == "train" and d["source"][i] == 0]
+    assert len(train) == len(rows)  # every training photo is on the page (1,200 photos: under the sample size)
+    suspects = []
+    for i in train:
+        r = rows[d["path"][i]]
+        assert d["suspect"][i] == int("suspect" in r["flag"])
+        assert (d["classes"][d["suggested"][i]] if d["suspect"][i] else "") == r["suggested"]
+        suspects += [os.path.basename(d["path"][i])] if d["suspect"][i] else []
+    assert len(suspects) == review["train"]["flagged"] > 0
+    assert sum(s in flipped_run["flipped"] for s in suspects) > len(suspects) / 2  # chance: 10%
+
+
 @pytest.mark.slow  # fixture flipped_run: trains a run, then analyze.py --folds 3 (10 epochs a fold), ~35 s
 def test_leakage_pair_found(flipped_run):
     src, dst = flipped_run["dup"]
