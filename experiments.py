@@ -427,6 +427,12 @@ def clean(args, base):
             review_rows.append(["-" if v is None else v for v in line])  # (withheld: nothing proposed)
     table += ["Each round's review of the run before it (precision and recall in %, of the labels still wrong "
               "when it ran):", "", *md_table(review_head, review_rows)]
+    paired = [[r["seed"], names.get(s, f"round {s[1:]}"), r[f"{s}_only_r0"], r[f"{s}_only"], f"{r[f'{s}_mcnemar_p']:.3g}"]
+              for r in rows for s in stages if s != "r0" and r.get(f"{s}_mcnemar_p") is not None]
+    if paired:
+        table += ["", "Each run against round 0, paired on the same val images (evaluate.py --compare):", "",
+                  *md_table(["seed", "run", "right only by round 0", "right only by this run", "exact McNemar p"],
+                            paired)]
 
     def plot(path):
         plt = pyplot()
@@ -573,7 +579,27 @@ def clean_seed(args, base, seed):
             break
         run = os.path.join(folder, f"round{k}")
         row[f"r{k}_val_acc"] = train_stage(args, seed, run, current, f"seed {seed} round {k}")["val"]["acc"]
+    row.update(paired_with_round0(folder, ["clean"] * bool(args.flip) + [f"r{k}" for k in range(1, args.rounds + 1)],
+                                  row, get_device(base.device)))
     return row
+
+
+def paired_with_round0(folder, stages, row, device):
+    """Each finished stage's val predictions against round 0's, paired on the same images (evaluate.py
+    --compare's numbers): <stage>_only_r0 (right only by round 0), <stage>_only (right only by the stage) and
+    <stage>_mcnemar_p (exact McNemar p), None for a stage that did not run."""
+    folders = {"r0": "round0", "clean": "clean", **{s: f"round{s[1:]}" for s in stages if s != "clean"}}
+    preds, labels = {}, None
+    for s in ["r0"] + stages:
+        if row[f"{s}_val_acc"] is not None:
+            model, _, data = E.load_run(os.path.join(folder, folders[s], "best.pt"), device)
+            preds[s] = E.collect(model, data.val, device)["preds"]
+            labels = data.val.targets if labels is None else labels  # val labels: the same in every stage
+    out = {}
+    for s in stages:
+        r = E.paired_numbers(preds["r0"], preds[s], labels) if s in preds else {}
+        out.update({f"{s}_only_r0": r.get("only_a"), f"{s}_only": r.get("only_b"), f"{s}_mcnemar_p": r.get("mcnemar_p")})
+    return out
 
 
 def label_damage(table, truth):

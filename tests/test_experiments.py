@@ -319,10 +319,18 @@ def test_clean_plants_flips_reviews_corrects_and_retrains(tmp_path, capsys):
     row = rows[0]
     assert row["r1_wrong_left"] == len(set(wrong) & set(planted))
     assert row["r1_relabelled"] + row["r1_excluded"] == row["r1_flagged"]
+    preds = {}
     for stage, folder in (("clean", "clean"), ("r0", "round0"), ("r1", "round1")):
         stored = json.loads((seed / folder / "result.json").read_text())
         assert row[f"{stage}_val_acc"] == stored["results"]["val"]["acc"]
+        model, _, d = E.load_run(str(seed / folder / "best.pt"), torch.device("cpu"))
+        preds[stage] = E.collect(model, d.val, torch.device("cpu"))["preds"]
     md = (out / "clean.md").read_text()
+    for stage, name in (("clean", "clean labels"), ("r1", "round 1")):  # each against round 0, paired
+        p = E.paired_numbers(preds["r0"], preds[stage], d.val.targets)
+        assert (row[f"{stage}_only_r0"], row[f"{stage}_only"], row[f"{stage}_mcnemar_p"]) == (p["only_a"], p["only_b"],
+                                                                                            p["mcnemar_p"])
+        assert f"| 0 | {name} | {p['only_a']} | {p['only_b']} | {p['mcnemar_p']:.3g} |" in md
     assert f"| 0 | {100 * row['clean_val_acc']:.2f} | {100 * row['r0_val_acc']:.2f} | {100 * row['r1_val_acc']:.2f} |" in md
     # the same command again trains nothing; an edited round1.csv is kept, and its run refused
     capsys.readouterr()
