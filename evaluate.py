@@ -593,6 +593,8 @@ def verdict(r, names, split, tta=1, alpha=0.05):
     def acc(s):
         return f"{100 * s['accuracy']:.2f}% (95% CI {100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%)"
     views = f" ({tta} TTA views)" if tta > 1 else ""
+    if r.get("labels", "the labels as given") != "the labels as given":  # corrections relabelled some of them
+        views += f" scored on {r['labels']}"
     return (f"On the same {r['images']} {split} images{views}, A ({a}) scores {acc(r['a'])} and B ({b}) {acc(r['b'])}. "
             f"{lead} is right on {k_lead} images {other} misses, {other} on {k_other} that {lead} misses "
             f"(exact McNemar p = {p:.3g}): {conclusion}.")

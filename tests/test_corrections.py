@@ -244,6 +244,10 @@ def fabricated(path, config):
     return path
 
 
+def r_verdict(folder):
+    return json.loads((folder / "c" / "compare.json").read_text())["verdict"]
+
+
 def test_compare_says_which_labels_it_scored_when_corrections_touch_val(photos, tmp_path, capsys):
     """evaluate.py --compare of runs whose corrections relabel val: two runs with the same corrected
     labels are scored on them and on the original ones; runs that disagree on the original labels,
@@ -278,6 +282,7 @@ def test_compare_says_which_labels_it_scored_when_corrections_touch_val(photos, 
         assert r == want
         assert json.loads((tmp_path / "c" / "compare.json").read_text()).items() >= json.loads(json.dumps(r)).items()
         assert (said is None) == ("scored on" not in out) and (said is None or said in out)
+        assert (f"images scored on {kinds[0]}, A" in r_verdict(tmp_path)) == (said is not None)  # the pasted paragraph too
 
 
 def test_a_changed_or_lost_file_is_refused_where_val_would_be_wrong(photos, tmp_path, capsys):
