@@ -96,7 +96,9 @@ def get_args_parser():
             "the reviewer is sure, exclude where not), retrain; every round's corrections in a CSV.")
     q.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds after the first run")
     q.add_argument("--folds", type=int, default=4, help="cross-validation runs of each review (analyze.py --folds)")
-    q.add_argument("--fold-epochs", type=int, default=None, help="epochs of each fold run (default: the run's --epochs)")
+    q.add_argument("--fold-epochs", type=int, default=None,
+                   help="epochs of each fold run (default: twice the run's --epochs; a fold run sees (K-1)/K of the "
+                        "photos, and a weak reviewer flags its own mistakes)")
     q.add_argument("--relabel-above", type=float, default=0.5, metavar="P",
                    help="relabel a suspect when the reviewer gives its suggested class at least P, else exclude it")
     q.add_argument("--flip", type=float, default=0.0, metavar="FRACTION",
@@ -515,7 +517,7 @@ def review_run(args, base, folder):
     device = get_device(base.device)
     _, ckpt, data = E.load_run(os.path.join(folder, "best.pt"), device)
     ds = E.eval_splits(data)["train"]
-    fargs = argparse.Namespace(folds=args.folds, fold_epochs=args.fold_epochs or ckpt["args"]["epochs"],
+    fargs = argparse.Namespace(folds=args.folds, fold_epochs=args.fold_epochs or 2 * ckpt["args"]["epochs"],
                                device=base.device, amp=None, batch_size=256)
     probs, fold = A.out_of_fold_probs(fargs, ckpt, data, ds, folder, device)
     labels = ds.targets

@@ -307,6 +307,8 @@ def test_clean_plants_flips_reviews_corrects_and_retrains(tmp_path, capsys):
     val = set(D.build_datasets(noisy["data"], augment="none", check=False).val.indices.tolist())
     assert not val & {int(p[1:]) for p in planted}  # "#i": no val image flipped
     assert noisy["data"]["corrections_summary"]["relabelled"] == len(planted)
+    fold_run = json.loads((seed / "round0" / "folds" / "fold0" / "result.json").read_text())["settings"]
+    assert fold_run["epochs"] == 10 and fold_run["folds"] == 2  # --fold-epochs' default: twice the run's 5
     # round 1 trained with round1.csv: the flips, overwritten where the review proposed a change
     fixed = C.read_table(seed / "round1.csv")
     assert fixed == C.read_table(seed / "round1-proposed.csv") and set(planted) <= set(fixed)
