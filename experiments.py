@@ -588,17 +588,18 @@ def clean_seed(args, base, seed):
 
 def paired_with_round0(folder, stages, row, device):
     """Each finished stage's val predictions against round 0's, paired on the same images (evaluate.py
-    --compare's numbers): <stage>_only_r0 (right only by round 0), <stage>_only (right only by the stage) and
-    <stage>_mcnemar_p (exact McNemar p), None for a stage that did not run."""
+    --compare's numbers, on the labels it would score): <stage>_only_r0 (right only by round 0), <stage>_only
+    (right only by the stage) and <stage>_mcnemar_p (exact McNemar p), None for a stage that did not run."""
     folders = {"r0": "round0", "clean": "clean", **{s: f"round{s[1:]}" for s in stages if s != "clean"}}
-    preds, labels = {}, None
+    preds, targets = {}, {}
     for s in ["r0"] + stages:
         if row[f"{s}_val_acc"] is not None:
             model, _, data = E.load_run(os.path.join(folder, folders[s], "best.pt"), device)
             preds[s] = E.collect(model, data.val, device)["preds"]
-            labels = data.val.targets if labels is None else labels  # val labels: the same in every stage
+            targets[s] = (data.val.targets, getattr(data.val, "original_targets", None))  # an edited round may relabel val
     out = {}
     for s in stages:
+        labels = E.compared_labels([targets["r0"], targets[s]])[0][0][1] if s in preds else None
         r = E.paired_numbers(preds["r0"], preds[s], labels) if s in preds else {}
         out.update({f"{s}_only_r0": r.get("only_a"), f"{s}_only": r.get("only_b"), f"{s}_mcnemar_p": r.get("mcnemar_p")})
     return out

@@ -381,3 +381,19 @@ def test_out_inside_the_data_folder_is_refused_before_anything_is_written(experi
     with pytest.raises(cli.UsageError, match="is inside --data-dir"):
         run(experiment, *folder_args(digit_folder), "--out", digit_folder / "sweep")
     assert sorted(p for p in digit_folder.rglob("*")) == before
+
+
+def test_clean_pairs_rounds_on_the_labels_compare_would_score(monkeypatch):
+    """A round whose corrections (an edited round<r>.csv) give val other labels than round 0's is paired
+    with it on the folder's original labels, as evaluate.py --compare does, not on round 0's."""
+    original, fixed = torch.tensor([0, 1, 1, 0]), torch.tensor([1, 1, 1, 0])
+    views = {"round0": (fixed, original, torch.tensor([1, 1, 1, 0])),  # round 0's --corrections relabel val photo 0
+             "round1": (original, None, torch.tensor([0, 1, 1, 0]))}   # the edit for round 1 undid it
+    val = lambda f: types.SimpleNamespace(targets=views[f][0], original_targets=views[f][1])  # noqa: E731
+    monkeypatch.setattr(E, "load_run", lambda path, device: (path.split("/")[-2], None,
+                                                             types.SimpleNamespace(val=val(path.split("/")[-2]))))
+    monkeypatch.setattr(E, "collect", lambda folder, ds, device: {"preds": views[folder][2]})
+    out = experiments.paired_with_round0("seed0", ["r1"], {"r0_val_acc": 1.0, "r1_val_acc": 1.0}, None)
+    want = E.paired_numbers(views["round0"][2], views["round1"][2], original)
+    assert (out["r1_only_r0"], out["r1_only"], out["r1_mcnemar_p"]) == (want["only_a"], want["only_b"], want["mcnemar_p"])
+    assert (out["r1_only_r0"], out["r1_only"]) == (0, 1)  # on round 0's labels it would read (1, 0)
