@@ -662,8 +662,9 @@ def compare(args):
         targets.append((splits[split].targets, getattr(splits[split], "original_targets", None)))
         preds.append(collect(model, splits[split], device, args.batch_size, tta=args.tta,
                              temperature=ckpt["temperature"])["preds"])
-    labels, scores = compared_labels(targets)
-    r = {**paired_numbers(preds[0], preds[1], labels[0][1]), "labels": labels[0][0]}
+    label_sets, why = compared_labels(targets)
+    (kind, labels), others = label_sets[0], label_sets[1:]
+    r = {**paired_numbers(preds[0], preds[1], labels), "labels": kind}
     text = verdict(r, paths, split, args.tta)
     for name, path in zip("AB", paths):
         s = r[name.lower()]
@@ -671,15 +672,14 @@ def compare(args):
               f"{100 * s['wilson95'][0]:.1f}-{100 * s['wilson95'][1]:.1f}%")
     print(f"right only by A: {r['only_a']}, only by B: {r['only_b']} (both right {r['both_right']}, "
           f"both wrong {r['both_wrong']}); exact McNemar p = {r['mcnemar_p']:.3g}")
-    if scores:
-        print(f"scored on {scores}")
+    if why:
+        print(f"scored on {why}")
         r["other_labels"] = {}
-        for kind, other in labels[1:]:
-            o = r["other_labels"][kind] = paired_numbers(preds[0], preds[1], other)
-            print(f"on {kind}: A {100 * o['a']['accuracy']:.2f}%, B {100 * o['b']['accuracy']:.2f}%, right only by A "
+        for other_kind, other in others:
+            o = r["other_labels"][other_kind] = paired_numbers(preds[0], preds[1], other)
+            print(f"on {other_kind}: A {100 * o['a']['accuracy']:.2f}%, B {100 * o['b']['accuracy']:.2f}%, right only by A "
                   f"{o['only_a']}, only by B {o['only_b']}; exact McNemar p = {o['mcnemar_p']:.3g}")
     print(text)
-    labels = labels[0][1]
     settings = dict(eval_settings(paths, [ck for _, ck in runs], data, args.tta), split=split, images=r["images"])
     cli.write_json(os.path.join(out_dir, "compare.json"), {"settings": settings, **r, "verdict": text})
     with cli.atomic_write(os.path.join(out_dir, "compare.csv")) as f:

@@ -388,7 +388,8 @@ def clean(args, base):
     acc = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     stages = (["clean"] if args.flip else []) + ["r0"] + [f"r{r}" for r in rounds]
     names = {"clean": "clean labels", "r0": "noisy (round 0)" if args.flip else "as given (round 0)"}
-    header = ["seed"] + [names.get(s, f"round {s[1:]}") for s in stages]
+    name = lambda s: names.get(s, f"round {s[1:]}")  # noqa: E731
+    header = ["seed"] + [name(s) for s in stages]
     body = [[r["seed"]] + [acc(r[f"{s}_val_acc"]) for s in stages] for r in rows]
     means = []
     if len(rows) > 1:  # mean ± std over the seeds that reached each stage
@@ -429,7 +430,7 @@ def clean(args, base):
             review_rows.append(["-" if v is None else v for v in line])  # (withheld: nothing proposed)
     table += ["Each round's review of the run before it (precision and recall in %, of the labels still wrong "
               "when it ran):", "", *md_table(review_head, review_rows)]
-    paired = [[r["seed"], names.get(s, f"round {s[1:]}"), r[f"{s}_only_r0"], r[f"{s}_only"], f"{r[f'{s}_mcnemar_p']:.3g}"]
+    paired = [[r["seed"], name(s), r[f"{s}_only_r0"], r[f"{s}_only"], f"{r[f'{s}_mcnemar_p']:.3g}"]
               for r in rows for s in stages if s != "r0" and r.get(f"{s}_mcnemar_p") is not None]
     if paired:
         table += ["", "Each run against round 0, paired on the same val images (evaluate.py --compare):", "",
@@ -442,7 +443,7 @@ def clean(args, base):
         for k, r in enumerate(rows):
             ys = [100 * r[f"{s}_val_acc"] if r[f"{s}_val_acc"] is not None else math.nan for s in stages]
             ax.plot(range(len(stages)), ys, "o-", color=f"C{k}", label=f"seed {r['seed']}")
-        ax.set_xticks(range(len(stages)), [names.get(s, f"round {s[1:]}") for s in stages])
+        ax.set_xticks(range(len(stages)), [name(s) for s in stages])
         ax.set_ylabel("val accuracy (%)")
         ax.set_title("the data loop: val accuracy after each round" + (f" ({args.flip:.0%} of labels flipped)"
                                                                         if args.flip else ""))
@@ -590,17 +591,18 @@ def paired_with_round0(folder, stages, row, device):
     """Each finished stage's val predictions against round 0's, paired on the same images (evaluate.py
     --compare's numbers, on the labels it would score): <stage>_only_r0 (right only by round 0), <stage>_only
     (right only by the stage) and <stage>_mcnemar_p (exact McNemar p), None for a stage that did not run."""
-    folders = {"r0": "round0", "clean": "clean", **{s: f"round{s[1:]}" for s in stages if s != "clean"}}
     preds, targets = {}, {}
     for s in ["r0"] + stages:
         if row[f"{s}_val_acc"] is not None:
-            model, _, data = E.load_run(os.path.join(folder, folders[s], "best.pt"), device)
+            model, _, data = E.load_run(os.path.join(folder, s if s == "clean" else f"round{s[1:]}", "best.pt"), device)
             preds[s] = E.collect(model, data.val, device)["preds"]
             targets[s] = (data.val.targets, getattr(data.val, "original_targets", None))  # an edited round may relabel val
     out = {}
     for s in stages:
-        labels = E.compared_labels([targets["r0"], targets[s]])[0][0][1] if s in preds else None
-        r = E.paired_numbers(preds["r0"], preds[s], labels) if s in preds else {}
+        r = {}
+        if s in preds:
+            (_, labels), *_ = E.compared_labels([targets["r0"], targets[s]])[0]  # the verdict's labels
+            r = E.paired_numbers(preds["r0"], preds[s], labels)
         out.update({f"{s}_only_r0": r.get("only_a"), f"{s}_only": r.get("only_b"), f"{s}_mcnemar_p": r.get("mcnemar_p")})
     return out
 
