@@ -103,6 +103,19 @@ EXTERNAL_PAGE = """<!doctype html><html><head><link rel="stylesheet" href="https
 </body></html>"""
 
 
+def probe_page(page, script, tmp_path):
+    """The `out` object a probe `script` (a <script> ... </body> tail) leaves in data-out after running on
+    the dashboard at `page` in headless chromium; the probe's own errors fail the test."""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", script))
+    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
+    m = re.search(r'data-out="([^"]*)"', proc.stdout)
+    assert m, proc.stderr[-2000:]
+    out = json.loads(html.unescape(m.group(1)))
+    assert "error" not in out, out
+    return out
+
+
 @pytest.mark.slow  # headless chromium
 def test_negative_control_external_page_is_detected(tmp_path):
     page = tmp_path / "cdn.html"
@@ -322,13 +335,7 @@ def test_dashboard_real_photos_first_split_colours_and_class_zoom(tmp_path):
     colour by split, and frames the points shown: a class tab zooms to its class's points."""
     points, xy = mixed_points()
     page = Path(report.write_dashboard(tmp_path / "d.html", points, {"tsne": xy, "pca": xy}, ["a", "b", "c"], "t"))
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", MIXED_PROBE))
-    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
-    m = re.search(r'data-out="([^"]*)"', proc.stdout)
-    assert m, proc.stderr[-2000:]
-    out = json.loads(html.unescape(m.group(1)))
-    assert "error" not in out, out
+    out = probe_page(page, MIXED_PROBE, tmp_path)
     assert out["shown"] == 12 and out["all"] == "All (12)" and out["box"]  # real images only, the toggle offered
     assert out["legend"][:3] == ["train (6)", "val (3)", "test (3)"]
     assert out["shownS"] == 18 and out["allS"] == "All (18)" and out["legendS"][0] == "train (12)"
@@ -502,13 +509,7 @@ def test_dashboard_select_relabel_download(tmp_path):
     picked cards, and the CSV the page downloads is one corrections.py reads with those changes."""
     import corrections as C
     page, paths, classes = labelling_page(tmp_path)
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", PROBE))
-    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
-    m = re.search(r'data-out="([^"]*)"', proc.stdout)
-    assert m, proc.stderr[-2000:]
-    out = json.loads(html.unescape(m.group(1)))
-    assert "error" not in out, out
+    out = probe_page(page, PROBE, tmp_path)
     assert out["box"] == [0, 1, 2, 3] and out["lasso"] == [4, 5, 6, 7]
     assert "label: <b>new</b>" in out["grid"]  # a class name is text, never markup
     csv_path = tmp_path / "saved elsewhere" / "corrections.csv"
@@ -611,13 +612,7 @@ def test_dashboard_signals_colour_filter_sort_and_unlabelled_rows(tmp_path):
     photos labelled on the map become rows corrections.py reads as added images (one excluded: no row)."""
     import corrections as C
     page, paths, unl, classes = signals_page(tmp_path)
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", SIGNALS_PROBE))
-    proc = chromium(probed, "--dump-dom", "--window-size=1200,900")
-    m = re.search(r'data-out="([^"]*)"', proc.stdout)
-    assert m, proc.stderr[-2000:]
-    out = json.loads(html.unescape(m.group(1)))
-    assert "error" not in out, out
+    out = probe_page(page, SIGNALS_PROBE, tmp_path)
     assert out["review"] == [["train labels reviewed: 2 suspects", ""], ["val label review withheld, below the floor", "bad"]]
     assert {"loss", "p_label", "margin", "conf", "knn", "suspect", "dup", "split"} <= set(out["colours"])
     bins = np.digitize(LOSS, [0.05, 0.2, 0.7, 2])  # the page's bins: [e_k, e_k+1)
