@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 
 from helpers import (DRAWN, MIXED, MNIST_ROOT, MNIST_RUN_IMAGES, fabricate_checkpoint,  # noqa: E402
                      have_mnist, no_figures, photo_folder, run_analyze, run_train, tiny_train_args)
+from adversarial import case_dir, world  # noqa: E402,F401 (fixtures: here, so the session's world is built once)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -71,16 +72,16 @@ def digits_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist_root):
-    """One epoch of convnet on 1% of MNIST, with its figures: tiny_run(*extra train.py options) ->
-    (save dir, what train.py printed, its results), trained once per set of options in a session."""
+    """One epoch of convnet on 1% of MNIST, with its figures unless figures=False: tiny_run(*extra train.py
+    options) -> (save dir, what train.py printed, its results), trained once per set of options in a session."""
     runs = {}
 
-    def run(*extra):
-        key = tuple(map(str, extra))
+    def run(*extra, figures=True):
+        key = (*map(str, extra), figures)
         if key not in runs:
             d = tmp_path_factory.mktemp("tiny_run")
             results, out = run_train(tiny_train_args(mnist_root, d, "--epochs", 1, "--warmup-epochs", 0, "--augment",
-                                                     "none", "--val-fraction", 0.05, *extra), figures=True)
+                                                     "none", "--val-fraction", 0.05, *extra), figures=figures)
             runs[key] = d, out, results
         return runs[key]
     return run

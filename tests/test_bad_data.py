@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 import images as I
-from adversarial import TRAIN, case_dir, check, slow, snapshot, world  # noqa: F401 (fixtures)
+from adversarial import TRAIN, check, slow, snapshot
 from helpers import photo_folder, run_train, save_image
 
 DRY = ["--data-dir", "d", *TRAIN[2:], "--dry-run"]           # train.py --dry-run on folder d/

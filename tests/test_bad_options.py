@@ -7,7 +7,7 @@ or model trained, and changes no file. See tests/adversarial.py for how a case i
 import pytest
 import torch
 
-from adversarial import TRAIN, case_dir, check, slow, world  # noqa: F401 (fixtures)
+from adversarial import TRAIN, check, slow
 
 BASE = {
     "train.py": TRAIN,

@@ -424,10 +424,10 @@ def test_mnist_with_synthetic_is_one_error_line(tmp_path):
 
 
 def test_the_end_of_a_run_says_where_it_is_and_what_next(tiny_run):
-    d, out, _ = tiny_run("--no-keep-last")
+    d, out, _ = tiny_run("--no-keep-last", figures=False)
     assert (d / "best.pt").is_file() and not (d / "last.pt").exists()  # --no-keep-last: removed once it ended
     saved, nxt = out.strip().splitlines()[-2:]
     assert saved.startswith(f"saved {d / 'best.pt'} (epoch 1, val ") and "last.pt removed" in saved
     assert nxt.startswith(f"next: python evaluate.py {d / 'best.pt'}") and f"python analyze.py {d / 'best.pt'}" in nxt
-    d, out, _ = tiny_run()
+    d, out, _ = tiny_run("--eval-test")  # the run other tests read: last.pt kept by default
     assert (d / "last.pt").is_file() and "what --resume needs" in out
