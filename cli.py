@@ -23,8 +23,14 @@ class UsageError(Exception):
     """Bad input (an option value, a missing or unreadable file, unusable data): one line, exit 2."""
 
 
+def one_line(text):
+    """`text` with its control characters escaped (a newline as \\n): an error or a warning quoting user
+    data (a file name, a CSV cell) stays one line whatever that data holds."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
+
+
 def warn(msg):
-    print(f"warning: {msg}", file=sys.stderr)
+    print(f"warning: {one_line(msg)}", file=sys.stderr)
 
 
 def plural(n, word):
@@ -152,7 +158,7 @@ def run_main(main, parse_args, interrupted=None):
         print(f"interrupted{f': {hint}' if hint else ''}", file=sys.stderr)
         sys.exit(130)
     except (UsageError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -59,6 +59,9 @@ def read_rows(csv_path, option="--corrections", legacy=False):
             raw = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {option} {csv_path}: {e.strerror}") from None
+    expected = "path,weight" if legacy else "path,label,weight"
+    if b"\0" in raw:  # no text CSV holds a NUL byte (UTF-16 text does: Excel's "Unicode text")
+        raise UsageError(f"{option} {csv_path} is a binary or UTF-16 file, not a UTF-8 CSV of {expected} rows")
     try:  # Excel writes a BOM; older tools Latin-1
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -72,13 +75,10 @@ def read_rows(csv_path, option="--corrections", legacy=False):
     except csv.Error as e:
         raise UsageError(f"{option} {csv_path} is not a CSV file ({e})") from None
     names = [c.strip().lower() for c in rows[0][1]] if rows else []
-    expected = "path,weight" if legacy else "path,label,weight"
     if "path" in names or names[:1] == ["file"]:
         columns, rows = names, rows[1:]
     elif legacy:
         columns = ["path", "weight"]
-    elif b"\0" in raw:
-        raise UsageError(f"{option} {csv_path} is a binary file, not a CSV of {expected} rows")
     else:
         raise UsageError(f"{option} {csv_path} has no header: its first line must name the columns, "
                          f"{expected} (got {first[:60]!r})")

@@ -126,6 +126,29 @@ def test_generated_rows_do_what_they_say_and_val_keeps_its_images(photos, tmp_pa
     assert all(weights[p] == (1.0 if w is None else w) for p, (_, w) in listed.items() if p in weights)
 
 
+# CSV pieces that have broken readers: separators, quotes, line ends, a BOM, NUL, odd numbers, paths
+# inside, outside and beside the data folder, a comment.
+PIECES = ["path", "label", "weight", "file", ",", ";", "\t", "\n", "\r\n", "\r", '"', "0", "1", "new", "d/0/img0.png",
+          "d/1/img0.png", "../d/0/img1.png", "extra/new.png", "/no/such.png", "0.5", "0,5", "-1", "nan", "inf",
+          "1e400", " ", "\ufeff", "#", "#!", "\x00", "é", "\udcff", ""]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.sampled_from(PIECES), max_size=24).map("".join), header=st.booleans(),
+       tail=st.binary(max_size=6))
+def test_any_file_is_read_or_refused_in_one_line(photos, tmp_path, text, header, tail):
+    path = tmp_path / "c.csv"
+    path.write_bytes(("path,label,weight\n" * header + text).encode("utf-8", "surrogateescape") + tail)
+    paths = [str(p) for p in sorted((photos / "d").rglob("*.png"))]
+    for read in (lambda: C.read_corrections(str(path), paths, ["0", "1"], base=str(photos)),
+                 lambda: C.read_sample_weights(str(path), paths, len(paths))):
+        try:
+            read()
+        except cli.UsageError as e:  # run_main prints it as one line
+            assert str(e) and str(path) in str(e) or "--" in str(e)
+
+
 # ----------------------------------------------------------------------------- a run, and its rebuild
 
 @pytest.fixture(scope="module")

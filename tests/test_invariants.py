@@ -267,7 +267,9 @@ def test_a_failed_download_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
 @pytest.mark.parametrize("raised,code,line", [(KeyboardInterrupt(), 130, "interrupted\n"),
                                               (PermissionError(13, "Permission denied", "out/x.png"), 2,
                                                "error: [Errno 13] Permission denied: 'out/x.png'\n"),
-                                              (cli.UsageError("bad"), 2, "error: bad\n")])
+                                              (cli.UsageError("bad"), 2, "error: bad\n"),
+                                              (cli.UsageError("a/b\nc.png\r\x1b[2J is bad"), 2,  # a quoted file name
+                                               "error: a/b\\nc.png\\r\\x1b[2J is bad\n")])
 def test_every_script_ends_in_one_line(raised, code, line, capsys):
     def main(args):
         raise raised
