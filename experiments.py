@@ -148,7 +148,7 @@ def run_cell(args, name, overrides):
             try:
                 return {"results": train.main(targs)}
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
-                print(f"error: {e}", file=sys.stderr)
+                print(f"error: {cli.one_line(e)}", file=sys.stderr)
                 return {"error": str(e)}
         runs.append(run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}", parse_train_args))
     return runs
