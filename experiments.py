@@ -439,16 +439,19 @@ def clean(args, base):
 
     def plot(path):
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(1.2 * len(stages) + 2.5, 4))
+        fig, ax = plt.subplots(figsize=(1.2 * len(stages) + 3.5, 4))
         for k, r in enumerate(rows):
             ys = [100 * r[f"{s}_val_acc"] if r[f"{s}_val_acc"] is not None else math.nan for s in stages]
-            ax.plot(range(len(stages)), ys, "o-", color=f"C{k}", label=f"seed {r['seed']}")
+            ax.plot(range(len(stages)), ys, "o-", color=f"C{k}", alpha=0.6, label=f"seed {r['seed']}")
+        if means:
+            ys = [100 * means[0][f"{s}_val_acc"] if means[0][f"{s}_val_acc"] is not None else math.nan for s in stages]
+            ax.plot(range(len(stages)), ys, "s-", color="black", lw=2.5, label="mean")
         ax.set_xticks(range(len(stages)), [name(s) for s in stages])
         ax.set_ylabel("val accuracy (%)")
         ax.set_title("the data loop: val accuracy after each round" + (f" ({args.flip:.0%} of labels flipped)"
                                                                         if args.flip else ""))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, never over them
         fig.tight_layout()
         cli.save_figure(fig, path, dpi=90)
 
