@@ -33,6 +33,10 @@ def warn(msg):
     print(f"warning: {one_line(msg)}", file=sys.stderr)
 
 
+def error(msg):
+    print(f"error: {one_line(msg)}", file=sys.stderr)
+
+
 def plural(n, word):
     """`1 thread`, `2 threads`, `3 classes`: a count with its noun."""
     return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
@@ -158,7 +162,7 @@ def run_main(main, parse_args, interrupted=None):
         print(f"interrupted{f': {hint}' if hint else ''}", file=sys.stderr)
         sys.exit(130)
     except (UsageError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        error(e)
         sys.exit(2)
 
 

@@ -148,7 +148,7 @@ def run_cell(args, name, overrides):
             try:
                 return {"results": train.main(targs)}
             except train.TrainingError as e:  # a diverging cell (too high an lr) is a result too
-                print(f"error: {cli.one_line(e)}", file=sys.stderr)
+                cli.error(e)
                 return {"error": str(e)}
         runs.append(run_in_folder(folder, "argv", argv, run_one, f"{name} seed {seed}", parse_train_args))
     return runs
@@ -440,12 +440,11 @@ def clean(args, base):
     def plot(path):
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(1.2 * len(stages) + 3.5, 4))
+        curve = lambda r: [math.nan if r[f"{s}_val_acc"] is None else 100 * r[f"{s}_val_acc"] for s in stages]  # noqa: E731
         for k, r in enumerate(rows):
-            ys = [100 * r[f"{s}_val_acc"] if r[f"{s}_val_acc"] is not None else math.nan for s in stages]
-            ax.plot(range(len(stages)), ys, "o-", color=f"C{k}", alpha=0.6, label=f"seed {r['seed']}")
+            ax.plot(range(len(stages)), curve(r), "o-", color=f"C{k}", alpha=0.6, label=f"seed {r['seed']}")
         if means:
-            ys = [100 * means[0][f"{s}_val_acc"] if means[0][f"{s}_val_acc"] is not None else math.nan for s in stages]
-            ax.plot(range(len(stages)), ys, "s-", color="black", lw=2.5, label="mean")
+            ax.plot(range(len(stages)), curve(means[0]), "s-", color="black", lw=2.5, label="mean")
         ax.set_xticks(range(len(stages)), [name(s) for s in stages])
         ax.set_ylabel("val accuracy (%)")
         ax.set_title("the data loop: val accuracy after each round" + (f" ({args.flip:.0%} of labels flipped)"
